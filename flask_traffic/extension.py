@@ -1,0 +1,339 @@
+"""The Flask extension: config, stores, and one record per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flask import Flask, request
+
+from .record import TrafficRecord
+from .signals import request_traffic
+from .stores.base import ProcessorOptions, Store
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["Traffic"]
+
+logger = logging.getLogger("flask_traffic")
+
+_EXTENSION_KEY = "traffic"
+# Where the request object and the unhandled exception (if any) are parked
+# at teardown, for the middleware to read once Flask is done with them.
+_PARKED_KEY = "flask_traffic.request"
+
+#: The config keys read by :meth:`Traffic.init_app`, with their defaults.
+CONFIG_DEFAULTS: dict[str, t.Any] = {
+    "TRAFFIC_ENABLED": True,
+    "TRAFFIC_SYNC": False,
+    "TRAFFIC_MAX_QUEUE_SIZE": 10_000,
+    "TRAFFIC_MAX_BATCH_SIZE": 512,
+    "TRAFFIC_SCHEDULE_DELAY": 1.0,
+}
+
+StoresArg = Store | Iterable[Store] | None
+
+
+@dataclass
+class _TrafficState:
+    """What ``app.extensions["traffic"]`` holds for one app."""
+
+    stores: list[Store]
+    enabled: bool
+    receivers: list[_StoreReceiver] = field(default_factory=list)
+
+
+class _StoreReceiver:
+    """Subscribes one store to ``request_traffic`` through its policy."""
+
+    __slots__ = ("accepts", "emit", "store")
+
+    def __init__(self, store: Store) -> None:
+        assert store.processor is not None
+        self.store = store
+        self.accepts = store.log_policy.accepts
+        self.emit = store.processor.emit
+
+    def __call__(self, sender: Flask, record: TrafficRecord, **extra: t.Any) -> None:
+        if self.accepts(record):
+            self.emit(record)
+
+    def __repr__(self) -> str:
+        return f"<receiver for {self.store!r}>"
+
+
+def _normalise_stores(stores: StoresArg) -> list[Store]:
+    if stores is None:
+        return []
+    if isinstance(stores, Store):
+        return [stores]
+    if isinstance(stores, (str, bytes)) or not isinstance(stores, Iterable):
+        raise TypeError(f"stores must be a store or a list of stores, got {type(stores).__name__}.")
+    result = list(stores)
+    for item in result:
+        if not isinstance(item, Store):
+            raise TypeError(
+                f"stores must hold flask_traffic stores (JSONStore(), CSVStore(), ...), "
+                f"got {item!r}."
+            )
+    if len({id(item) for item in result}) != len(result):
+        raise ValueError("stores lists the same store twice; each record would be written twice.")
+    return result
+
+
+def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
+    for key, default in CONFIG_DEFAULTS.items():
+        app.config.setdefault(key, default)
+    config = app.config
+    for key in ("TRAFFIC_ENABLED", "TRAFFIC_SYNC"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be True or False, got {config[key]!r}.")
+    for key in ("TRAFFIC_MAX_QUEUE_SIZE", "TRAFFIC_MAX_BATCH_SIZE"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}.")
+    delay = config["TRAFFIC_SCHEDULE_DELAY"]
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay <= 0:
+        raise ValueError(
+            f"TRAFFIC_SCHEDULE_DELAY must be a positive number of seconds, got {delay!r}."
+        )
+    options: ProcessorOptions = {
+        "sync": config["TRAFFIC_SYNC"],
+        "max_queue_size": config["TRAFFIC_MAX_QUEUE_SIZE"],
+        "max_batch_size": config["TRAFFIC_MAX_BATCH_SIZE"],
+        "schedule_delay": float(delay),
+    }
+    return config["TRAFFIC_ENABLED"], options
+
+
+def _park_request(exc: BaseException | None) -> None:
+    # A teardown function: the last moment the request object is reachable
+    # (Flask unlinks it from the environ right after), and the one place
+    # that sees the unhandled exception whether Flask answers 500 or
+    # propagates it.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    req.environ[_PARKED_KEY] = (req, exc)
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class _TrafficMiddleware:
+    """Wraps ``app.wsgi_app``: times the request and builds its record.
+
+    Wrapping the WSGI app, rather than using ``after_request`` or
+    ``teardown_request``, sees every request exactly once: normal responses,
+    ``abort()``, routing errors, and exceptions whether Flask answers 500 or
+    lets them propagate. It copies raw values only; anything that costs
+    (parsing, formatting) is left to the record's properties, which the
+    stores' worker threads read.
+    """
+
+    def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
+        self.wsgi_app = wsgi_app
+        self.app = app
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        start_time_ns = time.time_ns()
+        started = time.perf_counter_ns()
+        response: list[t.Any] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+            response[:] = (status, headers)
+            return start_response(status, headers, exc_info)
+
+        try:
+            result = self.wsgi_app(environ, capture)
+        except BaseException as exc:
+            if request_traffic.receivers:
+                self._send(environ, start_time_ns, time.perf_counter_ns() - started, response, exc)
+            raise
+        if request_traffic.receivers:
+            self._send(environ, start_time_ns, time.perf_counter_ns() - started, response, None)
+        return result
+
+    def _send(
+        self,
+        environ: WSGIEnvironment,
+        start_time_ns: int,
+        duration_ns: int,
+        response: list[t.Any],
+        raised: BaseException | None,
+    ) -> None:
+        try:
+            record = self._record(environ, start_time_ns, duration_ns, response, raised)
+        except Exception:
+            logger.exception("Could not build the traffic record of a request.")
+            return
+        signal = request_traffic
+        if signal.is_muted:
+            return
+        app = self.app
+        for receiver in signal.receivers_for(app):
+            # blinker stops at the first receiver that raises; one broken
+            # receiver must neither fail the request nor starve the stores.
+            try:
+                receiver(app, record=record)
+            except Exception:
+                logger.exception("The request_traffic receiver %r failed.", receiver)
+
+    @staticmethod
+    def _record(
+        environ: WSGIEnvironment,
+        start_time_ns: int,
+        duration_ns: int,
+        response: list[t.Any],
+        raised: BaseException | None,
+    ) -> TrafficRecord:
+        # pop: the environ must not keep the request alive (Flask unlinked it).
+        req, parked_exception = environ.pop(_PARKED_KEY, (None, None))
+        exception = raised if raised is not None else parked_exception
+        if response:
+            status, headers = response
+            status_code: int | None = int(status[:3])
+            content_length = _header(headers, "content-length")
+            content_type = _header(headers, "content-type")
+        else:
+            status_code = 500 if exception is not None else None
+            content_length = content_type = None
+        if req is not None:
+            rule = req.url_rule
+            method = req.method
+            path = req.path
+            scheme = req.scheme
+            server = req.server
+            remote_address = req.remote_addr
+        else:
+            # No teardown yet (a streamed response keeps its context open)
+            # or Flask failed before it made a request object.
+            rule = None
+            method = environ.get("REQUEST_METHOD")
+            raw = environ.get("PATH_INFO") or ""
+            path = "/" + raw.encode("latin-1").decode("utf-8", "replace").lstrip("/")
+            scheme = environ.get("wsgi.url_scheme", "http")
+            server = None
+            remote_address = environ.get("REMOTE_ADDR")
+        return TrafficRecord(
+            start_time_ns=start_time_ns,
+            duration_ns=duration_ns,
+            request_method=method,
+            url_scheme=scheme,
+            host_header=environ.get("HTTP_HOST"),
+            server=server,
+            request_path=path,
+            query_string=environ.get("QUERY_STRING", ""),
+            server_protocol=environ.get("SERVER_PROTOCOL"),
+            request_endpoint=None if rule is None else rule.endpoint,
+            request_route=None if rule is None else rule.rule,
+            request_remote_address=remote_address,
+            request_referrer=environ.get("HTTP_REFERER"),
+            request_user_agent=environ.get("HTTP_USER_AGENT"),
+            response_status_code=status_code,
+            content_length=content_length,
+            content_type=content_type,
+            response_exception=None if exception is None else repr(exception),
+            traceparent=environ.get("HTTP_TRACEPARENT"),
+            tracestate=environ.get("HTTP_TRACESTATE"),
+        )
+
+
+class Traffic:
+    """Records every request of a Flask app and hands it to stores.
+
+    ::
+
+        traffic = Traffic()
+
+        def create_app():
+            app = Flask(__name__)
+            traffic.init_app(app, stores=[JSONStore(), CSVStore()])
+            return app
+
+    One ``Traffic`` object can serve many apps; each app has its own stores,
+    kept in ``app.extensions["traffic"]``.
+
+    :param app: an app to set up now; otherwise call :meth:`init_app`.
+    :param stores: stores used by :meth:`init_app` when it gets none.
+    """
+
+    def __init__(self, app: Flask | None = None, *, stores: StoresArg = None) -> None:
+        self._default_stores = stores
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+    def init_app(self, app: Flask, stores: StoresArg = None) -> None:
+        """Set up ``app``: read the ``TRAFFIC_*`` config, attach the stores,
+        and start recording its requests.
+
+        :param app: the Flask application.
+        :param stores: a store, a list of stores, or ``None`` for the stores
+            given to the constructor. With no store at all, requests are
+            still announced on :data:`~flask_traffic.request_traffic`.
+        :raises RuntimeError: if ``app`` already has a ``Traffic``, or a store
+            already serves another app.
+        """
+        if _EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A 'Traffic' instance has already been registered on this Flask app. "
+                "Import and use that instance instead."
+            )
+        store_list = _normalise_stores(self._default_stores if stores is None else stores)
+        enabled, options = _read_config(app)
+        for store in store_list:
+            store.attach(app, options)
+        state = _TrafficState(stores=store_list, enabled=enabled)
+        for store in store_list:
+            receiver = _StoreReceiver(store)
+            # Held strongly: blinker would drop a weakly held receiver object
+            # as soon as this function returns.
+            request_traffic.connect(receiver, sender=app, weak=False)
+            state.receivers.append(receiver)
+        app.extensions[_EXTENSION_KEY] = state
+        if enabled:
+            app.teardown_request(_park_request)
+            app.wsgi_app = _TrafficMiddleware(app.wsgi_app, app)  # type: ignore[method-assign]
+
+    @staticmethod
+    def _state(app: Flask) -> _TrafficState:
+        try:
+            return t.cast(_TrafficState, app.extensions[_EXTENSION_KEY])
+        except KeyError:
+            raise RuntimeError(
+                f"The app {app.name!r} is not set up for traffic: call init_app(app) first."
+            ) from None
+
+    def get_stores(self, app: Flask) -> list[Store]:
+        """The stores attached to ``app``, in the order given."""
+        return list(self._state(app).stores)
+
+    def flush(self, app: Flask, timeout: float | None = None) -> bool:
+        """Write everything queued for ``app``'s stores.
+
+        :return: ``False`` if some store did not finish within ``timeout``.
+        """
+        return all([store.flush(timeout) for store in self._state(app).stores])
+
+    def shutdown(self, app: Flask, timeout: float | None = 10.0) -> None:
+        """Flush and stop ``app``'s stores and stop recording its requests.
+
+        Safe to call twice. Stores are also shut down at interpreter exit.
+        """
+        state = self._state(app)
+        for receiver in state.receivers:
+            request_traffic.disconnect(receiver, sender=app)
+        state.receivers.clear()
+        for store in state.stores:
+            store.shutdown(timeout)

@@ -1,0 +1,253 @@
+"""Which fields a store keeps, and which requests it keeps at all."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import typing as t
+from collections.abc import Iterable
+
+from .record import FIELD_NAMES, TrafficRecord
+
+__all__ = ["LogPolicy"]
+
+_FIELD_SET = frozenset(FIELD_NAMES)
+_CHOICES = ", ".join(FIELD_NAMES)
+_MIN_PATH_LENGTH = 8
+
+
+def _check_field_names(names: Iterable[str], where: str) -> None:
+    unknown = sorted(set(names) - _FIELD_SET)
+    if unknown:
+        raise TypeError(
+            f"{where} got unknown field name(s) {', '.join(unknown)}; valid fields are: {_CHOICES}."
+        )
+
+
+def _endpoint_set(value: Iterable[str] | None, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        raise TypeError(f"{name} takes a collection of endpoint names, not a str: use [{value!r}].")
+    items = frozenset(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} takes endpoint names (str), got {item!r}.")
+    return items
+
+
+def _status_set(value: Iterable[int | str] | None, name: str) -> frozenset[int]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, (str, int)):
+        raise TypeError(f"{name} takes a collection of status codes, not one: use [{value!r}].")
+    codes = set()
+    for item in value:
+        # 0.8 documented the codes as strings; accept both.
+        try:
+            code = int(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} takes HTTP status codes, got {item!r}.") from None
+        if isinstance(item, bool) or not 100 <= code <= 599:
+            raise ValueError(f"{name} takes HTTP status codes from 100 to 599, got {item!r}.")
+        codes.add(code)
+    return frozenset(codes)
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+def cut_path(path: str, limit: int) -> str:
+    """Shorten ``path`` to ``limit`` characters, keeping its head and tail."""
+    if len(path) <= limit:
+        return path
+    keep = limit - 3
+    head = keep - keep // 2
+    return f"{path[:head]}...{path[len(path) - keep // 2 :]}"
+
+
+@functools.lru_cache(maxsize=4096)
+def anonymize_address(address: str) -> str:
+    """Zero the last octet of an IPv4 address or the last 80 bits of IPv6.
+
+    Anything that is not an IP address (a Unix socket name) is returned as is.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ipaddress.ip_network(f"{ip}/24", strict=False).network_address)
+    return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
+
+
+class LogPolicy:
+    """Which fields a store keeps and which requests it records.
+
+    Every field is on by default; switch fields with :meth:`set_from_true`
+    (all on, name the ones to turn off) or :meth:`set_from_false` (all off,
+    name the ones to turn on). Each field is also a boolean attribute,
+    ``policy.request_user_agent = False``.
+
+    A request is recorded when it passes every filter given:
+
+    :param on_endpoints: only requests to these endpoint names.
+    :param skip_endpoints: never requests to these endpoint names.
+    :param on_status_codes: only responses with these status codes.
+    :param skip_status_codes: never responses with these status codes.
+    :param only_on_exception: only requests that raised an unhandled exception.
+    :param skip_on_exception: never requests that raised an unhandled exception.
+    :param max_request_path_length: longer paths are stored as their head and
+        tail around ``...``, this many characters in all.
+    :param anonymize_ip: store ``request_remote_address`` with the last IPv4
+        octet, or the last 80 bits of an IPv6 address, set to zero.
+
+    .. versionadded:: 1.0
+        ``anonymize_ip`` and the ``request_route`` field.
+    """
+
+    on_endpoints: frozenset[str]
+    skip_endpoints: frozenset[str]
+    on_status_codes: frozenset[int]
+    skip_status_codes: frozenset[int]
+    only_on_exception: bool
+    skip_on_exception: bool
+    max_request_path_length: int
+    anonymize_ip: bool
+    _fields: dict[str, bool]
+
+    def __init__(
+        self,
+        on_endpoints: Iterable[str] | None = None,
+        skip_endpoints: Iterable[str] | None = None,
+        on_status_codes: Iterable[int | str] | None = None,
+        skip_status_codes: Iterable[int | str] | None = None,
+        only_on_exception: bool = False,
+        skip_on_exception: bool = False,
+        max_request_path_length: int = 512,
+        *,
+        anonymize_ip: bool = False,
+    ) -> None:
+        only = _check_bool(only_on_exception, "only_on_exception")
+        skip = _check_bool(skip_on_exception, "skip_on_exception")
+        if only and skip:
+            raise ValueError(
+                "only_on_exception and skip_on_exception cannot both be True: "
+                "nothing would be recorded."
+            )
+        if (
+            isinstance(max_request_path_length, bool)
+            or not isinstance(max_request_path_length, int)
+            or max_request_path_length < _MIN_PATH_LENGTH
+        ):
+            raise ValueError(
+                f"max_request_path_length must be an integer of at least "
+                f"{_MIN_PATH_LENGTH}, got {max_request_path_length!r}."
+            )
+        object.__setattr__(self, "_fields", dict.fromkeys(FIELD_NAMES, True))
+        self.on_endpoints = _endpoint_set(on_endpoints, "on_endpoints")
+        self.skip_endpoints = _endpoint_set(skip_endpoints, "skip_endpoints")
+        self.on_status_codes = _status_set(on_status_codes, "on_status_codes")
+        self.skip_status_codes = _status_set(skip_status_codes, "skip_status_codes")
+        self.only_on_exception = only
+        self.skip_on_exception = skip
+        self.max_request_path_length = max_request_path_length
+        self.anonymize_ip = _check_bool(anonymize_ip, "anonymize_ip")
+
+    # Field switches live in one dict keyed by FIELD_NAMES, so there is no
+    # attribute per field to keep in step with the schema.
+    def __getattr__(self, name: str) -> bool:
+        fields: dict[str, bool] = self.__dict__["_fields"]
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: t.Any) -> None:
+        if name in _FIELD_SET:
+            self._fields[name] = _check_bool(value, name)
+        else:
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"<LogPolicy fields={list(self.enabled_fields)}>"
+
+    def _set(self, default: bool, where: str, fields: dict[str, bool]) -> LogPolicy:
+        _check_field_names(fields, where)
+        for name, value in fields.items():
+            _check_bool(value, name)
+        self._fields.update(dict.fromkeys(FIELD_NAMES, default))
+        self._fields.update(fields)
+        return self
+
+    def set_from_true(self, **fields: bool) -> LogPolicy:
+        """Turn every field on, then turn off those passed as ``False``.
+
+        ``LogPolicy().set_from_true(request_user_agent=False)``
+
+        :return: this policy.
+        """
+        return self._set(True, "set_from_true()", fields)
+
+    def set_from_false(self, **fields: bool) -> LogPolicy:
+        """Turn every field off, then turn on those passed as ``True``.
+
+        ``LogPolicy().set_from_false(request_path=True, response_time=True)``
+
+        :return: this policy.
+        """
+        return self._set(False, "set_from_false()", fields)
+
+    @property
+    def enabled_fields(self) -> tuple[str, ...]:
+        """The names of the fields this policy keeps, in schema order."""
+        fields = self._fields
+        return tuple(name for name in FIELD_NAMES if fields[name])
+
+    def accepts(self, record: TrafficRecord) -> bool:
+        """Whether a store with this policy records ``record``.
+
+        Runs on the request thread for every request, so it only compares.
+        """
+        endpoint = record.request_endpoint
+        if self.on_endpoints and endpoint not in self.on_endpoints:
+            return False
+        if endpoint in self.skip_endpoints:
+            return False
+        status = record.response_status_code
+        if self.on_status_codes and status not in self.on_status_codes:
+            return False
+        if status in self.skip_status_codes:
+            return False
+        if self.only_on_exception or self.skip_on_exception:
+            failed = record.response_exception is not None
+            if failed != self.only_on_exception:
+                return False
+        return True
+
+    def row(self, record: TrafficRecord) -> dict[str, t.Any]:
+        """The enabled fields of ``record`` as JSON-ready values.
+
+        Dates become ISO 8601 text; the path is cut and the address
+        anonymised as this policy says. Runs in a store's worker thread.
+        """
+        row: dict[str, t.Any] = {}
+        fields = self._fields
+        for name in FIELD_NAMES:
+            if not fields[name]:
+                continue
+            if name == "request_date":
+                row[name] = record.isoformat_date()
+            elif name == "request_path":
+                path = record.request_path
+                row[name] = None if path is None else cut_path(path, self.max_request_path_length)
+            elif name == "request_remote_address":
+                address = record.request_remote_address
+                if address is not None and self.anonymize_ip:
+                    address = anonymize_address(address)
+                row[name] = address
+            else:
+                row[name] = getattr(record, name)
+        return row

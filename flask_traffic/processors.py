@@ -1,0 +1,354 @@
+"""Processors take records off the request thread and hand them to a store.
+
+:class:`BatchProcessor` is the default: a bounded queue and one worker thread
+per store that writes batches, after the pattern of OpenTelemetry's batch
+span processor. :class:`SyncProcessor` writes in the request, for people who
+prefer that cost to a queue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import typing as t
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from .record import TrafficRecord
+
+__all__ = ["BatchProcessor", "ExportFunction", "Processor", "SyncProcessor"]
+
+logger = logging.getLogger("flask_traffic")
+
+#: What a processor calls with each batch; it raises on failure.
+ExportFunction = Callable[[Sequence[TrafficRecord]], None]
+
+_DROP_WARNING_INTERVAL = 60.0
+_SHUTDOWN_TIMEOUT = 10.0
+
+
+class Processor(t.Protocol):
+    """What :class:`~flask_traffic.stores.Store` needs from a processor."""
+
+    def emit(self, record: TrafficRecord) -> None:
+        """Take one record; called on the request thread, never raises."""
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Write everything taken so far; ``False`` if that did not finish."""
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush and stop; safe to call more than once."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``queued``, ``exported``, ``dropped``, ``failed_exports``."""
+
+
+class _Counters:
+    """Counters shared by both processors; the drop path takes a lock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exported = 0
+        self.dropped = 0
+        self.failed_exports = 0
+        self._lock = threading.Lock()
+        self._last_drop_warning = -_DROP_WARNING_INTERVAL
+        self._dropped_since_warning = 0
+
+    def drop(self, count: int, reason: str) -> None:
+        with self._lock:
+            self.dropped += count
+            self._dropped_since_warning += count
+            now = time.monotonic()
+            if now - self._last_drop_warning < _DROP_WARNING_INTERVAL:
+                return
+            dropped, self._dropped_since_warning = self._dropped_since_warning, 0
+            self._last_drop_warning = now
+        logger.warning(
+            "%s: dropped %d traffic record(s) (%s); %d dropped in all.",
+            self.name,
+            dropped,
+            reason,
+            self.dropped,
+        )
+
+
+class SyncProcessor:
+    """Writes each record in the request that made it.
+
+    A failed write is logged and counted, and that record is dropped: the
+    request neither waits for retries nor sees the error.
+
+    :param export: the store's ``export`` method.
+    :param name: how log messages name the store.
+    """
+
+    def __init__(self, export: ExportFunction, *, name: str = "store") -> None:
+        self._export = export
+        self._counters = _Counters(name)
+        # export() of a file store is not safe to run in two threads at once.
+        self._lock = threading.Lock()
+
+    def emit(self, record: TrafficRecord) -> None:
+        try:
+            with self._lock:
+                self._export((record,))
+        except Exception:
+            self._counters.failed_exports += 1
+            logger.exception("%s: writing a traffic record failed.", self._counters.name)
+            self._counters.drop(1, "write failed in sync mode")
+        else:
+            self._counters.exported += 1
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+    def stats(self) -> dict[str, int]:
+        c = self._counters
+        return {
+            "queued": 0,
+            "exported": c.exported,
+            "dropped": c.dropped,
+            "failed_exports": c.failed_exports,
+        }
+
+
+class _FlushMarker:
+    """Put in the queue by force_flush; set once everything before it is written."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_live_processors: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for processor in list(_live_processors):
+        processor.shutdown(timeout=_SHUTDOWN_TIMEOUT)
+
+
+class BatchProcessor:
+    """A bounded queue and a worker thread that writes records in batches.
+
+    The request thread only appends to the queue. The worker writes a batch
+    when ``max_batch_size`` records are waiting, or every ``schedule_delay``
+    seconds, or on :meth:`force_flush`. A failed write is logged, counted and
+    retried with exponential back-off up to ``max_backoff`` seconds; the
+    records wait meanwhile. When ``max_queue_size`` records are waiting, new
+    ones are dropped and counted, with a warning at most once a minute, so a
+    request never blocks. After ``os.fork`` the child starts a worker of its
+    own with an empty queue (the parent writes what it had queued).
+
+    :param export: the store's ``export`` method.
+    :param name: how log messages name the store.
+    :param max_queue_size: records that may wait before new ones are dropped.
+    :param max_batch_size: records handed to one ``export`` call at most.
+    :param schedule_delay: seconds between writes when the batch is not full.
+    :param max_backoff: longest wait, in seconds, between retries.
+    """
+
+    def __init__(
+        self,
+        export: ExportFunction,
+        *,
+        name: str = "store",
+        max_queue_size: int = 10_000,
+        max_batch_size: int = 512,
+        schedule_delay: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        for arg, value in (("max_queue_size", max_queue_size), ("max_batch_size", max_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
+        for arg, number in (("schedule_delay", schedule_delay), ("max_backoff", max_backoff)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+                raise ValueError(f"{arg} must be a positive number of seconds, got {number!r}.")
+        self._export = export
+        self._max_queue_size = max_queue_size
+        self._max_batch_size = max_batch_size
+        self._schedule_delay = float(schedule_delay)
+        self._max_backoff = float(max_backoff)
+        self._counters = _Counters(name)
+        self._is_shut_down = False
+        self._init_worker()
+        _live_processors.add(self)
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._at_fork_reinit)
+            os.register_at_fork(after_in_child=lambda: _call_if_alive(ref))
+
+    def _at_fork_reinit(self) -> None:
+        # The child gets fresh locks and a thread of its own (threads do not
+        # survive fork); what the parent had queued is the parent's to write.
+        if not self._is_shut_down:
+            self._counters = _Counters(self._counters.name)
+            self._init_worker()
+
+    def _init_worker(self) -> None:
+        self._queue: deque[TrafficRecord | _FlushMarker] = deque()
+        self._in_flight = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._deadline = float("inf")
+        self._shutdown_lock = threading.Lock()
+        self._worker = threading.Thread(
+            target=self._run, name=f"flask-traffic {self._counters.name}", daemon=True
+        )
+        self._worker.start()
+
+    def emit(self, record: TrafficRecord) -> None:
+        queue = self._queue
+        if self._stopping:
+            self._counters.drop(1, "processor is shut down")
+            return
+        if len(queue) + self._in_flight >= self._max_queue_size:
+            self._counters.drop(1, f"queue full at {self._max_queue_size}")
+            return
+        queue.append(record)
+        if len(queue) >= self._max_batch_size:
+            self._wake.set()
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Write every record taken so far.
+
+        :param timeout: seconds to wait at most; ``None`` waits until done.
+        :return: ``True`` when everything was written, ``False`` on time-out
+            (for example while the store is failing and being retried).
+        """
+        if not self._worker.is_alive():
+            return not self._queue
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    flush = force_flush
+
+    def shutdown(self, timeout: float | None = _SHUTDOWN_TIMEOUT) -> None:
+        """Write what is queued and stop the worker. Safe to call twice.
+
+        Records that still cannot be written when ``timeout`` runs out are
+        counted as dropped and reported on the ``flask_traffic`` logger.
+        """
+        with self._shutdown_lock:
+            if self._is_shut_down:
+                return
+            self._is_shut_down = True
+        self._deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        self._stopping = True
+        self._wake.set()
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            logger.warning(
+                "%s: shutdown timed out after %ss with %d record(s) unwritten.",
+                self._counters.name,
+                timeout,
+                len(self._queue) + self._in_flight,
+            )
+        _live_processors.discard(self)
+
+    def stats(self) -> dict[str, int]:
+        c = self._counters
+        queued = sum(1 for item in list(self._queue) if not isinstance(item, _FlushMarker))
+        return {
+            "queued": queued + self._in_flight,
+            "exported": c.exported,
+            "dropped": c.dropped,
+            "failed_exports": c.failed_exports,
+        }
+
+    def _take(self) -> tuple[list[TrafficRecord], list[_FlushMarker]]:
+        batch: list[TrafficRecord] = []
+        markers: list[_FlushMarker] = []
+        queue = self._queue
+        limit = self._max_batch_size
+        while queue and len(batch) < limit:
+            item = queue.popleft()
+            if isinstance(item, _FlushMarker):
+                markers.append(item)
+            else:
+                batch.append(item)
+        self._in_flight = len(batch)
+        return batch, markers
+
+    def _write(self, batch: list[TrafficRecord], attempt: int) -> bool:
+        try:
+            self._export(batch)
+        except Exception:
+            self._counters.failed_exports += 1
+            # The traceback once per outage; the retries only say they failed.
+            logger.warning(
+                "%s: writing %d traffic record(s) failed (attempt %d); retrying.",
+                self._counters.name,
+                len(batch),
+                attempt,
+                exc_info=attempt == 1,
+            )
+            return False
+        self._counters.exported += len(batch)
+        return True
+
+    def _run(self) -> None:
+        batch: list[TrafficRecord] = []
+        markers: list[_FlushMarker] = []
+        attempt = 0
+        backoff = 0.0
+        while True:
+            wait = backoff if batch else self._schedule_delay
+            if self._stopping:
+                wait = min(wait, max(0.0, self._deadline - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            stopping = self._stopping
+            while True:
+                if not batch:
+                    batch, new_markers = self._take()
+                    markers.extend(new_markers)
+                if batch:
+                    attempt += 1
+                    if not self._write(batch, attempt):
+                        backoff = min(self._max_backoff, 0.5 * 2 ** (attempt - 1))
+                        break
+                    batch, attempt = [], 0
+                    self._in_flight = 0
+                for marker in markers:
+                    marker.done.set()
+                markers = []
+                if not self._queue:
+                    break
+            if not stopping:
+                continue
+            if not batch and not self._queue:
+                return
+            if time.monotonic() >= self._deadline:
+                self._give_up(batch, markers)
+                return
+
+    def _give_up(self, batch: list[TrafficRecord], markers: list[_FlushMarker]) -> None:
+        lost = len(batch)
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _FlushMarker):
+                markers.append(item)
+            else:
+                lost += 1
+        self._in_flight = 0
+        self._counters.drop(lost, "store still failing at shutdown")
+        for marker in markers:
+            marker.done.set()
+
+
+def _call_if_alive(ref: weakref.WeakMethod[t.Callable[[], None]]) -> None:
+    method = ref()
+    if method is not None:
+        method()

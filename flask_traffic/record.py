@@ -1,0 +1,250 @@
+"""The traffic record and the one list of its fields.
+
+Everything that needs to know the field names (the policy switches, the CSV
+header, SQL columns, type conversion when reading back) derives them from
+:data:`FIELDS`.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.utils import get_current_url, get_host
+
+from ._useragent import parse_user_agent
+
+__all__ = ["FIELDS", "FIELD_NAMES", "Field", "FieldType", "TrafficRecord"]
+
+FieldType = t.Literal["datetime", "str", "int", "float"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of the public schema.
+
+    :param name: the key in stores and in :meth:`TrafficRecord.as_dict`.
+    :param type: how the value is stored and read back: ``"datetime"`` (an
+        aware UTC :class:`~datetime.datetime`, ISO 8601 text in stores),
+        ``"str"``, ``"int"`` or ``"float"``. Any field may be ``None``.
+    :param doc: one line for the documentation.
+    """
+
+    name: str
+    type: FieldType
+    doc: str
+
+
+#: The public schema, in the order stores write it. The names are those of
+#: flask-traffic 0.8, plus ``request_route``.
+FIELDS: tuple[Field, ...] = (
+    Field("request_date", "datetime", "when the request started, UTC"),
+    Field("request_method", "str", "HTTP method"),
+    Field("request_host_url", "str", "scheme and host, e.g. https://example.com/"),
+    Field("request_path", "str", "path, cut to the policy's max_request_path_length"),
+    Field("request_endpoint", "str", "Flask endpoint name, None when no route matched"),
+    Field("request_route", "str", "URL rule, e.g. /item/<int:n>, None when no route matched"),
+    Field("request_remote_address", "str", "client address (REMOTE_ADDR)"),
+    Field("request_referrer", "str", "Referer header"),
+    Field("request_user_agent", "str", "User-Agent header"),
+    Field("request_browser", "str", 'browser parsed from the user agent, e.g. "Chrome 131"'),
+    Field("request_platform", "str", 'platform parsed from the user agent, e.g. "Mac OS X"'),
+    Field("response_time", "float", "milliseconds from the start of the request to the response"),
+    Field("response_size", "int", "response body size in bytes when known"),
+    Field("response_status_code", "int", "HTTP status code"),
+    Field("response_exception", "str", "repr() of an unhandled exception, else None"),
+    Field("response_mimetype", "str", "response mimetype, e.g. text/html"),
+)
+
+#: The field names alone, in schema order.
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+
+_UTC = timezone.utc
+
+
+class TrafficRecord:
+    """One finished request.
+
+    Built on the request thread from raw values only (clock readings and
+    strings copied off the WSGI environ), so it is cheap to make. The values
+    that cost something to compute (the date, the host URL, the browser and
+    platform, the mimetype) are properties computed on first access, which
+    happens in a store's worker thread, and kept, so several stores share the
+    work.
+
+    Every name in :data:`FIELD_NAMES` is an attribute. Besides those:
+
+    ``start_time_ns``
+        wall clock at the start of the request, ns since the epoch.
+    ``duration_ns``
+        monotonic duration of the request in ns.
+    ``traceparent``, ``tracestate``
+        the incoming W3C trace context headers, or ``None``.
+    ``url_scheme``, ``query_string``, ``server_protocol``
+        from the WSGI environ, for exporters.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_content_length",
+        "_content_type",
+        "_host_header",
+        "_server",
+        "duration_ns",
+        "query_string",
+        "request_endpoint",
+        "request_method",
+        "request_path",
+        "request_referrer",
+        "request_remote_address",
+        "request_route",
+        "request_user_agent",
+        "response_exception",
+        "response_status_code",
+        "server_protocol",
+        "start_time_ns",
+        "traceparent",
+        "tracestate",
+        "url_scheme",
+    )
+
+    start_time_ns: int
+    duration_ns: int
+    request_method: str | None
+    url_scheme: str
+    request_path: str | None
+    query_string: str
+    server_protocol: str | None
+    request_endpoint: str | None
+    request_route: str | None
+    request_remote_address: str | None
+    request_referrer: str | None
+    request_user_agent: str | None
+    response_status_code: int | None
+    response_exception: str | None
+    traceparent: str | None
+    tracestate: str | None
+
+    def __init__(
+        self,
+        *,
+        start_time_ns: int,
+        duration_ns: int,
+        request_method: str | None = None,
+        url_scheme: str = "http",
+        host_header: str | None = None,
+        server: tuple[str, int | None] | None = None,
+        request_path: str | None = None,
+        query_string: str = "",
+        server_protocol: str | None = None,
+        request_endpoint: str | None = None,
+        request_route: str | None = None,
+        request_remote_address: str | None = None,
+        request_referrer: str | None = None,
+        request_user_agent: str | None = None,
+        response_status_code: int | None = None,
+        content_length: str | None = None,
+        content_type: str | None = None,
+        response_exception: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
+        self.start_time_ns = start_time_ns
+        self.duration_ns = duration_ns
+        self.request_method = request_method
+        self.url_scheme = url_scheme
+        self._host_header = host_header
+        self._server = server
+        self.request_path = request_path
+        self.query_string = query_string
+        self.server_protocol = server_protocol
+        self.request_endpoint = request_endpoint
+        self.request_route = request_route
+        self.request_remote_address = request_remote_address
+        self.request_referrer = request_referrer
+        self.request_user_agent = request_user_agent
+        self.response_status_code = response_status_code
+        self._content_length = content_length
+        self._content_type = content_type
+        self.response_exception = response_exception
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        # Values computed off the request thread, shared by every store.
+        self._cache: dict[str, t.Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<TrafficRecord {self.request_method} {self.request_path!r}"
+            f" {self.response_status_code}>"
+        )
+
+    @property
+    def request_date(self) -> datetime:
+        """When the request started, an aware UTC datetime (microseconds)."""
+        cache = self._cache
+        if "request_date" not in cache:
+            seconds, ns = divmod(self.start_time_ns, 1_000_000_000)
+            cache["request_date"] = datetime.fromtimestamp(seconds, _UTC).replace(
+                microsecond=ns // 1000
+            )
+        return t.cast(datetime, cache["request_date"])
+
+    @property
+    def request_host_url(self) -> str:
+        """Scheme and host with a trailing slash, as Werkzeug's ``host_url``."""
+        cache = self._cache
+        if "request_host_url" not in cache:
+            # No trusted_hosts check here: the request already passed Flask's.
+            host = get_host(self.url_scheme, self._host_header, self._server)
+            cache["request_host_url"] = get_current_url(self.url_scheme, host)
+        return t.cast(str, cache["request_host_url"])
+
+    @property
+    def request_browser(self) -> str | None:
+        """Browser family and major version, e.g. ``"Chrome 131"``."""
+        return parse_user_agent(self.request_user_agent)[0]
+
+    @property
+    def request_platform(self) -> str | None:
+        """Operating system family, e.g. ``"Mac OS X"``."""
+        return parse_user_agent(self.request_user_agent)[1]
+
+    @property
+    def response_time(self) -> float:
+        """Duration in milliseconds."""
+        return self.duration_ns / 1_000_000
+
+    @property
+    def response_size(self) -> int | None:
+        """Body size in bytes from ``Content-Length``; ``None`` when streamed."""
+        value = self._content_length
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            return None
+
+    @property
+    def response_mimetype(self) -> str | None:
+        """The response mimetype without parameters, e.g. ``"text/html"``."""
+        value = self._content_type
+        if value is None:
+            return None
+        cache = self._cache
+        if "response_mimetype" not in cache:
+            cache["response_mimetype"] = parse_options_header(value)[0].lower() or None
+        return t.cast("str | None", cache["response_mimetype"])
+
+    def isoformat_date(self) -> str:
+        """:attr:`request_date` as ISO 8601 text, computed once per record."""
+        cache = self._cache
+        if "request_date_iso" not in cache:
+            cache["request_date_iso"] = self.request_date.isoformat()
+        return t.cast(str, cache["request_date_iso"])
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """Every field as a Python value (``request_date`` is a datetime)."""
+        return {name: getattr(self, name) for name in FIELD_NAMES}
