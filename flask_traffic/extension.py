@@ -6,9 +6,9 @@ import logging
 import time
 import typing as t
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from flask import Flask, request
+from flask import Flask, got_request_exception, request
 
 from .record import TrafficRecord
 from .signals import request_traffic
@@ -22,9 +22,9 @@ __all__ = ["Traffic"]
 logger = logging.getLogger("flask_traffic")
 
 _EXTENSION_KEY = "traffic"
-# Where the request object and the unhandled exception (if any) are parked
-# at teardown, for the middleware to read once Flask is done with them.
-_PARKED_KEY = "flask_traffic.request"
+# Where an unhandled exception and its request are parked by the
+# got_request_exception receiver, for the middleware to read afterwards.
+_PARKED_KEY = "flask_traffic.exception"
 
 #: The config keys read by :meth:`Traffic.init_app`, with their defaults.
 CONFIG_DEFAULTS: dict[str, t.Any] = {
@@ -44,26 +44,36 @@ class _TrafficState:
 
     stores: list[Store]
     enabled: bool
-    receivers: list[_StoreReceiver] = field(default_factory=list)
+    receiver: _StoresReceiver | None = None
 
 
-class _StoreReceiver:
-    """Subscribes one store to ``request_traffic`` through its policy."""
+class _StoresReceiver:
+    """Subscribes an app's stores to ``request_traffic``, each through its policy.
 
-    __slots__ = ("accepts", "emit", "store")
+    One receiver for all of an app's stores rather than one per store:
+    every request pays blinker's dispatch once, not once per store.
+    """
 
-    def __init__(self, store: Store) -> None:
-        assert store.processor is not None
-        self.store = store
-        self.accepts = store.log_policy.accepts
-        self.emit = store.processor.emit
+    __slots__ = ("routes", "stores")
+
+    def __init__(self, stores: list[Store]) -> None:
+        self.stores = tuple(stores)
+        routes = []
+        for store in stores:
+            assert store.processor is not None
+            routes.append((store.log_policy.accepts, store.processor.emit, store))
+        self.routes = tuple(routes)
 
     def __call__(self, sender: Flask, record: TrafficRecord, **extra: t.Any) -> None:
-        if self.accepts(record):
-            self.emit(record)
+        for accepts, emit, store in self.routes:
+            try:
+                if accepts(record):
+                    emit(record)
+            except Exception:
+                logger.exception("%s: could not take a traffic record.", store.name)
 
     def __repr__(self) -> str:
-        return f"<receiver for {self.store!r}>"
+        return f"<receiver for {list(self.stores)!r}>"
 
 
 def _normalise_stores(stores: StoresArg) -> list[Store]:
@@ -110,20 +120,24 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
     return config["TRAFFIC_ENABLED"], options
 
 
-def _park_request(exc: BaseException | None) -> None:
-    # A teardown function: the last moment the request object is reachable
-    # (Flask unlinks it from the environ right after), and the one place
-    # that sees the unhandled exception whether Flask answers 500 or
-    # propagates it.
+def _park_exception(sender: Flask, exception: BaseException, **extra: t.Any) -> None:
+    # Flask sends got_request_exception for unhandled exceptions only, inside
+    # the request context, whether it then answers 500 or propagates; the
+    # normal path pays nothing for it.
     req = request._get_current_object()  # type: ignore[attr-defined]
-    req.environ[_PARKED_KEY] = (req, exc)
+    req.environ[_PARKED_KEY] = (req, exception)
 
 
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+def _length_and_type(headers: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """``Content-Length`` and ``Content-Type`` from response headers, in one pass."""
+    length = content_type = None
     for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
+        name = key.lower()
+        if name == "content-length":
+            length = value
+        elif name == "content-type":
+            content_type = value
+    return length, content_type
 
 
 class _TrafficMiddleware:
@@ -149,7 +163,10 @@ class _TrafficMiddleware:
         response: list[t.Any] = []
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
-            response[:] = (status, headers)
+            # Flask calls this while the request context is still pushed, so
+            # its request object (with the matched URL rule) is still in the
+            # environ; Flask unlinks it when the context pops.
+            response[:] = (status, headers, environ.get("werkzeug.request"))
             return start_response(status, headers, exc_info)
 
         try:
@@ -196,26 +213,27 @@ class _TrafficMiddleware:
         raised: BaseException | None,
     ) -> TrafficRecord:
         # pop: the environ must not keep the request alive (Flask unlinked it).
-        req, parked_exception = environ.pop(_PARKED_KEY, (None, None))
+        parked_request, parked_exception = environ.pop(_PARKED_KEY, (None, None))
         exception = raised if raised is not None else parked_exception
         if response:
-            status, headers = response
+            status, headers, req = response
             status_code: int | None = int(status[:3])
-            content_length = _header(headers, "content-length")
-            content_type = _header(headers, "content-type")
+            content_length, content_type = _length_and_type(headers)
         else:
+            req = parked_request
             status_code = 500 if exception is not None else None
             content_length = content_type = None
         if req is not None:
-            rule = req.url_rule
+            # Another Request(environ) made during the request would be a
+            # plain Werkzeug one, without url_rule.
+            rule = getattr(req, "url_rule", None)
             method = req.method
             path = req.path
             scheme = req.scheme
             server = req.server
             remote_address = req.remote_addr
         else:
-            # No teardown yet (a streamed response keeps its context open)
-            # or Flask failed before it made a request object.
+            # Flask failed before it made a request object.
             rule = None
             method = environ.get("REQUEST_METHOD")
             raw = environ.get("PATH_INFO") or ""
@@ -223,27 +241,28 @@ class _TrafficMiddleware:
             scheme = environ.get("wsgi.url_scheme", "http")
             server = None
             remote_address = environ.get("REMOTE_ADDR")
+        # Positional, in TrafficRecord's parameter order: keywords cost more.
         return TrafficRecord(
-            start_time_ns=start_time_ns,
-            duration_ns=duration_ns,
-            request_method=method,
-            url_scheme=scheme,
-            host_header=environ.get("HTTP_HOST"),
-            server=server,
-            request_path=path,
-            query_string=environ.get("QUERY_STRING", ""),
-            server_protocol=environ.get("SERVER_PROTOCOL"),
-            request_endpoint=None if rule is None else rule.endpoint,
-            request_route=None if rule is None else rule.rule,
-            request_remote_address=remote_address,
-            request_referrer=environ.get("HTTP_REFERER"),
-            request_user_agent=environ.get("HTTP_USER_AGENT"),
-            response_status_code=status_code,
-            content_length=content_length,
-            content_type=content_type,
-            response_exception=None if exception is None else repr(exception),
-            traceparent=environ.get("HTTP_TRACEPARENT"),
-            tracestate=environ.get("HTTP_TRACESTATE"),
+            start_time_ns,
+            duration_ns,
+            method,
+            scheme,
+            environ.get("HTTP_HOST"),
+            server,
+            path,
+            environ.get("QUERY_STRING", ""),
+            environ.get("SERVER_PROTOCOL"),
+            None if rule is None else rule.endpoint,
+            None if rule is None else rule.rule,
+            remote_address,
+            environ.get("HTTP_REFERER"),
+            environ.get("HTTP_USER_AGENT"),
+            status_code,
+            content_length,
+            content_type,
+            None if exception is None else repr(exception),
+            environ.get("HTTP_TRACEPARENT"),
+            environ.get("HTTP_TRACESTATE"),
         )
 
 
@@ -295,15 +314,14 @@ class Traffic:
         for store in store_list:
             store.attach(app, options)
         state = _TrafficState(stores=store_list, enabled=enabled)
-        for store in store_list:
-            receiver = _StoreReceiver(store)
+        if store_list:
+            state.receiver = _StoresReceiver(store_list)
             # Held strongly: blinker would drop a weakly held receiver object
             # as soon as this function returns.
-            request_traffic.connect(receiver, sender=app, weak=False)
-            state.receivers.append(receiver)
+            request_traffic.connect(state.receiver, sender=app, weak=False)
         app.extensions[_EXTENSION_KEY] = state
         if enabled:
-            app.teardown_request(_park_request)
+            got_request_exception.connect(_park_exception, sender=app, weak=False)
             app.wsgi_app = _TrafficMiddleware(app.wsgi_app, app)  # type: ignore[method-assign]
 
     @staticmethod
@@ -332,8 +350,8 @@ class Traffic:
         Safe to call twice. Stores are also shut down at interpreter exit.
         """
         state = self._state(app)
-        for receiver in state.receivers:
-            request_traffic.disconnect(receiver, sender=app)
-        state.receivers.clear()
+        if state.receiver is not None:
+            request_traffic.disconnect(state.receiver, sender=app)
+            state.receiver = None
         for store in state.stores:
             store.shutdown(timeout)

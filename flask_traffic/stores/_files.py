@@ -8,11 +8,11 @@ import contextlib
 import os
 import threading
 import typing as t
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..policy import LogPolicy
-from ..record import TrafficRecord
+from ..record import FIELDS, FieldType, TrafficRecord
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -23,9 +23,17 @@ try:
 except ImportError:  # pragma: no cover - Windows: one process per file only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileStore"]
+__all__ = ["FileStore", "field_encoders"]
 
 _CHUNK = 64 * 1024
+_FIELD_TYPES = {field.name: field.type for field in FIELDS}
+
+
+def field_encoders(
+    fields: tuple[str, ...], by_type: dict[FieldType, Callable[[t.Any], str]]
+) -> list[Callable[[t.Any], str]]:
+    """One text encoder per field, chosen by the field's type."""
+    return [by_type[_FIELD_TYPES[name]] for name in fields]
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import typing as t
@@ -10,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..policy import LogPolicy
-from ..record import FIELDS, TrafficRecord
-from ._files import FileStore
+from ..record import FIELDS, FieldType, TrafficRecord
+from ._files import FileStore, field_encoders
 
 __all__ = ["CSVStore"]
 
@@ -20,15 +21,28 @@ __all__ = ["CSVStore"]
 # a cell that already starts with one gets another, and the empty string is a
 # lone apostrophe (an empty cell is None), so read() can undo it exactly.
 _ESCAPE = "'"
-_RISKY_STARTS = ("=", "+", "-", "@", "\t", "\r", _ESCAPE)
+_RISKY_FIRST = frozenset("=+-@\t\r" + _ESCAPE)
+_NEEDS_QUOTES = frozenset(',"\r\n')
 
 
-def _cell(value: t.Any) -> t.Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and (not value or value.startswith(_RISKY_STARTS)):
-        return _ESCAPE + value
+@functools.lru_cache(maxsize=8192)
+def _text_cell(value: str) -> str:
+    # Cached: text values repeat from request to request (user agents,
+    # hosts, routes), and this is the costly part of writing a row.
+    if not value or value[0] in _RISKY_FIRST:
+        value = _ESCAPE + value
+    if not _NEEDS_QUOTES.isdisjoint(value):
+        return '"' + value.replace('"', '""') + '"'
     return value
+
+
+_ENCODERS: dict[FieldType, Callable[[t.Any], str]] = {
+    "str": _text_cell,
+    # ISO 8601 text starts with a digit and holds no comma, quote or newline.
+    "datetime": str,
+    "int": int.__repr__,
+    "float": float.__repr__,
+}
 
 
 def _text(cell: str) -> str:
@@ -87,11 +101,19 @@ class CSVStore(FileStore):
             )
 
     def encode(self, records: Sequence[TrafficRecord]) -> bytes:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        row = self.log_policy.row
-        writer.writerows([[_cell(value) for value in row(record).values()] for record in records])
-        return buffer.getvalue().encode("utf-8", "surrogatepass")
+        values = self.log_policy.values
+        encoders = field_encoders(self.fields, _ENCODERS)
+        lines = [
+            ",".join(
+                [
+                    "" if value is None else encode(value)
+                    for encode, value in zip(encoders, values(record), strict=True)
+                ]
+            )
+            + "\n"
+            for record in records
+        ]
+        return "".join(lines).encode("utf-8", "surrogatepass")
 
     def decode(self, raw: bytes, header: bytes) -> dict[str, t.Any] | None:
         names = header.decode("ascii", "replace").strip().split(",")

@@ -1,0 +1,140 @@
+"""Per-request cost of flask-traffic against bare Flask, in the same run.
+
+    python tests/benchmarks/bench_overhead.py [--requests 500] [--rounds 30] [-v]
+
+Two apps with the same routes: bare Flask (A) and Flask with a JSONStore and
+a CSVStore (B). Rounds alternate A and B so drift on the machine hits both;
+each B round ends with both stores flushed, so the background work (user
+agent parsing, encoding, file writes) is inside the timed part. Prints the
+median of the per-round ratios B/A, of wall time and of the process's CPU
+time (all threads; steadier on a shared machine). A benchmark, not a test:
+nothing asserts; the exit status says only whether every record was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from flask import Flask
+
+from flask_traffic import Traffic
+from flask_traffic.stores import CSVStore, JSONStore, Store
+
+USER_AGENTS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "curl/8.5.0",
+)
+
+
+def make_app(name: str, instance_path: str) -> Flask:
+    app = Flask(name, instance_path=instance_path)
+
+    @app.route("/")
+    def index() -> str:
+        return "hello"
+
+    @app.route("/item/<int:n>")
+    def item(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    return app
+
+
+def run_requests(app: Flask, count: int) -> None:
+    client = app.test_client()
+    for i in range(count):
+        path = "/" if i % 2 else f"/item/{i}"
+        headers = {"User-Agent": USER_AGENTS[i % len(USER_AGENTS)], "Referer": "http://127.0.0.1/"}
+        response = client.get(path, headers=headers)
+        if response.status_code != 200:
+            raise SystemExit(f"unexpected status {response.status_code} for {path}")
+
+
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """Wall time and this process's CPU time (every thread) of ``fn()``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def measure(
+    bare: Flask,
+    traffic_app: Flask,
+    stores: list[Store],
+    requests: int,
+    rounds: int,
+    verbose: bool,
+) -> tuple[list[float], list[float]]:
+    def traffic_round() -> None:
+        run_requests(traffic_app, requests)
+        for store in stores:
+            if not store.flush(60):
+                raise SystemExit(f"{store.name} did not flush")
+
+    wall_ratios, cpu_ratios = [], []
+    for number in range(rounds):
+        # Alternate which app goes first, so neither always follows the other.
+        if number % 2:
+            b, b_cpu = timed(traffic_round)
+            a, a_cpu = timed(lambda: run_requests(bare, requests))
+        else:
+            a, a_cpu = timed(lambda: run_requests(bare, requests))
+            b, b_cpu = timed(traffic_round)
+        wall_ratios.append(b / a)
+        cpu_ratios.append(b_cpu / a_cpu)
+        if verbose:
+            print(
+                f"round {number + 1:2d}: bare {a / requests * 1e6:6.1f} us/request, "
+                f"traffic {b / requests * 1e6:6.1f} us/request, wall ratio {b / a:.3f}, "
+                f"cpu ratio {b_cpu / a_cpu:.3f}"
+            )
+    return wall_ratios, cpu_ratios
+
+
+def _quartiles(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.3f}-{q3:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=30, help="A/B rounds")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        bare = make_app("bare", folder)
+        traffic_app = make_app("traffic", folder)
+        stores: list[Store] = [JSONStore(), CSVStore()]
+        Traffic(traffic_app, stores=stores)
+        # Warm-up: imports, caches, the user agent parser's first parses.
+        run_requests(bare, 500)
+        run_requests(traffic_app, 500)
+        for store in stores:
+            store.flush()
+        wall, cpu = measure(bare, traffic_app, stores, args.requests, args.rounds, args.verbose)
+        written = len(stores[0].read(limit=10**9))
+        for store in stores:
+            store.shutdown()
+    expected = 500 + args.requests * args.rounds
+    print(f"records written per store: {written} (expected {expected})")
+    print(
+        f"Flask + JSONStore + CSVStore / bare Flask, per request, median of "
+        f"{args.rounds} rounds of {args.requests}: wall {statistics.median(wall):.3f}x, "
+        f"CPU {statistics.median(cpu):.3f}x (quartiles: wall {_quartiles(wall)}, "
+        f"CPU {_quartiles(cpu)})"
+    )
+    return 0 if written == expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
