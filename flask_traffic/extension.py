@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 import typing as t
 from collections.abc import Iterable
 from dataclasses import dataclass
+from time import perf_counter_ns, time_ns
 
 from flask import Flask, got_request_exception, request
 
@@ -158,8 +158,8 @@ class _TrafficMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> t.Iterable[bytes]:
-        start_time_ns = time.time_ns()
-        started = time.perf_counter_ns()
+        start_time_ns = time_ns()
+        started = perf_counter_ns()
         response: list[t.Any] = []
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
@@ -173,10 +173,10 @@ class _TrafficMiddleware:
             result = self.wsgi_app(environ, capture)
         except BaseException as exc:
             if request_traffic.receivers:
-                self._send(environ, start_time_ns, time.perf_counter_ns() - started, response, exc)
+                self._send(environ, start_time_ns, perf_counter_ns() - started, response, exc)
             raise
         if request_traffic.receivers:
-            self._send(environ, start_time_ns, time.perf_counter_ns() - started, response, None)
+            self._send(environ, start_time_ns, perf_counter_ns() - started, response, None)
         return result
 
     def _send(

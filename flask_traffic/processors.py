@@ -197,6 +197,7 @@ class BatchProcessor:
     def _init_worker(self) -> None:
         self._queue: deque[TrafficRecord | _FlushMarker] = deque()
         self._in_flight = 0
+        self._flush_requested = False
         self._wake = threading.Event()
         self._stopping = False
         self._deadline = float("inf")
@@ -229,6 +230,7 @@ class BatchProcessor:
             return not self._queue
         marker = _FlushMarker()
         self._queue.append(marker)
+        self._flush_requested = True
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -247,7 +249,9 @@ class BatchProcessor:
         self._deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         self._stopping = True
         self._wake.set()
-        self._worker.join(timeout)
+        # The worker gives up at the deadline itself; the margin lets it
+        # count what it drops before this checks on it.
+        self._worker.join(None if timeout is None else timeout + 1.0)
         if self._worker.is_alive():
             logger.warning(
                 "%s: shutdown timed out after %ss with %d record(s) unwritten.",
@@ -307,11 +311,18 @@ class BatchProcessor:
             wait = backoff if batch else self._schedule_delay
             if self._stopping:
                 wait = min(wait, max(0.0, self._deadline - time.monotonic()))
-            self._wake.wait(wait)
+            timed_out = not self._wake.wait(wait)
             self._wake.clear()
             stopping = self._stopping
+            # The timer, a flush or shutdown write everything; a full batch
+            # wakes the worker for full batches only, so that writes stay
+            # large while requests keep coming.
+            drain_all = timed_out or stopping or self._flush_requested
+            self._flush_requested = False
             while True:
                 if not batch:
+                    if not drain_all and len(self._queue) < self._max_batch_size:
+                        break
                     batch, new_markers = self._take()
                     markers.extend(new_markers)
                 if batch:
