@@ -11,7 +11,7 @@ from time import perf_counter_ns, time_ns
 from flask import Flask, got_request_exception, request
 
 from .record import TrafficRecord
-from .signals import request_traffic
+from .signals import ReceiverCache, request_traffic
 from .stores.base import ProcessorOptions, Store
 
 if t.TYPE_CHECKING:
@@ -154,6 +154,7 @@ class _TrafficMiddleware:
     def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
         self.wsgi_app = wsgi_app
         self.app = app
+        self.receivers = ReceiverCache(app)
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -196,7 +197,7 @@ class _TrafficMiddleware:
         if signal.is_muted:
             return
         app = self.app
-        for receiver in signal.receivers_for(app):
+        for receiver in self.receivers.receivers():
             # blinker stops at the first receiver that raises; one broken
             # receiver must neither fail the request nor starve the stores.
             try:
