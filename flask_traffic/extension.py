@@ -302,8 +302,7 @@ class Traffic:
         :param stores: a store, a list of stores, or ``None`` for the stores
             given to the constructor. With no store at all, requests are
             still announced on :data:`~flask_traffic.request_traffic`.
-        :raises RuntimeError: if ``app`` already has a ``Traffic``, or a store
-            already serves another app.
+        :raises RuntimeError: if ``app`` already has a ``Traffic``.
         """
         if _EXTENSION_KEY in app.extensions:
             raise RuntimeError(

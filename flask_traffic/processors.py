@@ -198,6 +198,7 @@ class BatchProcessor:
         self._queue: deque[TrafficRecord | _FlushMarker] = deque()
         self._in_flight = 0
         self._flush_requested = False
+        self._backing_off = False
         self._wake = threading.Event()
         self._stopping = False
         self._deadline = float("inf")
@@ -216,7 +217,7 @@ class BatchProcessor:
             self._counters.drop(1, f"queue full at {self._max_queue_size}")
             return
         queue.append(record)
-        if len(queue) >= self._max_batch_size:
+        if len(queue) >= self._max_batch_size and not self._backing_off:
             self._wake.set()
 
     def force_flush(self, timeout: float | None = None) -> bool:
@@ -306,18 +307,28 @@ class BatchProcessor:
         batch: list[TrafficRecord] = []
         markers: list[_FlushMarker] = []
         attempt = 0
-        backoff = 0.0
+        retry_at = 0.0
         while True:
-            wait = backoff if batch else self._schedule_delay
+            now = time.monotonic()
+            wait = max(0.0, retry_at - now) if batch else self._schedule_delay
             if self._stopping:
-                wait = min(wait, max(0.0, self._deadline - time.monotonic()))
+                wait = min(wait, max(0.0, self._deadline - now))
             timed_out = not self._wake.wait(wait)
             self._wake.clear()
             stopping = self._stopping
-            # The timer, a flush or shutdown write everything; a full batch
-            # wakes the worker for full batches only, so that writes stay
-            # large while requests keep coming.
-            drain_all = timed_out or stopping or self._flush_requested
+            now = time.monotonic()
+            if stopping and now >= self._deadline and (batch or self._queue):
+                self._give_up(batch, markers)
+                return
+            if batch and now < retry_at:
+                # Backing off: neither a full queue nor a flush brings the
+                # retry forward, or a store that is down would be retried at
+                # the request rate.
+                continue
+            # The timer, a flush, shutdown or a due retry write everything; a
+            # full batch wakes the worker for full batches only, so that
+            # writes stay large while requests keep coming.
+            drain_all = timed_out or stopping or self._flush_requested or bool(batch)
             self._flush_requested = False
             while True:
                 if not batch:
@@ -328,21 +339,21 @@ class BatchProcessor:
                 if batch:
                     attempt += 1
                     if not self._write(batch, attempt):
-                        backoff = min(self._max_backoff, 0.5 * 2 ** (attempt - 1))
+                        # 0.5 s, 1 s, 2 s ... up to max_backoff; the exponent
+                        # is capped so a long outage cannot overflow it.
+                        delay = min(self._max_backoff, 0.5 * 2.0 ** min(attempt - 1, 30))
+                        retry_at = time.monotonic() + delay
+                        self._backing_off = True
                         break
                     batch, attempt = [], 0
                     self._in_flight = 0
+                    self._backing_off = False
                 for marker in markers:
                     marker.done.set()
                 markers = []
                 if not self._queue:
                     break
-            if not stopping:
-                continue
-            if not batch and not self._queue:
-                return
-            if time.monotonic() >= self._deadline:
-                self._give_up(batch, markers)
+            if stopping and not batch and not self._queue:
                 return
 
     def _give_up(self, batch: list[TrafficRecord], markers: list[_FlushMarker]) -> None:

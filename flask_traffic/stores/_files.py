@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import os
 import threading
 import typing as t
@@ -24,6 +25,8 @@ except ImportError:  # pragma: no cover - Windows: one process per file only
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FileStore", "field_encoders"]
+
+logger = logging.getLogger("flask_traffic")
 
 _CHUNK = 64 * 1024
 _FIELD_TYPES = {field.name: field.type for field in FIELDS}
@@ -171,6 +174,19 @@ class FileStore(Store):
         finally:
             os.close(fd)
         self._path = path
+
+    def also_serve(self, app: Flask) -> None:
+        if self.location is None and self._path is not None:
+            folder = Path(app.instance_path)
+            if folder != self._path.parent:
+                logger.warning(
+                    "%s already writes to %s; the requests of app %r go there too, not "
+                    "to its instance folder %s. Create one store per app, or pass location=.",
+                    self.name,
+                    self._path,
+                    app.name,
+                    folder,
+                )
 
     def check_existing(self, fd: int, path: Path) -> None:
         """Raise if an existing file has a layout this store cannot append to."""

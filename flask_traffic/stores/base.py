@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import typing as t
-import weakref
 from collections.abc import Sequence
 
 from ..policy import LogPolicy
@@ -59,7 +58,6 @@ class Store(abc.ABC):
         self.log_policy = log_policy
         self.sync = sync
         self.processor = None
-        self._app_ref: weakref.ref[Flask] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fields={len(self.log_policy.enabled_fields)}>"
@@ -78,16 +76,14 @@ class Store(abc.ABC):
         """Prepare the store for ``app`` and start its processor.
 
         Called by :meth:`Traffic.init_app <flask_traffic.Traffic.init_app>`.
-
-        :raises RuntimeError: if the store already serves another app.
+        A store attached to several apps (a module-level store and an app
+        factory called more than once, as test suites do) keeps the place and
+        the processor it got from the first one, and records every app's
+        requests there.
         """
-        if self._app_ref is not None:
-            other = self._app_ref()
-            if other is not None:
-                raise RuntimeError(
-                    f"This {self.name} is already attached to the app {other.name!r}; "
-                    f"create one store per app (for example inside create_app)."
-                )
+        if self.processor is not None:
+            self.also_serve(app)
+            return
         self.setup(app)
         sync = options["sync"] if self.sync is None else self.sync
         if sync:
@@ -100,7 +96,6 @@ class Store(abc.ABC):
                 max_batch_size=options["max_batch_size"],
                 schedule_delay=options["schedule_delay"],
             )
-        self._app_ref = weakref.ref(app)
 
     def setup(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
         """Open what the store writes to; runs once, in ``init_app``.
@@ -108,6 +103,9 @@ class Store(abc.ABC):
         Raise here, with a sentence that says the fix, for anything that is
         misconfigured: it is better than failing at the first request.
         """
+
+    def also_serve(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
+        """Called when the store, already set up, is attached to another app."""
 
     @abc.abstractmethod
     def export(self, records: Sequence[TrafficRecord]) -> None:
