@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import logging
 import os
 import typing as t
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ from ..record import FIELDS, FieldType, TrafficRecord
 from ._files import FileStore, field_encoders
 
 __all__ = ["CSVStore"]
+
+logger = logging.getLogger("flask_traffic")
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV
 # injection). Such cells get a leading apostrophe, which spreadsheets hide;
@@ -67,6 +70,10 @@ class CSVStore(FileStore):
     gives back ints, floats and ``None``. The header is written once, by the
     first writer of an empty file, even with several processes.
 
+    An existing file whose header names other fields (one written by
+    flask-traffic 0.8, or under another policy) is appended to in its own
+    columns, with a warning naming the fields it cannot hold.
+
     :param filename: the file's name.
     :param location: its folder; the app's instance folder when ``None``.
     :param log_policy: which fields and requests to keep.
@@ -85,24 +92,43 @@ class CSVStore(FileStore):
         sync: bool | None = None,
     ) -> None:
         super().__init__(filename, location, log_policy, sync=sync)
+        # The existing file's columns, when they are not the policy's fields.
+        self._columns: tuple[str, ...] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The file's columns: the policy's fields, or an existing file's header."""
+        return self.fields if self._columns is None else self._columns
 
     def header(self) -> bytes:
-        return (",".join(self.fields) + "\n").encode("ascii")
+        return (",".join(self.columns) + "\n").encode("ascii")
 
     def check_existing(self, fd: int, path: Path) -> None:
         if os.fstat(fd).st_size == 0:
             return
-        found = self._read_header(fd).decode("utf-8", "replace").strip()
-        expected = ",".join(self.fields)
-        if found != expected:
+        found = self._read_header(fd).decode("utf-8", "replace").strip().split(",")
+        if tuple(found) == self.fields:
+            return
+        if not set(found) <= _PARSER_FOR_FIELD.keys() or len(set(found)) != len(found):
             raise RuntimeError(
-                f"{path} has the columns {found!r} but this CSVStore's policy "
-                f"writes {expected!r}; move the file away or pass another filename=."
+                f"{path} does not start with a header of flask-traffic fields "
+                f"({','.join(found)[:200]!r}); move the file away or pass another filename=."
+            )
+        self._columns = tuple(found)
+        missing = [name for name in self.fields if name not in found]
+        if missing:
+            logger.warning(
+                "%s has no column for %s: those fields are not stored there. "
+                "Start a new file (another filename=) to keep them.",
+                path,
+                ", ".join(missing),
             )
 
     def encode(self, records: Sequence[TrafficRecord]) -> bytes:
-        values = self.log_policy.values
-        encoders = field_encoders(self.fields, _ENCODERS)
+        values: Callable[[TrafficRecord], tuple[t.Any, ...]] = self.log_policy.values
+        if self._columns is not None:
+            values = self._in_file_columns(values)
+        encoders = field_encoders(self.columns, _ENCODERS)
         lines = [
             ",".join(
                 [
@@ -115,15 +141,32 @@ class CSVStore(FileStore):
         ]
         return "".join(lines).encode("utf-8", "surrogatepass")
 
+    def _in_file_columns(
+        self, values: Callable[[TrafficRecord], tuple[t.Any, ...]]
+    ) -> Callable[[TrafficRecord], tuple[t.Any, ...]]:
+        where = {name: index for index, name in enumerate(self.fields)}
+        picks = [where.get(name) for name in self.columns]
+
+        def in_columns(record: TrafficRecord) -> tuple[t.Any, ...]:
+            row = values(record)
+            return tuple(None if index is None else row[index] for index in picks)
+
+        return in_columns
+
     def decode(self, raw: bytes, header: bytes) -> dict[str, t.Any] | None:
         names = header.decode("ascii", "replace").strip().split(",")
         try:
             cells = next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogatepass"), newline="")))
-            stored = {
-                name: (_PARSER_FOR_FIELD[name](cell) if cell else None)
-                for name, cell in zip(names, cells, strict=False)
-                if name in _PARSER_FOR_FIELD
-            }
-        except (csv.Error, StopIteration, ValueError):
+        except (csv.Error, StopIteration):
             return None
+        stored = {}
+        for name, cell in zip(names, cells, strict=False):
+            parse = _PARSER_FOR_FIELD.get(name)
+            if parse is None or not cell:
+                continue
+            try:
+                stored[name] = parse(cell)
+            except ValueError:
+                # Older files hold "None" or text where a number belongs.
+                stored[name] = None
         return {name: stored.get(name) for name in self.fields}
