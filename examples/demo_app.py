@@ -1,0 +1,72 @@
+"""A small site whose traffic flask-traffic records in two files.
+
+    python examples/demo_app.py
+    flask --app examples/demo_app.py run
+
+Open http://127.0.0.1:5000/, a few of the other pages, then
+http://127.0.0.1:5000/traffic for what was recorded, newest first. The files
+are examples/instance/traffic.json (JSON Lines) and traffic.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, abort
+
+from flask_traffic import LogPolicy, Traffic
+from flask_traffic.stores import CSVStore, JSONStore
+
+traffic = Traffic()
+
+
+def create_app(instance_path: str | None = None) -> Flask:
+    app = Flask(__name__, instance_path=instance_path)
+
+    # Every field of every request, as JSON Lines in the instance folder.
+    json_store = JSONStore()
+    # A slimmer CSV file that leaves out the /traffic page itself.
+    csv_store = CSVStore(
+        log_policy=LogPolicy(skip_endpoints=["show_traffic"]).set_from_false(
+            request_date=True,
+            request_method=True,
+            request_path=True,
+            response_status_code=True,
+            response_time=True,
+        )
+    )
+    traffic.init_app(app, stores=[json_store, csv_store])
+
+    @app.route("/")
+    def index() -> str:
+        return (
+            "<h1>flask-traffic demo</h1>"
+            '<p><a href="/item/1">an item</a> · <a href="/missing">a 404</a> · '
+            '<a href="/error">an error</a> · <a href="/traffic">the traffic</a></p>'
+        )
+
+    @app.route("/item/<int:n>")
+    def item(n: int) -> dict[str, int]:
+        return {"item": n}
+
+    @app.route("/missing")
+    def missing() -> str:
+        abort(404)
+
+    @app.route("/error")
+    def error() -> str:
+        raise RuntimeError("something broke")
+
+    @app.route("/traffic")
+    def show_traffic() -> list[dict[str, Any]]:
+        return json_store.read()
+
+    return app
+
+
+if __name__ == "__main__":
+    # Run as a script the app is named "__main__", and Flask would put its
+    # instance folder in the working directory: keep it beside this file, as
+    # `flask --app examples/demo_app.py run` does.
+    create_app(str(Path(__file__).with_name("instance"))).run(host="127.0.0.1", port=5000)
