@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
-from ._files import FileStore, field_encoders
+from ._files import FileStore, encode_lines, field_encoders
 
 __all__ = ["CSVStore"]
 
@@ -29,9 +29,11 @@ _NEEDS_QUOTES = frozenset(',"\r\n')
 
 
 @functools.lru_cache(maxsize=8192)
-def _text_cell(value: str) -> str:
+def _text_cell(value: str | None) -> str:
     # Cached: text values repeat from request to request (user agents,
     # hosts, routes), and this is the costly part of writing a row.
+    if value is None:
+        return ""
     if not value or value[0] in _RISKY_FIRST:
         value = _ESCAPE + value
     if not _NEEDS_QUOTES.isdisjoint(value):
@@ -39,12 +41,20 @@ def _text_cell(value: str) -> str:
     return value
 
 
+def _plain(value: str | None) -> str:
+    # ISO 8601 text starts with a digit and holds no comma, quote or newline.
+    return "" if value is None else value
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
 _ENCODERS: dict[FieldType, Callable[[t.Any], str]] = {
     "str": _text_cell,
-    # ISO 8601 text starts with a digit and holds no comma, quote or newline.
-    "datetime": str,
-    "int": int.__repr__,
-    "float": float.__repr__,
+    "datetime": _plain,
+    "int": _number,
+    "float": _number,
 }
 
 
@@ -128,18 +138,15 @@ class CSVStore(FileStore):
         values: Callable[[TrafficRecord], tuple[t.Any, ...]] = self.log_policy.values
         if self._columns is not None:
             values = self._in_file_columns(values)
-        encoders = field_encoders(self.columns, _ENCODERS)
-        lines = [
-            ",".join(
-                [
-                    "" if value is None else encode(value)
-                    for encode, value in zip(encoders, values(record), strict=True)
-                ]
-            )
-            + "\n"
-            for record in records
-        ]
-        return "".join(lines).encode("utf-8", "surrogatepass")
+        columns = self.columns
+        text = encode_lines(
+            list(map(values, records)),
+            field_encoders(columns, _ENCODERS),
+            [""] * len(columns),
+            "",
+            "",
+        )
+        return text.encode("utf-8", "surrogatepass")
 
     def _in_file_columns(
         self, values: Callable[[TrafficRecord], tuple[t.Any, ...]]
