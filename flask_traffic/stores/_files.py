@@ -244,8 +244,8 @@ class FileStore(Store):
                     if size == 0:
                         data = self.header() + data
                     elif os.pread(fd, 1, size - 1) != b"\n":
-                        # A writer died mid-line: end that line, keep ours whole.
-                        data = b"\n" + data
+                        # A writer died mid-record: end that record, keep ours whole.
+                        data = self._close_torn_record(fd, size) + data
                     # One write() per batch: O_APPEND puts it at the end in one piece.
                     view = memoryview(data)
                     while view:
@@ -273,6 +273,22 @@ class FileStore(Store):
             if row is not None:
                 rows.append(row)
         return rows
+
+    def _close_torn_record(self, fd: int, size: int) -> bytes:
+        """What ends a record cut off by a crash, so the next batch starts clean.
+
+        For quoted records the cut may have left a ``"`` open, which would
+        make every newline before it look quoted to the backwards reader;
+        counting the file's quotes (once, after a crash) tells whether to
+        close it. The torn record itself reads back as unreadable and is
+        skipped.
+        """
+        if not self._quoted_records:
+            return b"\n"
+        quotes = 0
+        for offset in range(0, size, _CHUNK):
+            quotes += os.pread(fd, _CHUNK, offset).count(b'"')
+        return b'"\n' if quotes % 2 else b"\n"
 
     @staticmethod
     def _read_header(fd: int) -> bytes:

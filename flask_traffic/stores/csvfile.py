@@ -166,6 +166,8 @@ class CSVStore(FileStore):
             cells = next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogatepass"), newline="")))
         except (csv.Error, StopIteration):
             return None
+        if len(cells) != len(names):
+            return None  # a record cut off by a crash
         stored = {}
         for name, cell in zip(names, cells, strict=False):
             parse = _PARSER_FOR_FIELD.get(name)
