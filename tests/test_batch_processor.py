@@ -70,16 +70,15 @@ def test_full_queue_drops_and_counts_without_blocking(caplog: pytest.LogCaptureF
     sink = Sink(block=gate)
     processor = BatchProcessor(sink, max_queue_size=10, max_batch_size=5, schedule_delay=0.01)
     with caplog.at_level(logging.WARNING, logger="flask_traffic"):
-        start = time.monotonic()
         for n in range(100):
             processor.emit(record(n))
-        elapsed = time.monotonic() - start
+        # Every emit returned while the store was still stuck in its write.
+        assert sink.batches == []
+        assert processor.stats()["dropped"] >= 90
     gate.set()
     assert processor.force_flush(10)
     stats = processor.stats()
     assert stats["exported"] + stats["dropped"] == 100
-    assert stats["dropped"] >= 90
-    assert elapsed < 5  # never waited for the blocked store
     assert any("dropped" in r.getMessage() for r in caplog.records)
     processor.shutdown()
 
