@@ -188,16 +188,20 @@ class _TrafficMiddleware:
         response: list[t.Any],
         raised: BaseException | None,
     ) -> None:
+        # Parked by _park_exception; must not outlive the request either way.
+        parked = environ.pop(_PARKED_KEY, None)
+        if request_traffic.is_muted:
+            return
+        receivers = self.receivers.receivers()
+        if not receivers:
+            return  # other apps have receivers, this one has none
         try:
-            record = self._record(environ, start_time_ns, duration_ns, response, raised)
+            record = self._record(environ, start_time_ns, duration_ns, response, raised, parked)
         except Exception:
             logger.exception("Could not build the traffic record of a request.")
             return
-        signal = request_traffic
-        if signal.is_muted:
-            return
         app = self.app
-        for receiver in self.receivers.receivers():
+        for receiver in receivers:
             # blinker stops at the first receiver that raises; one broken
             # receiver must neither fail the request nor starve the stores.
             try:
@@ -212,9 +216,9 @@ class _TrafficMiddleware:
         duration_ns: int,
         response: list[t.Any],
         raised: BaseException | None,
+        parked: tuple[t.Any, BaseException] | None,
     ) -> TrafficRecord:
-        # pop: the environ must not keep the request alive (Flask unlinked it).
-        parked_request, parked_exception = environ.pop(_PARKED_KEY, (None, None))
+        parked_request, parked_exception = parked if parked is not None else (None, None)
         exception = raised if raised is not None else parked_exception
         if response:
             status, headers, req = response
