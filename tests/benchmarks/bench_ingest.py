@@ -1,0 +1,185 @@
+"""Records per second each store writes through its batch processor.
+
+    python tests/benchmarks/bench_ingest.py [--records 50000] [--stores json,csv,...]
+
+For each store: attach it to an app, hand its processor ``--records`` fresh
+records as fast as the request threads would (``emit``), then flush; the
+figure is records over the time from the first ``emit`` to the end of the
+flush, so it covers value formatting, user agent parsing, encoding and the
+batched writes. PostgreSQL, MariaDB and Redis are the local servers of the
+test suite (see ``tests/conftest.py``); a store whose server does not answer
+is reported and left out. A benchmark, not a test: nothing asserts; the exit
+status says whether every record was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from flask import Flask
+
+from flask_traffic import Traffic, TrafficRecord
+from flask_traffic.stores import CSVStore, JSONStore, Store
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+USER_AGENTS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "curl/8.5.0",
+)
+
+
+def make_records(count: int) -> list[TrafficRecord]:
+    start = time.time_ns()
+    return [
+        TrafficRecord(
+            start_time_ns=start + i * 1000,
+            duration_ns=1_250_000 + i,
+            request_method="GET",
+            host_header="127.0.0.1:5000",
+            request_path=f"/item/{i}",
+            server_protocol="HTTP/1.1",
+            request_endpoint="item",
+            request_route="/item/<int:n>",
+            request_remote_address="127.0.0.1",
+            request_referrer="http://127.0.0.1:5000/",
+            request_user_agent=USER_AGENTS[i % len(USER_AGENTS)],
+            response_status_code=200,
+            content_length="11",
+            content_type="application/json",
+        )
+        for i in range(count)
+    ]
+
+
+# Each maker yields a store ready to attach and cleans up what it made.
+StoreMaker = Callable[[Path], contextlib.AbstractContextManager[Store]]
+
+
+@contextlib.contextmanager
+def _file(cls: type[JSONStore] | type[CSVStore], folder: Path) -> Iterator[Store]:
+    yield cls(location=folder)
+
+
+@contextlib.contextmanager
+def _sql(url: str | None, folder: Path) -> Iterator[Store]:
+    from flask_traffic.stores import SQLStore
+
+    store = SQLStore(
+        location=folder, database_url=url, database_table_name=f"bench_{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        yield store
+    finally:
+        store.shutdown()
+        if store.database_engine is not None:
+            store.database_log_table.drop(store.database_engine, checkfirst=True)
+            store.database_engine.dispose()
+
+
+@contextlib.contextmanager
+def _orm(folder: Path) -> Iterator[Store]:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import DeclarativeBase, Session
+
+    from flask_traffic.stores import SQLORMModelMixin, SQLORMStore
+
+    class Base(DeclarativeBase):
+        pass
+
+    model = type("BenchTraffic", (Base, SQLORMModelMixin), {"__tablename__": "bench_traffic"})
+    engine = create_engine(f"sqlite:///{folder / 'orm.sqlite'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        try:
+            yield SQLORMStore(model, db_session=session)
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def _redis(folder: Path) -> Iterator[Store]:
+    import redis
+
+    from flask_traffic.stores import RedisStore
+
+    key = f"bench_{uuid.uuid4().hex[:8]}"
+    store = RedisStore(event_name=key, url=REDIS_URL)
+    try:
+        yield store
+    finally:
+        store.shutdown()
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.delete(key)
+
+
+MAKERS: dict[str, StoreMaker] = {
+    "json": lambda folder: _file(JSONStore, folder),
+    "csv": lambda folder: _file(CSVStore, folder),
+    "sqlite": lambda folder: _sql(None, folder),
+    "postgresql": lambda folder: _sql(POSTGRES_URL, folder),
+    "mariadb": lambda folder: _sql(MARIADB_URL, folder),
+    "sqlorm": _orm,
+    "redis": _redis,
+}
+
+
+def ingest(store: Store, folder: Path, count: int) -> tuple[float, int]:
+    """Seconds to take and write ``count`` records, and how many were written."""
+    app = Flask("bench", instance_path=str(folder))
+    app.config["TRAFFIC_MAX_QUEUE_SIZE"] = count + 1
+    Traffic(app, stores=store)
+    processor = store.processor
+    assert processor is not None
+    processor.emit(make_records(1)[0])  # warm-up: connections, tables, parser
+    store.flush()
+    records = make_records(count)
+    start = time.perf_counter()
+    for record in records:
+        processor.emit(record)
+    store.flush()
+    elapsed = time.perf_counter() - start
+    written = store.stats()["exported"] - 1
+    store.shutdown()
+    return elapsed, written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=50_000, help="records per store")
+    parser.add_argument("--stores", default=",".join(MAKERS), help="comma-separated store kinds")
+    args = parser.parse_args(argv)
+    ok = True
+    for kind in args.stores.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            try:
+                with MAKERS[kind](folder) as store:
+                    elapsed, written = ingest(store, folder, args.records)
+            except Exception as exc:  # a server that does not answer
+                print(f"{kind:>10}: not measured ({type(exc).__name__}: {exc})"[:200])
+                ok = False
+                continue
+        ok = ok and written == args.records
+        print(
+            f"{kind:>10}: {written / elapsed:9,.0f} records/s "
+            f"({written} of {args.records} written in {elapsed:.2f} s)"
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
