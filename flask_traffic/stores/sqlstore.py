@@ -1,0 +1,293 @@
+"""SQLStore: a table in any database SQLAlchemy reaches; SQLite by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing as t
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .._optional import require
+from ..policy import LogPolicy
+from ..record import TrafficRecord
+from .base import Store
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy import URL, Engine, Table
+
+    from ._sqlschema import TableIO
+
+__all__ = ["SQLStore"]
+
+logger = logging.getLogger("flask_traffic")
+
+#: Milliseconds a SQLite writer waits for another process's write to finish.
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Drivers SQLAlchemy names in its URLs -> the flask-traffic extra installing one.
+_DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def _call_if_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
+    method = ref()
+    if method is not None:
+        method()
+
+
+class _SQLTableStore(Store):
+    """What SQLStore and SQLORMStore share: one batch insert per export, in
+    one transaction on the store's own connection, and reading the newest
+    rows back.
+
+    Subclasses set :attr:`_engine` and :attr:`_io` in :meth:`setup`.
+    """
+
+    _engine: Engine | None
+    _io: TableIO | None
+    #: Whether the store made the engine (and so disposes of it at shutdown).
+    _owns_engine: bool
+
+    def __init__(self, log_policy: LogPolicy | None, *, sync: bool | None) -> None:
+        super().__init__(log_policy, sync=sync)
+        self._engine = None
+        self._io = None
+        self._owns_engine = False
+        if hasattr(os, "register_at_fork"):
+            # Held weakly, as the processors do: a store that is gone must
+            # not be kept alive by the fork hook.
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: _call_if_alive(ref))
+
+    def _after_fork_in_child(self) -> None:
+        # A pooled connection's socket is shared with the parent after fork
+        # (gunicorn --preload): the child must open its own. close=False
+        # leaves the parent's connections alone.
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+    def _ready(self) -> tuple[Engine, TableIO]:
+        if self._engine is None or self._io is None:
+            raise RuntimeError(
+                f"{self.name} is not set up yet: attach it with Traffic(app, stores=...)."
+            )
+        return self._engine, self._io
+
+    def export(self, records: Sequence[TrafficRecord]) -> None:
+        engine, io = self._ready()
+        rows = io.rows(records, self.log_policy.values)
+        with engine.begin() as connection:
+            # A list of parameter sets: one executemany, which the drivers
+            # turn into multi-row inserts or a pipeline.
+            connection.execute(io.insert, rows)
+
+    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        engine, io = self._ready()
+        with engine.connect() as connection:
+            return io.read(connection, limit)
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        super().shutdown(timeout)
+        if self._owns_engine and self._engine is not None:
+            self._engine.dispose()
+
+
+class SQLStore(_SQLTableStore):
+    """Writes records into a table of a SQL database, through SQLAlchemy.
+
+    By default a SQLite file in the app's instance folder, opened in WAL
+    mode with a busy timeout so that several processes (gunicorn workers)
+    can write at once. Any database SQLAlchemy reaches works: pass
+    ``database_url`` (``"postgresql+psycopg://user:pw@host/db"``,
+    ``"mysql+pymysql://user:pw@host/db"``) or an ``Engine``.
+
+    The table is created in ``init_app`` if it does not exist. It has a
+    ``traffic_id`` primary key and a column for every field of
+    :data:`~flask_traffic.FIELDS`; the policy's enabled fields are written,
+    the others left ``NULL``. Each batch is one multi-row insert in one
+    transaction.
+
+    :param filename: the SQLite file's name; unused with ``database_url`` or
+        ``database_engine``.
+    :param location: the SQLite file's folder; the app's instance folder
+        when ``None``. Created with its parents if missing.
+    :param log_policy: which fields and requests to keep.
+    :param database_table_name: the table's name.
+    :param database_url: a SQLAlchemy URL (``str`` or ``URL``) of the database.
+    :param database_engine: a SQLAlchemy ``Engine`` to use instead; the store
+        does not dispose of it.
+    :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+
+    .. attribute:: database_engine
+
+        The SQLAlchemy ``Engine`` (``None`` until ``init_app`` for the default
+        SQLite file).
+
+    .. attribute:: database_log_table
+
+        The SQLAlchemy ``Table``, for queries of your own, e.g. in an
+        overridden :meth:`read`.
+    """
+
+    database_engine: Engine | None
+    database_log_table: Table
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str] = "traffic.sqlite",
+        location: str | os.PathLike[str] | None = None,
+        log_policy: LogPolicy | None = None,
+        *,
+        database_table_name: str = "_traffic_",
+        database_url: str | URL | None = None,
+        database_engine: Engine | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
+        import sqlalchemy as sa
+
+        super().__init__(log_policy, sync=sync)
+        if database_url is not None and database_engine is not None:
+            raise ValueError(
+                "SQLStore takes database_url or database_engine, not both: pass one of them."
+            )
+        if database_url is not None and not isinstance(database_url, (str, sa.URL)):
+            raise TypeError(
+                f"database_url must be a SQLAlchemy URL string such as "
+                f"'postgresql+psycopg://user@host/db', got {type(database_url).__name__}."
+            )
+        if database_engine is not None and not isinstance(database_engine, sa.Engine):
+            raise TypeError(
+                f"database_engine must be a sqlalchemy.Engine (from create_engine()), "
+                f"got {type(database_engine).__name__}."
+            )
+        if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
+            raise TypeError(f"filename must be a non-empty str or path, got {filename!r}.")
+        if location is not None and not isinstance(location, (str, os.PathLike)):
+            raise TypeError(f"location must be a folder path or None, got {location!r}.")
+        if not isinstance(database_table_name, str) or not database_table_name:
+            raise TypeError(
+                f"database_table_name must be a non-empty str, got {database_table_name!r}."
+            )
+        from ._sqlschema import table_columns
+
+        self.filename = os.fspath(filename)
+        self.location = None if location is None else Path(location)
+        self.database_table_name = database_table_name
+        self.database_url = database_url
+        self.database_log_table = sa.Table(database_table_name, sa.MetaData(), *table_columns())
+        self.database_engine = database_engine
+        self._sqlite_path: Path | None = None
+        if database_url is not None:
+            self.database_engine = self._create_engine(database_url)
+            self._owns_engine = True
+        self._engine = self.database_engine
+
+    def __repr__(self) -> str:
+        engine = self.database_engine
+        where = (
+            engine.url.render_as_string(hide_password=True) if engine is not None else self.filename
+        )
+        return f"<SQLStore {where} table={self.database_table_name!r}>"
+
+    def _create_engine(self, url: str | URL) -> Engine:
+        import sqlalchemy as sa
+
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise ValueError(
+                f"database_url {url!r} is not a SQLAlchemy URL; write it as "
+                f"'dialect+driver://user:password@host/database'."
+            ) from None
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                return self._sqlite_engine(parsed)
+            # A pooled connection may have been closed by the server (restart,
+            # idle timeout) since it was last used: test it before a batch.
+            return sa.create_engine(parsed, pool_pre_ping=True)
+        except ImportError as exc:
+            extra = _DRIVER_EXTRAS.get(parsed.get_backend_name())
+            hint = f'pip install "flask-traffic[{extra}]"' if extra else "install its driver"
+            raise ImportError(
+                f"SQLStore cannot load the driver of {parsed.drivername!r} ({exc}): {hint}."
+            ) from None
+        except sa.exc.NoSuchModuleError:
+            raise ValueError(
+                f"database_url names the unknown dialect {parsed.drivername!r}; "
+                f"use one SQLAlchemy knows, e.g. 'postgresql+psycopg'."
+            ) from None
+
+    @staticmethod
+    def _sqlite_engine(url: URL) -> Engine:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+
+        def on_connect(dbapi_connection: t.Any, record: t.Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                # The timeout first: switching to WAL takes a lock another
+                # process starting at the same time may hold.
+                cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+                if url.database and url.database != ":memory:":
+                    # Readers do not block the writer, and writers of other
+                    # processes wait for each other instead of failing.
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                    cursor.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                cursor.close()
+
+        sa.event.listen(engine, "connect", on_connect)
+        return engine
+
+    def setup(self, app: Flask) -> None:
+        import sqlalchemy as sa
+
+        from ._sqlschema import TableIO, create_table, existing_columns
+
+        if self.database_engine is None:
+            folder = self.location if self.location is not None else Path(app.instance_path)
+            path = folder / self.filename
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"SQLStore cannot create the folder {folder}: {exc.strerror}; "
+                    f"pass location=... with a writable folder."
+                ) from None
+            self.database_engine = self._sqlite_engine(sa.URL.create("sqlite", database=str(path)))
+            self._owns_engine = True
+            self._sqlite_path = path
+        engine = self.database_engine
+        self._engine = engine
+        table = self.database_log_table
+        create_table(table, engine, self.name)
+        columns = existing_columns(table, engine)
+        missing = [name for name in self.fields if name not in columns]
+        if missing:
+            # A table made by an older version: write what it has, as
+            # CSVStore does with an older file.
+            logger.warning(
+                "%s: the table %s has no column %s; those fields are not stored. "
+                "Add the column(s) (ALTER TABLE, or a migration) to store them.",
+                self.name,
+                table.name,
+                ", ".join(missing),
+            )
+        self._io = TableIO(table, self.fields, columns)
+
+    def also_serve(self, app: Flask) -> None:
+        if self._sqlite_path is not None and self.location is None:
+            folder = Path(app.instance_path)
+            if folder != self._sqlite_path.parent:
+                logger.warning(
+                    "%s already writes to %s; the requests of app %r go there too, not "
+                    "to its instance folder %s. Create one store per app, or pass location=.",
+                    self.name,
+                    self._sqlite_path,
+                    app.name,
+                    folder,
+                )
