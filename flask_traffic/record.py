@@ -72,6 +72,33 @@ def _host_url(scheme: str, host_header: str | None, server: tuple[str, int | Non
     return get_current_url(scheme, get_host(scheme, host_header, server))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+@functools.lru_cache(maxsize=256)
+def _server_address(
+    scheme: str, host_header: str | None, server: tuple[str, int | None] | None
+) -> tuple[str | None, int | None]:
+    # The Host header names the server as the client addressed it (after a
+    # proxy fix-up, if any); SERVER_NAME/PORT only when it is missing.
+    if host_header:
+        if host_header.startswith("["):
+            address, _, rest = host_header[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            address, sep, port_text = host_header.rpartition(":")
+            if not sep:
+                address, port_text = host_header, ""
+        if port_text.isdigit():
+            return address or None, int(port_text)
+        if port_text:
+            return host_header, None  # not a port: keep the header whole
+        return address or None, _DEFAULT_PORTS.get(scheme)
+    if server is not None:
+        return server[0] or None, server[1]
+    return None, None
+
+
 @functools.lru_cache(maxsize=256)
 def _mimetype(content_type: str) -> str | None:
     return parse_options_header(content_type)[0].lower() or None
@@ -103,6 +130,8 @@ class TrafficRecord:
         the incoming W3C trace context headers, or ``None``.
     ``url_scheme``, ``query_string``, ``server_protocol``
         from the WSGI environ, for exporters.
+    ``server_address``, ``server_port``
+        the host and port the request was addressed to, for exporters.
     """
 
     __slots__ = (
@@ -226,6 +255,26 @@ class TrafficRecord:
     def request_platform(self) -> str | None:
         """Operating system family, e.g. ``"Mac OS X"``."""
         return parse_user_agent(self.request_user_agent)[1]
+
+    @property
+    def server_address(self) -> str | None:
+        """The host the request was sent to, without the port: from the
+        ``Host`` header, else ``SERVER_NAME``; an IPv6 address without its
+        brackets. ``None`` when unknown.
+
+        .. versionadded:: 1.0
+        """
+        return _server_address(self.url_scheme, self._host_header, self._server)[0]
+
+    @property
+    def server_port(self) -> int | None:
+        """The port the request was sent to: from the ``Host`` header, the
+        scheme's default port (80, 443) when the header names none, else
+        ``SERVER_PORT``. ``None`` when unknown.
+
+        .. versionadded:: 1.0
+        """
+        return _server_address(self.url_scheme, self._host_header, self._server)[1]
 
     @property
     def response_time(self) -> float:
