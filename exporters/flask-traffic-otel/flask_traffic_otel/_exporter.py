@@ -1,0 +1,422 @@
+"""OTelExporter: every recorded request as an OpenTelemetry HTTP server span."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import typing as t
+import weakref
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.metrics import Histogram
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from flask_traffic import LogPolicy, TrafficRecord
+from flask_traffic.stores import Store
+
+from ._semconv import DURATION_BUCKETS, SpanMapper, known_methods
+from ._version import __version__
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["OTelExporter"]
+
+logger = logging.getLogger("flask_traffic")
+
+_SCOPE = "flask_traffic_otel"
+_DEFAULT_BASE = "http://localhost:4318"
+_TRACES_PATH = "/v1/traces"
+_METRICS_PATH = "/v1/metrics"
+_ENV_BASE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+_ENV_TRACES = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+_ENV_METRICS = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+_ENV_SERVICE = "OTEL_SERVICE_NAME"
+# What "no timeout" means to the SDK's millisecond-based calls.
+_FOREVER_MS = 24 * 3600 * 1000
+_DEFAULT_SHUTDOWN_MS = 30_000
+_EMPTY_CONTEXT = Context()
+_propagator = TraceContextTextMapPropagator()
+
+
+def _check_url(value: object, name: str) -> str:
+    example = f"http://localhost:4318{_METRICS_PATH if 'METRICS' in name.upper() else _TRACES_PATH}"
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return value
+    raise ValueError(
+        f"{name} must be the full http:// or https:// URL of an OTLP/HTTP endpoint, "
+        f"e.g. {example!r}, got {value!r}."
+    )
+
+
+def _from_environ(signal_env: str, path: str) -> str | None:
+    """The endpoint the environment gives for one signal, or ``None``."""
+    value = os.environ.get(signal_env, "").strip()
+    if value:
+        return _check_url(value, f"The environment variable {signal_env}")
+    base = os.environ.get(_ENV_BASE, "").strip()
+    if base:
+        _check_url(base, f"The environment variable {_ENV_BASE}")
+        return base.rstrip("/") + path
+    return None
+
+
+def _check_headers(headers: object) -> dict[str, str] | None:
+    if headers is None:
+        return None
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
+    ):
+        raise TypeError(
+            f"headers must be a dict of str to str, such as {{'x-api-key': 'secret'}}, "
+            f"got {headers!r}."
+        )
+    return dict(headers)
+
+
+def _shutdown_at_exit(ref: weakref.ref[OTelExporter]) -> None:
+    exporter = ref()
+    if exporter is not None:
+        exporter.shutdown()
+
+
+class OTelExporter(Store):
+    """Sends each recorded request to an OpenTelemetry collector as an HTTP
+    server span, over OTLP/HTTP; optionally also the
+    ``http.server.request.duration`` histogram.
+
+    ::
+
+        traffic.init_app(app, stores=[JSONStore(), OTelExporter()])
+
+    Spans follow the stable HTTP semantic conventions: kind ``SERVER``, named
+    ``"GET /item/<int:n>"`` (method and route), with the request's own start
+    and end times. A request that carries a W3C ``traceparent`` header gets a
+    span in the caller's trace, and none when the caller sampled it out. The
+    exporter's :class:`~flask_traffic.LogPolicy` decides which requests are
+    sent and which fields become attributes.
+
+    The exporter builds its own ``TracerProvider`` (and ``MeterProvider``)
+    with a batch processor; it never touches OpenTelemetry's global
+    providers, so it works beside ``opentelemetry-instrument`` or your own
+    set-up. It keeps nothing to read back: :meth:`read` raises.
+
+    :param endpoint: full URL of the collector's OTLP/HTTP traces endpoint.
+        Default: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``, else
+        ``http://localhost:4318/v1/traces``.
+    :param headers: HTTP headers sent with every export, e.g. an API key.
+        Default: ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` /
+        ``OTEL_EXPORTER_OTLP_HEADERS`` (``METRICS`` for metrics).
+    :param service_name: the ``service.name`` resource attribute. Default:
+        ``OTEL_SERVICE_NAME``, else the Flask app's name.
+    :param tracer_provider: an OpenTelemetry SDK ``TracerProvider`` of your
+        own to create the spans with, instead of the exporter's; then
+        ``endpoint`` and ``service_name`` do not apply. :meth:`flush` and
+        :meth:`shutdown` force-flush it but never shut it down: it is yours.
+    :param log_policy: which requests to send and which fields become span
+        attributes; all of them when ``None``.
+    :param metrics: record the ``http.server.request.duration`` histogram.
+        ``None`` (default): when a metrics endpoint is set, by
+        ``metrics_endpoint``, ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or
+        ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    :param metrics_endpoint: full URL of the OTLP/HTTP metrics endpoint.
+        With ``metrics=True`` and no metrics endpoint set anywhere, the traces
+        endpoint with ``/v1/metrics`` for ``/v1/traces``.
+    :param timeout: seconds one export to the collector may take, retries
+        included; the OTLP exporters' default (10 s, or
+        ``OTEL_EXPORTER_OTLP_TIMEOUT``) when ``None``.
+    :param sync: create spans in the request thread; ``None`` follows the
+        app's ``TRAFFIC_SYNC``. Sending to the collector is always done in
+        the background.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        service_name: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+        log_policy: LogPolicy | None = None,
+        metrics: bool | None = None,
+        metrics_endpoint: str | None = None,
+        timeout: float | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        super().__init__(log_policy, sync=sync)
+        if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+            raise TypeError(
+                f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, "
+                f"got {type(tracer_provider).__name__}."
+            )
+        if tracer_provider is not None and (endpoint is not None or service_name is not None):
+            raise ValueError(
+                "endpoint and service_name configure the exporter's own TracerProvider: "
+                "leave them out when you pass tracer_provider, and set them on yours."
+            )
+        if service_name is not None and (not isinstance(service_name, str) or not service_name):
+            raise ValueError(f"service_name must be a non-empty str, got {service_name!r}.")
+        if metrics is not None and not isinstance(metrics, bool):
+            raise TypeError(f"metrics must be True, False or None, got {metrics!r}.")
+        if metrics is False and metrics_endpoint is not None:
+            raise ValueError("metrics_endpoint was given with metrics=False: drop one of the two.")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        self._headers = _check_headers(headers)
+        self._timeout = None if timeout is None else float(timeout)
+        self._service_name = service_name
+        self._given_provider = tracer_provider
+
+        if tracer_provider is not None:
+            self._endpoint: str | None = None
+        elif endpoint is not None:
+            self._endpoint = _check_url(endpoint, "endpoint")
+        else:
+            self._endpoint = _from_environ(_ENV_TRACES, _TRACES_PATH) or (
+                _DEFAULT_BASE + _TRACES_PATH
+            )
+
+        self._metrics_endpoint: str | None = None
+        if metrics_endpoint is not None:
+            self._metrics_endpoint = _check_url(metrics_endpoint, "metrics_endpoint")
+        elif metrics is not False:
+            self._metrics_endpoint = _from_environ(_ENV_METRICS, _METRICS_PATH)
+            if self._metrics_endpoint is None and metrics:
+                traces = self._endpoint or ""
+                self._metrics_endpoint = (
+                    traces[: -len(_TRACES_PATH)] + _METRICS_PATH
+                    if traces.endswith(_TRACES_PATH)
+                    else _DEFAULT_BASE + _METRICS_PATH
+                )
+        if tracer_provider is not None and self._headers is not None and not self._metrics_endpoint:
+            raise ValueError(
+                "headers only configure the exporter's own exporters: with tracer_provider "
+                "and no metrics they would be ignored, so set them on your provider's exporter."
+            )
+
+        self._methods = known_methods()
+        self._mapper: SpanMapper | None = None
+        self._tracer: Tracer | None = None
+        self._own_provider: TracerProvider | None = None
+        self._span_exporter: OTLPSpanExporter | None = None
+        self._meter_provider: MeterProvider | None = None
+        self._histogram: Histogram | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        where = self._endpoint or "the given tracer_provider"
+        return f"<{type(self).__name__} to {where}>"
+
+    @property
+    def endpoint(self) -> str | None:
+        """The OTLP/HTTP traces URL spans go to; ``None`` with a ``tracer_provider``."""
+        return self._endpoint
+
+    @property
+    def metrics_endpoint(self) -> str | None:
+        """The OTLP/HTTP metrics URL, or ``None`` when metrics are off."""
+        return self._metrics_endpoint
+
+    @property
+    def service_name(self) -> str | None:
+        """The ``service.name`` sent; known once the exporter is attached to an app."""
+        return self._service_name
+
+    def setup(self, app: Flask) -> None:
+        """Build the exporter's providers; the app names the service by default."""
+        if self._service_name is None and self._given_provider is None:
+            self._service_name = os.environ.get(_ENV_SERVICE, "").strip() or app.name
+        if self._given_provider is not None:
+            provider = self._given_provider
+            resource = provider.resource
+        else:
+            resource = Resource.create({"service.name": t.cast(str, self._service_name)})
+            # shutdown_on_exit=False: at exit this exporter shuts the provider
+            # down itself, after writing its queued records into spans.
+            provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+            self._span_exporter = OTLPSpanExporter(
+                endpoint=self._endpoint, headers=self._headers, timeout=self._timeout
+            )
+            provider.add_span_processor(BatchSpanProcessor(self._span_exporter))
+            self._own_provider = provider
+        self._tracer = provider.get_tracer(_SCOPE, __version__)
+        if self._metrics_endpoint is not None:
+            reader = PeriodicExportingMetricReader(
+                OTLPMetricExporter(
+                    endpoint=self._metrics_endpoint, headers=self._headers, timeout=self._timeout
+                )
+            )
+            self._meter_provider = MeterProvider(
+                metric_readers=[reader], resource=resource, shutdown_on_exit=False
+            )
+            self._histogram = self._meter_provider.get_meter(_SCOPE, __version__).create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+            )
+        # Registered after flask-traffic's own exit hook, so it runs first:
+        # queued records become spans before the providers stop.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def _current_mapper(self) -> SpanMapper:
+        # The policy can be changed after construction; follow it.
+        mapper = self._mapper
+        if mapper is None or mapper.key != SpanMapper.key_of(self.log_policy):
+            mapper = self._mapper = SpanMapper(self.log_policy, self._methods)
+        return mapper
+
+    def export(self, records: Sequence[TrafficRecord]) -> None:
+        """Create one span (and one histogram point) per record.
+
+        The spans go to the provider's batch processor, which sends them to
+        the collector in its own thread; a collector that is down is that
+        processor's to log, and never holds up this store's queue.
+        """
+        tracer = self._tracer
+        if tracer is None:
+            raise RuntimeError("OTelExporter.export() ran before setup(app).")
+        histogram = self._histogram
+        mapper = self._current_mapper()
+        error_status = Status(StatusCode.ERROR)
+        for record in records:
+            data = mapper.map(record)
+            start = record.start_time_ns
+            end = start + record.duration_ns
+            if histogram is not None:
+                histogram.record(record.duration_ns / 1e9, data.metric_attributes)
+            context = _EMPTY_CONTEXT
+            if record.traceparent is not None:
+                carrier = {"traceparent": record.traceparent}
+                if record.tracestate is not None:
+                    carrier["tracestate"] = record.tracestate
+                context = _propagator.extract(carrier, context=_EMPTY_CONTEXT)
+            span = tracer.start_span(
+                data.name,
+                context=context,
+                kind=SpanKind.SERVER,
+                attributes=data.attributes,
+                start_time=start,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            if data.failed and span.is_recording():
+                span.set_status(
+                    error_status
+                    if data.description is None
+                    else Status(StatusCode.ERROR, data.description)
+                )
+                if data.exception_event is not None:
+                    span.add_event("exception", data.exception_event, timestamp=end)
+            span.end(end_time=end)
+
+    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        """Not supported: the exporter keeps nothing; see :meth:`read`."""
+        raise NotImplementedError(self._no_read_message())
+
+    def read(self, limit: int = 1000) -> list[dict[str, t.Any]]:
+        """Not supported: raises :class:`NotImplementedError`.
+
+        The exporter sends records on and keeps none; read them in your
+        tracing backend, or add a :class:`~flask_traffic.stores.MemoryStore`
+        or :class:`~flask_traffic.stores.JSONStore` to ``stores=``.
+        """
+        raise NotImplementedError(self._no_read_message())
+
+    def _no_read_message(self) -> str:
+        return (
+            f"{type(self).__name__} keeps no records to read back: query your tracing "
+            f"backend, or add a MemoryStore or JSONStore to stores= and read() that."
+        )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Turn every queued record into a span and send what is waiting.
+
+        :return: ``False`` if that did not finish within ``timeout`` seconds
+            (for example while the collector does not answer).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = super().flush(timeout)
+        if self._closed:
+            return done
+        provider = self._own_provider or self._given_provider
+        if provider is not None and self._tracer is not None:
+            # The SDK's batch processor ignores force_flush's time limit.
+            done = _within(lambda: provider.force_flush(_FOREVER_MS), deadline) and done
+        meter_provider = self._meter_provider
+        if meter_provider is not None:
+            done = meter_provider.force_flush(_millis_left(deadline, _FOREVER_MS)) and done
+        return done
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Send what is queued, then stop; safe to call twice.
+
+        The exporter's own providers are shut down; a ``tracer_provider``
+        passed in is only force-flushed. Spans the collector has not taken
+        within ``timeout`` seconds are dropped, with a warning.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        super().shutdown(timeout)
+        with self._close_lock:
+            if self._closed or self._tracer is None:
+                return
+            self._closed = True
+        own, given = self._own_provider, self._given_provider
+        if own is not None:
+            if not _within(own.shutdown, deadline):
+                # Ends the OTLP exporter's retries, so the processor's thread
+                # stops with what it could not send.
+                t.cast(OTLPSpanExporter, self._span_exporter).shutdown()  # type: ignore[no-untyped-call]
+                logger.warning(
+                    "%s: the collector at %s did not take every span within %ss; "
+                    "the rest are dropped.",
+                    self.name,
+                    self._endpoint,
+                    timeout,
+                )
+        elif given is not None and not _within(lambda: given.force_flush(_FOREVER_MS), deadline):
+            logger.warning("%s: the tracer_provider did not flush within %ss.", self.name, timeout)
+        if self._meter_provider is not None:
+            self._meter_provider.shutdown(_millis_left(deadline, _DEFAULT_SHUTDOWN_MS))
+
+
+def _millis_left(deadline: float | None, default: int) -> int:
+    if deadline is None:
+        return default
+    return max(0, int((deadline - time.monotonic()) * 1000))
+
+
+def _within(call: t.Callable[[], object], deadline: float | None) -> bool:
+    """Run ``call``, giving up waiting at ``deadline``; whether it finished.
+
+    A call that runs over goes on in a daemon thread: the SDK's span
+    processor takes no time limit for flush and shutdown.
+    """
+    if deadline is None:
+        return call() is not False
+    result: list[object] = []
+    thread = threading.Thread(
+        target=lambda: result.append(call()), name="flask-traffic OTel flush", daemon=True
+    )
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    return bool(result) and result[0] is not False
