@@ -1,0 +1,819 @@
+"""OTelExporter: requests arrive at a real OTLP/HTTP receiver as spans and metrics.
+
+The receiver (tests/otel_receiver.py) is an HTTP server on 127.0.0.1 that
+decodes the protobuf requests the OpenTelemetry OTLP exporters send.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import typing as t
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from flask import Flask, abort
+from flask_traffic_otel import OTelExporter
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from otel_receiver import OTLPReceiver, ReceivedSpan, attributes
+
+from flask_traffic import LogPolicy, Traffic, TrafficRecord
+from flask_traffic.stores import MemoryStore
+
+CHROME = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+OTEL_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",
+    "OTEL_TRACES_SAMPLER",
+)
+
+
+class BrokenThing(Exception):
+    def __repr__(self) -> str:
+        return "<BrokenThing at the back>"
+
+
+def make_app(instance: Path) -> Flask:
+    app = Flask("site", instance_path=str(instance))
+
+    @app.route("/")
+    def index() -> str:
+        return "hello"
+
+    @app.route("/item/<int:n>")
+    def item(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @app.route("/forbidden")
+    def forbidden() -> str:
+        abort(403)
+
+    @app.route("/unavailable")
+    def unavailable() -> str:
+        abort(503)
+
+    @app.route("/boom")
+    def boom() -> str:
+        raise ValueError("boom")
+
+    @app.route("/many")
+    def many() -> str:
+        raise ValueError("a", 1)
+
+    @app.route("/custom")
+    def custom() -> str:
+        raise BrokenThing()
+
+    @app.route("/purge", methods=["PURGE"])
+    def purge() -> str:
+        return "purged"
+
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    # Flask logs the unhandled exceptions; that is expected here. (Not
+    # caplog.set_level: it would raise caplog's own level for every logger.)
+    monkeypatch.setattr(logging.getLogger("site"), "level", logging.CRITICAL)
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    receiver = OTLPReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def shutdown_later() -> Iterator[Callable[[t.Any], t.Any]]:
+    """Shut down, at teardown, each store or provider passed to it."""
+    things: list[t.Any] = []
+
+    def keep(thing: t.Any) -> t.Any:
+        things.append(thing)
+        return thing
+
+    yield keep
+    for thing in reversed(things):
+        thing.shutdown()
+
+
+@pytest.fixture
+def exporter(receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]) -> OTelExporter:
+    return t.cast(OTelExporter, shutdown_later(OTelExporter(receiver.traces_endpoint)))
+
+
+@pytest.fixture
+def memory(shutdown_later: Callable[[t.Any], t.Any]) -> MemoryStore:
+    return t.cast(MemoryStore, shutdown_later(MemoryStore()))
+
+
+@pytest.fixture
+def app(tmp_path: Path, exporter: OTelExporter, memory: MemoryStore) -> Flask:
+    app = make_app(tmp_path)
+    Traffic(app, stores=[memory, exporter])
+    return app
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sent(exporter: OTelExporter, receiver: OTLPReceiver) -> list[ReceivedSpan]:
+    assert exporter.flush(timeout=30)
+    return receiver.spans()
+
+
+def only_span(exporter: OTelExporter, receiver: OTLPReceiver) -> ReceivedSpan:
+    spans = sent(exporter, receiver)
+    assert len(spans) == 1, [s.span.name for s in spans]
+    return spans[0]
+
+
+def by_name(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    named = {s.span.name: s for s in spans}
+    assert len(named) == len(spans)
+    return named
+
+
+# Spans as the HTTP semantic conventions describe them.
+
+
+def test_span_of_a_request(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver, memory: MemoryStore
+) -> None:
+    before = time.time_ns()
+    response = app.test_client().get("/item/7?color=red", headers={"User-Agent": CHROME})
+    after = time.time_ns()
+    assert response.status_code == 200
+
+    received = only_span(exporter, receiver)
+    span = received.span
+    assert span.name == "GET /item/<int:n>"
+    assert span.kind == Span.SPAN_KIND_SERVER
+    assert received.attributes == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/item/7",
+        "url.query": "color=red",
+        "http.route": "/item/<int:n>",
+        "http.response.status_code": 200,
+        "server.address": "localhost",
+        "server.port": 80,
+        "client.address": "127.0.0.1",
+        "user_agent.original": CHROME,
+        "network.protocol.version": "1.1",
+    }
+    assert span.status.code == Status.STATUS_CODE_UNSET
+    assert list(span.events) == []
+    # A new trace: no parent.
+    assert len(span.trace_id) == 16
+    assert span.trace_id != bytes(16)
+    assert span.parent_span_id == b""
+    # The request's own times, not those of the export (which came later).
+    assert before <= span.start_time_unix_nano <= span.end_time_unix_nano <= after
+    (row,) = memory.read()
+    duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
+    assert abs(duration_ns - row["response_time"] * 1_000_000) <= 1
+    assert received.resource["service.name"] == "site"
+    assert received.scope_name == "flask_traffic_otel"
+    assert received.scope_version == "1.0.0.dev0"
+
+
+def test_server_address_and_scheme_from_the_request(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    app.test_client().get("/", base_url="https://shop.example:8443")
+    attrs = only_span(exporter, receiver).attributes
+    assert attrs["url.scheme"] == "https"
+    assert attrs["server.address"] == "shop.example"
+    assert attrs["server.port"] == 8443
+    assert "url.query" not in attrs
+
+
+def test_names_status_and_errors_per_outcome(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    client = app.test_client()
+    assert client.get("/no/such/page").status_code == 404
+    assert client.get("/forbidden").status_code == 403
+    assert client.get("/unavailable").status_code == 503
+    assert client.get("/boom").status_code == 500
+    spans = by_name(sent(exporter, receiver))
+    assert sorted(spans) == ["GET", "GET /boom", "GET /forbidden", "GET /unavailable"]
+
+    # No route matched: the name is the method alone, and no http.route.
+    not_found = spans["GET"]
+    assert not_found.attributes["http.response.status_code"] == 404
+    assert "http.route" not in not_found.attributes
+    assert "error.type" not in not_found.attributes
+    assert not_found.span.status.code == Status.STATUS_CODE_UNSET
+
+    # 4xx is the client's error: the server span's status stays unset.
+    forbidden = spans["GET /forbidden"]
+    assert forbidden.attributes["http.response.status_code"] == 403
+    assert "error.type" not in forbidden.attributes
+    assert forbidden.span.status.code == Status.STATUS_CODE_UNSET
+
+    # 5xx without an exception: error.type is the status code.
+    unavailable = spans["GET /unavailable"]
+    assert unavailable.attributes["error.type"] == "503"
+    assert unavailable.span.status.code == Status.STATUS_CODE_ERROR
+    assert list(unavailable.span.events) == []
+
+    # An unhandled exception: its type, and an exception event.
+    boom = spans["GET /boom"]
+    assert boom.attributes["http.response.status_code"] == 500
+    assert boom.attributes["error.type"] == "ValueError"
+    assert boom.span.status.code == Status.STATUS_CODE_ERROR
+    assert boom.span.status.message == "ValueError: boom"
+    (event,) = boom.span.events
+    assert event.name == "exception"
+    assert attributes(event.attributes) == {
+        "exception.type": "ValueError",
+        "exception.message": "boom",
+    }
+    assert event.time_unix_nano == boom.span.end_time_unix_nano
+
+
+def test_exception_messages_read_from_the_record(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    client = app.test_client()
+    client.get("/many")
+    client.get("/custom")
+    spans = by_name(sent(exporter, receiver))
+    (many,) = spans["GET /many"].span.events
+    assert attributes(many.attributes) == {
+        "exception.type": "ValueError",
+        "exception.message": str(ValueError("a", 1)),
+    }
+    custom = spans["GET /custom"]
+    assert custom.attributes["error.type"] == "BrokenThing"
+    (event,) = custom.span.events
+    assert attributes(event.attributes)["exception.type"] == "BrokenThing"
+
+
+def test_exception_that_propagates(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    app.testing = True  # PROPAGATE_EXCEPTIONS: the client sees the exception
+    with pytest.raises(ValueError, match="boom"):
+        app.test_client().get("/boom")
+    span = only_span(exporter, receiver)
+    assert span.attributes["error.type"] == "ValueError"
+    assert span.span.status.code == Status.STATUS_CODE_ERROR
+
+
+def test_unknown_method_is_other(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    assert app.test_client().open("/purge", method="PURGE").status_code == 200
+    span = only_span(exporter, receiver)
+    assert span.span.name == "HTTP /purge"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.attributes["http.request.method_original"] == "PURGE"
+
+
+def test_known_methods_from_the_environment(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "GET,PURGE")
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().open("/purge", method="PURGE")
+    span = only_span(exporter, receiver)
+    assert span.span.name == "PURGE /purge"
+    assert span.attributes["http.request.method"] == "PURGE"
+
+
+def test_secrets_in_the_query_are_redacted(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    app.test_client().get("/item/1?sig=abc&page=2&X-Goog-Signature=def")
+    span = only_span(exporter, receiver)
+    assert span.attributes["url.query"] == "sig=REDACTED&page=2&X-Goog-Signature=REDACTED"
+
+
+# Joining the caller's trace.
+
+
+def test_span_joins_the_callers_trace(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    app.test_client().get(
+        "/",
+        headers={
+            "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+            "tracestate": "vendor=value",
+        },
+    )
+    span = only_span(exporter, receiver).span
+    assert span.trace_id.hex() == TRACE_ID
+    assert span.parent_span_id.hex() == PARENT_ID
+    assert span.span_id.hex() not in (PARENT_ID, "0" * 16)
+    assert span.trace_state == "vendor=value"
+
+
+def test_sampled_out_caller_gets_no_span(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    client = app.test_client()
+    client.get("/", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+    client.get("/item/1", headers={"traceparent": f"00-{'1' * 32}-{PARENT_ID}-01"})
+    client.get("/item/2", headers={"traceparent": "00-garbage"})
+    # flush() sends everything: the first request's span was never made.
+    spans = sent(exporter, receiver)
+    assert [s.attributes["url.path"] for s in spans] == ["/item/1", "/item/2"]
+    joined, fresh = spans
+    assert joined.span.trace_id.hex() == "1" * 32
+    # A header that does not parse starts a new trace.
+    assert fresh.span.trace_id.hex() not in (TRACE_ID, "1" * 32)
+    assert fresh.span.parent_span_id == b""
+
+
+# What the LogPolicy lets through.
+
+
+def test_policy_fields_decide_the_attributes(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    policy = LogPolicy().set_from_true(
+        request_user_agent=False, request_remote_address=False, request_host_url=False
+    )
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, log_policy=policy))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/item/3?x=1", headers={"User-Agent": CHROME})
+    attrs = only_span(exporter, receiver).attributes
+    assert "user_agent.original" not in attrs
+    assert "client.address" not in attrs
+    assert "server.address" not in attrs
+    assert "server.port" not in attrs
+    assert attrs["url.path"] == "/item/3"
+    assert attrs["http.route"] == "/item/<int:n>"
+
+
+def test_policy_anonymizes_and_cuts(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    policy = LogPolicy(anonymize_ip=True, max_request_path_length=16)
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, log_policy=policy))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/a/very/long/path/indeed", environ_base={"REMOTE_ADDR": "203.0.113.77"})
+    attrs = only_span(exporter, receiver).attributes
+    assert attrs["client.address"] == "203.0.113.0"
+    assert attrs["url.path"] == "/a/very...indeed"
+    assert len(attrs["url.path"]) == 16
+
+
+def test_policy_change_after_init_is_followed(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    client = app.test_client()
+    client.get("/", headers={"User-Agent": CHROME})
+    assert "user_agent.original" in only_span(exporter, receiver).attributes
+    exporter.log_policy.request_user_agent = False
+    client.get("/item/1", headers={"User-Agent": CHROME})
+    spans = by_name(sent(exporter, receiver))
+    assert "user_agent.original" not in spans["GET /item/<int:n>"].attributes
+
+
+def test_policy_without_status_or_exception(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    policy = LogPolicy().set_from_true(response_status_code=False, response_exception=False)
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, log_policy=policy))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/boom")
+    span = only_span(exporter, receiver)
+    assert "http.response.status_code" not in span.attributes
+    assert span.attributes["error.type"] == "_OTHER"
+    assert span.span.status.code == Status.STATUS_CODE_ERROR
+    assert list(span.span.events) == []
+
+
+def test_policy_filters_requests(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    policy = LogPolicy(skip_endpoints=["index"], skip_status_codes=[404])
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, log_policy=policy))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    client = app.test_client()
+    client.get("/")
+    client.get("/nothing/here")
+    client.get("/item/5")
+    assert [s.span.name for s in sent(exporter, receiver)] == ["GET /item/<int:n>"]
+
+
+# Providers, configuration and the environment.
+
+
+def test_global_providers_are_left_alone(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    tracer_provider = trace.get_tracer_provider()
+    meter_provider = metrics.get_meter_provider()
+    app.test_client().get("/")
+    only_span(exporter, receiver)
+    assert trace.get_tracer_provider() is tracer_provider
+    assert metrics.get_meter_provider() is meter_provider
+    assert not isinstance(tracer_provider, TracerProvider)
+
+
+def test_defaults_without_environment(tmp_path: Path) -> None:
+    exporter = OTelExporter()
+    try:
+        assert exporter.endpoint == "http://localhost:4318/v1/traces"
+        assert exporter.metrics_endpoint is None
+        Traffic(make_app(tmp_path), stores=exporter)
+        assert exporter.service_name == "site"
+    finally:
+        exporter.shutdown(timeout=5)
+
+
+def test_environment_configures_the_exporter(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint + "/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=secret,x-team=web")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop")
+    exporter = shutdown_later(OTelExporter())
+    assert exporter.endpoint == receiver.traces_endpoint
+    # The base endpoint turns metrics on as well.
+    assert exporter.metrics_endpoint == receiver.metrics_endpoint
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    span = only_span(exporter, receiver)
+    assert span.resource["service.name"] == "shop"
+    assert receiver.metrics("http.server.request.duration")
+    assert all(h["x-api-key"] == "secret" and h["x-team"] == "web" for h in receiver.headers)
+    assert {r["service.name"] for r in receiver.metric_resources()} == {"shop"}
+
+
+def test_traces_endpoint_variable_wins(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.traces_endpoint)
+    exporter = shutdown_later(OTelExporter(metrics=False))
+    assert exporter.endpoint == receiver.traces_endpoint
+    assert exporter.metrics_endpoint is None
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    assert only_span(exporter, receiver).span.name == "GET /"
+
+
+def test_arguments_win_over_the_environment(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    exporter = shutdown_later(
+        OTelExporter(receiver.traces_endpoint, service_name="shop", headers={"x-key": "k"})
+    )
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    assert only_span(exporter, receiver).resource["service.name"] == "shop"
+    assert receiver.headers[0]["x-key"] == "k"
+
+
+def test_a_tracer_provider_of_your_own(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    provider = shutdown_later(TracerProvider(resource=Resource.create({"service.name": "mine"})))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(receiver.traces_endpoint)))
+    exporter = OTelExporter(tracer_provider=provider)
+    assert exporter.endpoint is None
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    span = only_span(exporter, receiver)
+    assert span.resource["service.name"] == "mine"
+    assert span.scope_name == "flask_traffic_otel"
+
+    # Shutting the exporter down flushes the provider but leaves it working.
+    app.test_client().get("/item/1")
+    exporter.shutdown()
+    assert len(receiver.spans()) == 2
+    provider.get_tracer("mine").start_span("after").end()
+    assert provider.force_flush()
+    assert [s.span.name for s in receiver.spans()][-1] == "after"
+
+
+def test_sync_mode(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, sync=True))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/item/9")
+    assert exporter.stats()["exported"] == 1  # the span is made in the request
+    assert only_span(exporter, receiver).attributes["url.path"] == "/item/9"
+
+
+# Metrics.
+
+
+def test_request_duration_histogram(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    memory: MemoryStore,
+) -> None:
+    exporter = shutdown_later(
+        OTelExporter(receiver.traces_endpoint, metrics_endpoint=receiver.metrics_endpoint)
+    )
+    app = make_app(tmp_path)
+    Traffic(app, stores=[memory, exporter])
+    client = app.test_client()
+    for n in range(3):
+        client.get(f"/item/{n}", headers={"User-Agent": CHROME})
+    client.get("/nothing/here")
+    client.get("/boom")
+    assert exporter.flush(timeout=30)
+
+    metric = receiver.metrics("http.server.request.duration")[-1]
+    assert metric.unit == "s"
+    points = {
+        tuple(sorted(attributes(point.attributes).items())): point
+        for point in metric.histogram.data_points
+    }
+    common = {"http.request.method": "GET", "url.scheme": "http", "network.protocol.version": "1.1"}
+    item = {**common, "http.route": "/item/<int:n>", "http.response.status_code": 200}
+    missing = {**common, "http.response.status_code": 404}
+    boom = {**common, "http.route": "/boom", "http.response.status_code": 500}
+    boom["error.type"] = "ValueError"
+    assert set(points) == {tuple(sorted(a.items())) for a in (item, missing, boom)}
+    assert [points[tuple(sorted(a.items()))].count for a in (item, missing, boom)] == [3, 1, 1]
+    for point in points.values():
+        assert list(point.explicit_bounds) == BUCKETS
+        assert len(point.bucket_counts) == len(BUCKETS) + 1
+    # The durations are the records' own, in seconds.
+    total = sum(point.sum for point in points.values())
+    assert total == pytest.approx(sum(row["response_time"] for row in memory.read()) / 1000)
+
+
+def test_metrics_switch(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # metrics=True with no metrics endpoint: next to the traces endpoint.
+    on = shutdown_later(OTelExporter(receiver.traces_endpoint, metrics=True))
+    assert on.metrics_endpoint == receiver.metrics_endpoint
+    app = make_app(tmp_path)
+    Traffic(app, stores=on)
+    app.test_client().get("/")
+    assert on.flush(timeout=30)
+    assert len(receiver.metrics("http.server.request.duration")) == 1
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", receiver.metrics_endpoint)
+    assert OTelExporter(receiver.traces_endpoint).metrics_endpoint == receiver.metrics_endpoint
+    assert OTelExporter(receiver.traces_endpoint, metrics=False).metrics_endpoint is None
+
+
+# A collector that is down or hangs never holds up a request.
+
+
+def test_collector_down(
+    tmp_path: Path, memory: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = closed_port()
+    exporter = OTelExporter(
+        f"http://127.0.0.1:{port}/v1/traces",
+        metrics_endpoint=f"http://127.0.0.1:{port}/v1/metrics",
+        timeout=2,
+    )
+    app = make_app(tmp_path)
+    Traffic(app, stores=[memory, exporter])
+    client = app.test_client()
+    try:
+        statuses = [client.get(f"/item/{n}").status_code for n in range(20)]
+        assert statuses == [200] * 20
+        assert len(memory.read()) == 20
+        exporter.flush(timeout=10)
+        assert exporter.stats()["exported"] == 20  # records became spans
+    finally:
+        stopped = threading.Event()
+
+        def stop() -> None:
+            exporter.shutdown(timeout=3)
+            stopped.set()
+
+        stopper = threading.Thread(target=stop, daemon=True)
+        stopper.start()
+        stopper.join(60)  # a bound for a hang, not a speed check
+    assert stopped.is_set()
+    assert any("Failed to export" in record.getMessage() for record in caplog.records)
+
+
+def test_hanging_collector_does_not_hold_requests(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, timeout=25))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    client = app.test_client()
+    with receiver.hanging():
+        client.get("/")
+        flusher = threading.Thread(target=exporter.flush, daemon=True)
+        flusher.start()
+        assert receiver.wait_until_held(1)
+        # An export is stuck at the collector; requests go on regardless.
+        statuses = [client.get(f"/item/{n}").status_code for n in range(50)]
+        assert statuses == [200] * 50
+        assert flusher.is_alive()
+    flusher.join(30)
+    spans = sent(exporter, receiver)
+    assert len(spans) == 51
+
+
+def test_flush_with_a_timeout_returns_while_the_collector_hangs(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, timeout=25))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    with receiver.hanging():
+        app.test_client().get("/")
+        assert exporter.flush(timeout=0.5) is False
+        assert receiver.wait_until_held(1)
+    assert len(sent(exporter, receiver)) == 1
+
+
+# Arguments, read(), shutdown.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"endpoint": "localhost:4318"}, ValueError, "^endpoint must be the full http"),
+        ({"endpoint": 4318}, ValueError, "^endpoint must be"),
+        ({"metrics_endpoint": "ftp://x/v1/metrics"}, ValueError, "^metrics_endpoint must be"),
+        ({"headers": "x-api-key=1"}, TypeError, "^headers must be a dict of str to str"),
+        ({"headers": {"x-api-key": 1}}, TypeError, "^headers must be"),
+        ({"service_name": ""}, ValueError, "^service_name must be a non-empty str"),
+        ({"tracer_provider": object()}, TypeError, "^tracer_provider must be an opentelemetry"),
+        ({"metrics": "yes"}, TypeError, "^metrics must be True, False or None"),
+        (
+            {"metrics": False, "metrics_endpoint": "http://127.0.0.1:4318/v1/metrics"},
+            ValueError,
+            "^metrics_endpoint was given with metrics=False",
+        ),
+        ({"timeout": 0}, ValueError, "^timeout must be a positive number"),
+        ({"timeout": True}, ValueError, "^timeout must be a positive number"),
+        ({"log_policy": "all"}, TypeError, "^log_policy must be a flask_traffic.LogPolicy"),
+        ({"sync": "no"}, TypeError, "^sync must be True, False or None"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, t.Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match) as info:
+        OTelExporter(**kwargs)
+    assert str(info.value).endswith(".")
+    assert "\n" not in str(info.value)
+
+
+def test_provider_excludes_own_settings(shutdown_later: Callable[[t.Any], t.Any]) -> None:
+    provider = shutdown_later(TracerProvider())
+    with pytest.raises(ValueError, match=r"^endpoint and service_name configure"):
+        OTelExporter("http://127.0.0.1:4318/v1/traces", tracer_provider=provider)
+    with pytest.raises(ValueError, match=r"^endpoint and service_name configure"):
+        OTelExporter(tracer_provider=provider, service_name="x")
+    with pytest.raises(ValueError, match=r"^headers only configure"):
+        OTelExporter(tracer_provider=provider, headers={"a": "b"})
+
+
+def test_bad_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")
+    with pytest.raises(ValueError, match=r"^The environment variable OTEL_EXPORTER_OTLP_ENDPOINT"):
+        OTelExporter()
+
+
+def test_read_says_where_to_look(app: Flask, exporter: OTelExporter) -> None:
+    app.test_client().get("/")
+    with pytest.raises(NotImplementedError, match="keeps no records to read back"):
+        exporter.read()
+
+
+def test_flush_and_shutdown_are_safe(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    assert OTelExporter().flush() is True  # never attached
+    OTelExporter().shutdown()
+    app.test_client().get("/")
+    exporter.shutdown()
+    assert len(receiver.spans()) == 1  # shutdown sent what was queued
+    exporter.shutdown()
+    assert exporter.flush(timeout=5) is True
+
+
+# The record properties the exporter reads.
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "server", "address", "port"),
+    [
+        ("http", "localhost", None, "localhost", 80),
+        ("https", "shop.example", ("10.0.0.1", 8000), "shop.example", 443),
+        ("http", "shop.example:8080", None, "shop.example", 8080),
+        ("http", "[::1]:5000", None, "::1", 5000),
+        ("https", "[2001:db8::1]", None, "2001:db8::1", 443),
+        ("http", None, ("internal", 8000), "internal", 8000),
+        ("http", None, None, None, None),
+    ],
+)
+def test_record_server_address_and_port(
+    scheme: str,
+    host: str | None,
+    server: tuple[str, int] | None,
+    address: str | None,
+    port: int | None,
+) -> None:
+    record = TrafficRecord(
+        start_time_ns=0, duration_ns=0, url_scheme=scheme, host_header=host, server=server
+    )
+    assert record.server_address == address
+    assert record.server_port == port
+
+
+# The example app.
+
+
+@pytest.fixture
+def otel_example(load_example: Callable[[str], ModuleType]) -> ModuleType:
+    return load_example("otel_app")
+
+
+def test_example_app(otel_example: ModuleType, tmp_path: Path, receiver: OTLPReceiver) -> None:
+    app: Flask = otel_example.create_app(
+        instance_path=str(tmp_path), endpoint=receiver.traces_endpoint
+    )
+    app.logger.setLevel(logging.CRITICAL)
+    stores = otel_example.traffic.get_stores(app)
+    try:
+        client = app.test_client()
+        assert client.get("/").status_code == 200
+        assert client.get("/item/3").get_json() == {"item": 3}
+        assert client.get("/missing").status_code == 404
+        assert client.get("/error").status_code == 500
+        rows = client.get("/traffic").get_json()
+        assert [row["request_path"] for row in rows] == ["/error", "/missing", "/item/3", "/"]
+        _, exporter = stores
+        assert exporter.flush(timeout=30)
+        spans = by_name(receiver.spans())
+        assert sorted(spans) == ["GET /", "GET /error", "GET /item/<int:n>", "GET /missing"]
+        assert all("client.address" not in s.attributes for s in spans.values())
+        assert spans["GET /error"].attributes["error.type"] == "RuntimeError"
+        assert spans["GET /"].resource["service.name"] == "otel_app"
+        assert (tmp_path / "traffic.json").is_file()
+    finally:
+        for store in stores:
+            store.shutdown()
