@@ -66,11 +66,13 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     datetimes.
     """
 
+    # Where Alembic's autogenerate says the type is: a public module.
+    __module__ = "flask_traffic.stores.ormstore"
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[t.Any]:
-        if dialect.name == "mysql":
+        if dialect.name in ("mysql", "mariadb"):
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         if dialect.name == "postgresql":
             return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
@@ -330,7 +332,6 @@ class SQLORMModelMixin:
     :class:`~flask_traffic.stores.SQLStore`'s table.
     """
 
-    __module__ = "flask_traffic.stores.ormstore"
     __tablename__ = "_traffic_"
 
     @declared_attr
