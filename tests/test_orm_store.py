@@ -3,9 +3,12 @@ and Alembic, on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import typing as t
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -366,3 +369,77 @@ def test_threads_lose_and_duplicate_nothing(site: Site, stores: list[Store]) -> 
     found = [row["request_path"] for row in store.read(10_000)]
     assert len(found) == 400
     assert set(found) == {f"/t{i}/{n}" for i in range(4) for n in range(100)}
+
+
+# --- The example ------------------------------------------------------------
+
+
+def test_orm_example(load_example: Callable[[str], t.Any], tmp_path: Path) -> None:
+    module = load_example("orm_app")
+    app = module.create_app(
+        instance_path=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'site.db'}"
+    )
+    try:
+        with app.app_context():
+            module.db.create_all()
+        client = app.test_client()
+        assert client.get("/").status_code == 200
+        assert client.get("/notes/add/hello").get_json() == {"notes": 1}
+        rows = client.get("/traffic").get_json()
+        assert [(r["request_path"], r["request_endpoint"]) for r in rows] == [
+            ("/notes/add/hello", "add_note"),
+            ("/", "index"),
+        ]
+        assert module.traffic.flush(app, timeout=30)
+        with app.app_context():
+            hits = module.db.session.scalars(sa.select(module.Hit)).all()
+            assert len(hits) == 3  # the /traffic page too
+    finally:
+        for store in module.traffic.get_stores(app):
+            store.shutdown()
+        with app.app_context():
+            for engine in module.db.engines.values():
+                engine.dispose()
+
+
+def test_orm_example_tables_from_flask_migrate(tmp_path: Path) -> None:
+    database = tmp_path / "migrated.db"
+    env = {**os.environ, "TRAFFIC_DATABASE_URL": f"sqlite:///{database}"}
+    migrations = tmp_path / "migrations"
+    app_path = str(Path(__file__).resolve().parents[1] / "examples" / "orm_app.py")
+
+    def flask(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", app_path, "db", *args, "-d", str(migrations)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    flask("init")
+    # Alembic writes request_date's type with its module but no import for it.
+    template = migrations / "script.py.mako"
+    text = template.read_text()
+    template.write_text(
+        text.replace(
+            "import sqlalchemy as sa\n",
+            "import sqlalchemy as sa\nimport flask_traffic.stores.ormstore\n",
+            1,
+        )
+    )
+    assert "Detected added table '_traffic_'" in flask("migrate", "-m", "traffic")
+    (script,) = (migrations / "versions").glob("*.py")
+    code = script.read_text()
+    assert "op.create_table('_traffic_'" in code
+    assert all(f"sa.Column('{name}'" in code for name in ["traffic_id", *FIELD_NAMES])
+    flask("upgrade")
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        columns = [c["name"] for c in sa.inspect(engine).get_columns("_traffic_")]
+    finally:
+        engine.dispose()
+    assert columns == ["traffic_id", *FIELD_NAMES]

@@ -629,3 +629,37 @@ except ImportError as exc:
         'SQLORMStore needs the sqlalchemy package: pip install "flask-traffic[sqlalchemy]".',
         'SQLORMModelMixin needs the sqlalchemy package: pip install "flask-traffic[sqlalchemy]".',
     ]
+
+
+# --- The example ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+def test_sql_example(
+    load_example: Callable[[str], t.Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    from_env: bool,
+) -> None:
+    module = load_example("sql_app")
+    if from_env:
+        monkeypatch.setenv("TRAFFIC_DATABASE_URL", f"sqlite:///{tmp_path / 'from_env.db'}")
+    app = module.create_app(instance_path=str(tmp_path / "instance"))
+    try:
+        client = app.test_client()
+        assert client.get("/").status_code == 200
+        assert client.get("/item/3").get_json() == {"item": 3}
+        client.get("/missing")
+        rows = client.get("/traffic").get_json()
+        assert [(r["request_path"], r["response_status_code"]) for r in rows] == [
+            ("/missing", 404),
+            ("/item/3", 200),
+            ("/", 200),
+        ]
+        assert all(ISO_DATE.match(r["request_date"]) for r in rows)
+        assert rows[1]["request_route"] == "/item/<int:n>"
+    finally:
+        for store in module.traffic.get_stores(app):
+            store.shutdown()
+    used = tmp_path / ("from_env.db" if from_env else "instance/traffic.sqlite")
+    assert used.is_file()
