@@ -817,3 +817,16 @@ def test_example_app(otel_example: ModuleType, tmp_path: Path, receiver: OTLPRec
     finally:
         for store in stores:
             store.shutdown()
+
+
+def test_readme_maps_every_attribute_sent(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    client = app.test_client()
+    client.get("/item/1?page=2", headers={"User-Agent": CHROME})
+    client.get("/boom")
+    client.open("/purge", method="PURGE")
+    sent_names = {name for span in sent(exporter, receiver) for name in span.attributes}
+    readme = (Path(__file__).parents[1] / "exporters/flask-traffic-otel/README.md").read_text()
+    table = readme[readme.index("| attribute | value | LogPolicy field |") :]
+    assert sorted(name for name in sent_names if f"`{name}`" not in table) == []

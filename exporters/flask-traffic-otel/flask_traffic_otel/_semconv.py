@@ -89,7 +89,9 @@ def protocol_version(server_protocol: str | None) -> str | None:
 def redact_query(query: str) -> str:
     """``query`` with the values of signature and access-key parameters
     replaced by ``REDACTED``, as the conventions ask for ``url.query``."""
-    if "=" not in query:
+    # Substring tests first: most queries hold none of the keys, and a
+    # regex substitution costs ten times as much.
+    if "sig" not in query and "Signature" not in query and "AWSAccessKeyId" not in query:
         return query
     return _SECRET_QUERY.sub(r"\1=REDACTED", query)
 
