@@ -1,0 +1,347 @@
+"""RedisStore: one Redis stream entry per record (``XADD``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+import os
+import typing as t
+import uuid
+from collections.abc import Callable, Sequence
+
+from .._optional import require
+from ..policy import LogPolicy
+from ..record import FIELDS, FieldType, TrafficRecord
+from .base import Store
+
+if t.TYPE_CHECKING:
+    import redis
+    from flask import Flask
+    from redis.typing import EncodableT, FieldT
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("flask_traffic")
+
+#: Seconds a client this store creates waits to connect and for a reply, so a
+#: dead or unreachable server fails the export (to be retried by the
+#: processor) instead of holding the worker forever.
+_TIMEOUT = 5.0
+
+# A stream entry needs at least one field: a record whose kept fields are all
+# None is written with this one, which read() ignores.
+_EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
+
+#: Seconds a writer's fence key outlives its last batch: a batch retried
+#: after an outage longer than this may be written twice.
+_FENCE_TTL = 24 * 3600
+
+
+# Text is stored as UTF-8, with surrogatepass: WSGI strings are latin-1
+# decoded bytes and may carry lone surrogates after Werkzeug's decoding, and
+# both must come back unchanged. Numbers are stored as their repr so that
+# read() parses back the very same value.
+def _encode_text(value: str) -> bytes:
+    return value.encode("utf-8", "surrogatepass")
+
+
+def _decode_text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogatepass")
+
+
+def _encode_int(value: int) -> bytes:
+    return b"%d" % value
+
+
+def _encode_float(value: float) -> bytes:
+    return repr(value).encode("ascii")
+
+
+_ENCODERS: dict[FieldType, Callable[[t.Any], bytes]] = {
+    # Cached: text values repeat from request to request (user agents, hosts,
+    # routes).
+    "str": functools.lru_cache(maxsize=8192)(_encode_text),
+    # Unique per request: caching would only evict the values that repeat.
+    "datetime": _encode_text,
+    "int": _encode_int,
+    "float": _encode_float,
+}
+
+_PARSERS: dict[FieldType, Callable[[bytes], t.Any]] = {
+    "str": _decode_text,
+    "datetime": _decode_text,
+    "int": int,
+    "float": float,
+}
+
+#: field name -> (name as stored, encoder, parser), derived from FIELDS.
+_CODECS: dict[str, tuple[bytes, Callable[[t.Any], bytes], Callable[[bytes], t.Any]]] = {
+    field.name: (field.name.encode("ascii"), _ENCODERS[field.type], _PARSERS[field.type])
+    for field in FIELDS
+}
+
+
+def _same_records(a: Sequence[TrafficRecord], b: Sequence[TrafficRecord]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class RedisStore(Store):
+    """Appends each record to a Redis stream as one entry (``XADD``).
+
+    Point it at a server in exactly one way: ``redis_host`` (with
+    ``redis_password`` and ``redis_port``, the arguments of flask-traffic
+    0.8), ``url=`` or ``client=``. Each batch is one pipelined ``MULTI``/
+    ``EXEC`` transaction of ``XADD`` commands, one entry per record, whose
+    fields are the policy's enabled fields as text; a ``None`` value is left
+    out of the entry. :meth:`read` reads the newest entries back with
+    ``XREVRANGE`` and gives back ints, floats and ``None``.
+
+    A failed write (the server is down) raises in the worker thread, and the
+    processor retries the batch with back-off while requests go on. A batch
+    the server ran before it died without replying is not written twice: see
+    :meth:`export`.
+
+    :param redis_host: the server's host name or address.
+    :param event_name: the stream's key.
+    :param redis_password: the password, with ``redis_host`` only.
+    :param redis_port: the server's port, with ``redis_host`` only.
+    :param log_policy: which fields and requests to keep.
+    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL instead of
+        ``redis_host``; it may carry the password and database number.
+    :param client: a :class:`redis.Redis` to use instead; the store does not
+        close it. It keeps its own timeouts and retries: redis-py's default
+        retries a failed transaction itself, which can write a batch twice
+        when a reply is lost; ``retry=Retry(NoBackoff(), 0)`` avoids that.
+    :param max_len: trim the stream to about this many entries
+        (``XADD ... MAXLEN ~``); ``None`` never trims.
+    :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+
+    .. versionchanged:: 1.0
+        ``url``, ``client``, ``max_len`` and ``sync``; ``None`` is left out
+        of the entry instead of stored as ``"None"``, and :meth:`read` gives
+        numbers back as numbers.
+    """
+
+    event_name: str
+    max_len: int | None
+
+    def __init__(
+        self,
+        redis_host: str | None = None,
+        event_name: str | None = None,
+        redis_password: str | None = None,
+        redis_port: int = 6379,
+        log_policy: LogPolicy | None = None,
+        *,
+        url: str | None = None,
+        client: redis.Redis | None = None,
+        max_len: int | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        super().__init__(log_policy, sync=sync)
+        redis_module = require("redis", extra="redis", needed_by="RedisStore")
+        if not isinstance(event_name, str) or not event_name:
+            raise TypeError(
+                f"event_name must be a non-empty str (the stream's key), got {event_name!r}."
+            )
+        given = [
+            name
+            for name, value in (("redis_host", redis_host), ("url", url), ("client", client))
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "RedisStore takes exactly one of redis_host, url or client, "
+                f"got {' and '.join(given) if given else 'none'}."
+            )
+        if redis_host is None and (redis_password is not None or redis_port != 6379):
+            raise ValueError(
+                "redis_password and redis_port go with redis_host only: "
+                "put them in url= or in the client you pass."
+            )
+        if max_len is not None and (not _is_int(max_len) or max_len < 1):
+            raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}.")
+        self.event_name = event_name
+        self.max_len = max_len
+        self._owns_client = client is None
+        if client is not None:
+            if not isinstance(client, redis_module.Redis):
+                raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}.")
+            self._client: redis.Redis = client
+        elif url is not None:
+            self._client = self._from_url(redis_module, url)
+        else:
+            self._client = self._from_host(redis_module, redis_host, redis_password, redis_port)
+        self._never_decode: str = redis_module.client.NEVER_DECODE
+        self._unsure_errors: tuple[type[Exception], ...] = (
+            redis_module.ConnectionError,
+            redis_module.TimeoutError,
+        )
+        self._pid = -1
+        self._fence_key = ""
+        self._batch_number = 0
+        # The batch whose last write failed with its outcome unknown, and
+        # the number it was written under.
+        self._unsure: tuple[Sequence[TrafficRecord], int] | None = None
+
+    @staticmethod
+    def _options(redis_module: t.Any) -> dict[str, t.Any]:
+        # No retries inside redis-py: it would send a transaction whose
+        # reply was lost a second time, behind the fence's back (see
+        # export()). The processor retries, with back-off; a connection the
+        # server closed is replaced by the pool before it is used.
+        retry = redis_module.retry.Retry(redis_module.backoff.NoBackoff(), 0)
+        return {
+            "socket_timeout": _TIMEOUT,
+            "socket_connect_timeout": _TIMEOUT,
+            "retry": retry,
+        }
+
+    @classmethod
+    def _from_url(cls, redis_module: t.Any, url: object) -> redis.Redis:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, got {type(url).__name__}.")
+        try:
+            client: redis.Redis = redis_module.Redis.from_url(url, **cls._options(redis_module))
+        except ValueError:
+            # Not the URL itself in the message: it may hold a password.
+            raise ValueError(
+                "url must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0."
+            ) from None
+        return client
+
+    @classmethod
+    def _from_host(
+        cls, redis_module: t.Any, host: object, password: object, port: object
+    ) -> redis.Redis:
+        if not isinstance(host, str) or not host:
+            raise TypeError(f"redis_host must be a non-empty str, got {host!r}.")
+        if password is not None and not isinstance(password, str):
+            raise TypeError(f"redis_password must be a str or None, got {type(password).__name__}.")
+        if not _is_int(port) or not 0 < t.cast(int, port) < 65536:
+            raise ValueError(f"redis_port must be an integer from 1 to 65535, got {port!r}.")
+        client: redis.Redis = redis_module.Redis(
+            host=host, port=port, password=password, **cls._options(redis_module)
+        )
+        return client
+
+    def __repr__(self) -> str:
+        return f"<RedisStore stream={self.event_name!r} fields={len(self.fields)}>"
+
+    @property
+    def client(self) -> redis.Redis:
+        """The :class:`redis.Redis` this store writes with."""
+        return self._client
+
+    def setup(self, app: Flask) -> None:
+        redis_module = require("redis", extra="redis", needed_by="RedisStore")
+        try:
+            kind = self._client.type(self.event_name)
+        except redis_module.AuthenticationError:
+            raise RuntimeError(
+                "RedisStore could not log in to Redis: check redis_password "
+                "(or the password in url=)."
+            ) from None
+        except (redis_module.ConnectionError, redis_module.TimeoutError) as exc:
+            # Redis may start after the app: the records wait and are retried.
+            logger.warning(
+                "RedisStore cannot reach Redis yet (%s); records wait in the queue.", exc
+            )
+            return
+        if isinstance(kind, bytes):
+            kind = kind.decode("ascii", "replace")
+        if kind not in ("none", "stream"):
+            raise RuntimeError(
+                f"Redis key {self.event_name!r} holds a {kind}, not a stream: "
+                f"pass another event_name=."
+            )
+
+    def export(self, records: Sequence[TrafficRecord]) -> None:
+        """Write ``records`` as one ``MULTI``/``EXEC`` transaction of ``XADD``.
+
+        The transaction also sets this writer's fence key (``<event_name>:
+        flask-traffic-writer:<id>``, one per process, expiring a day after
+        its last batch) to the batch's number. When a write fails with its
+        outcome unknown (the server died before replying, after it may have
+        run the batch), the retry first reads the fence: if it holds the
+        batch's number the batch is in the stream and is not written again.
+        So a retry never duplicates entries.
+        """
+        if os.getpid() != self._pid:
+            # A new process (or a fork): a writer of its own.
+            self._pid = os.getpid()
+            self._fence_key = f"{self.event_name}:flask-traffic-writer:{uuid.uuid4().hex}"
+            self._unsure = None
+        unsure = self._unsure
+        if unsure is not None and _same_records(unsure[0], records):
+            number = unsure[1]
+            landed = self._client.get(self._fence_key)
+            if landed is not None and int(landed) == number:
+                self._unsure = None
+                logger.info(
+                    "%s: the batch of %d record(s) whose reply was lost is in the stream; "
+                    "not writing it again.",
+                    self.name,
+                    len(records),
+                )
+                return
+        else:
+            self._batch_number += 1
+            number = self._batch_number
+        self._unsure = None
+        codecs = [_CODECS[name] for name in self.fields]
+        key = self.event_name
+        max_len = self.max_len
+        values = self.log_policy.values
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                for record in records:
+                    entry: dict[FieldT, EncodableT] = {
+                        name: encode(value)
+                        for (name, encode, _), value in zip(codecs, values(record), strict=True)
+                        if value is not None
+                    }
+                    pipe.xadd(key, entry or _EMPTY_ENTRY, maxlen=max_len, approximate=True)
+                pipe.set(self._fence_key, number, ex=_FENCE_TTL)
+                pipe.execute()
+        except self._unsure_errors:
+            self._unsure = (records, number)
+            raise
+
+    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        # Raw bytes whatever the client's decode_responses: text is decoded
+        # here, the same way it was encoded.
+        entries = self._client.execute_command(  # type: ignore[no-untyped-call]
+            "XREVRANGE", self.event_name, "+", "-", "COUNT", limit, **{self._never_decode: True}
+        )
+        codecs = [(name, _CODECS[name]) for name in self.fields]
+        rows = []
+        for entry in entries or ():
+            stored = entry[1]
+            if not isinstance(stored, dict):
+                stored = dict(zip(stored[::2], stored[1::2], strict=True))
+            row: dict[str, t.Any] = {}
+            for name, (key, _, parse) in codecs:
+                value = stored.get(key)
+                if value is not None:
+                    try:
+                        value = parse(value)
+                    except ValueError:
+                        # Entries of flask-traffic 0.8 hold "None" or text
+                        # where a number belongs.
+                        value = None
+                row[name] = value
+            rows.append(row)
+        return rows
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Flush and stop the worker, then close the client if this store
+        created it (one passed as ``client=`` stays open). Safe to call twice."""
+        super().shutdown(timeout)
+        if self._owns_client:
+            self._client.close()
