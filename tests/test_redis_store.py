@@ -509,6 +509,19 @@ def test_two_lone_surrogates_that_would_make_a_pair_stay_two(
     assert store.read()[0]["request_referrer"] == "\ud83d\ude00"
 
 
+def test_sync_writes_in_the_request(
+    tmp_path: Path, redis_url: str, server: redis.Redis, stream: str, stores: list[Store]
+) -> None:
+    store = RedisStore(event_name=stream, url=redis_url, sync=True)
+    stores.append(store)
+    app = make_app(tmp_path)
+    Traffic(app, stores=store)
+    app.test_client().get("/echo/now")
+    # No flush: the entry is there when the response is.
+    ((_, entry),) = server.xrange(stream)
+    assert entry[b"request_path"] == b"/echo/now"
+
+
 def test_read_limit_newest_first(
     tmp_path: Path, redis_url: str, stream: str, stores: list[Store]
 ) -> None:
