@@ -86,10 +86,11 @@ def stores() -> Iterator[list[Store]]:
 
 @pytest.fixture
 def stream(redis_url: str, unique_name: str) -> Iterator[str]:
-    """A stream key on the shared Redis, deleted afterwards."""
+    """A stream key on the shared Redis, deleted afterwards with its writers' fence keys."""
     yield unique_name
     with redis.Redis.from_url(redis_url) as client:
-        client.delete(unique_name)
+        fences = list(client.scan_iter(f"{unique_name}:flask-traffic-writer:*"))
+        client.delete(unique_name, *fences)
 
 
 @pytest.fixture
