@@ -29,7 +29,10 @@ def parse_user_agent(user_agent: str | None) -> tuple[str | None, str | None]:
     """
     if not user_agent:
         return None, None
-    result = parser(user_agent[:_MAX_PARSED_LENGTH], _DOMAINS)
+    # The parser takes valid Unicode only; a header a server decoded with
+    # surrogateescape may hold lone surrogates.
+    text = user_agent[:_MAX_PARSED_LENGTH].encode("utf-8", "replace").decode("utf-8")
+    result = parser(text, _DOMAINS)
     browser = None
     if result.user_agent is not None and result.user_agent.family != "Other":
         ua = result.user_agent

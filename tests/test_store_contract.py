@@ -42,6 +42,12 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/echo/%2F%25%20", {}),
     # A server hands header bytes over as latin-1 text: invalid UTF-8 arrives so.
     ("GET", "/echo/latin", {"HTTP_USER_AGENT": b"\xff\xfe\xc3(bad".decode("latin-1")}),
+    # A server decoding with surrogateescape (PEP 383) leaves lone surrogates.
+    (
+        "GET",
+        "/echo/escaped",
+        {"HTTP_USER_AGENT": "Firefox/133.0 \udcff\udcfe", "HTTP_REFERER": "\udc80"},
+    ),
     ("GET", "/echo/big", {"HTTP_USER_AGENT": "A" * 10_000}),
     ("GET", "/echo/" + "p" * 2_000, {}),
 ]
@@ -149,7 +155,7 @@ def _redis(request: pytest.FixtureRequest, tmp: Path) -> tuple[Store, Callable[[
 
     def delete() -> None:
         with redis.Redis.from_url(url) as client:
-            client.delete(key)
+            client.delete(key, *client.scan_iter(f"{key}:flask-traffic-writer:*"))
 
     return RedisStore(event_name=key, url=url), delete
 

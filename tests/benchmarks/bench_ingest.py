@@ -123,7 +123,7 @@ def _redis(folder: Path) -> Iterator[Store]:
     finally:
         store.shutdown()
         with redis.Redis.from_url(REDIS_URL) as client:
-            client.delete(key)
+            client.delete(key, *client.scan_iter(f"{key}:flask-traffic-writer:*"))
 
 
 MAKERS: dict[str, StoreMaker] = {
