@@ -652,7 +652,13 @@ def test_collector_down(
         stopper.start()
         stopper.join(60)  # a bound for a hang, not a speed check
     assert stopped.is_set()
-    assert any("Failed to export" in record.getMessage() for record in caplog.records)
+    # OpenTelemetry's exporter says the collector is down (its wording varies by version).
+    assert any(
+        record.name.startswith("opentelemetry")
+        and record.levelno >= logging.ERROR
+        and "export" in record.getMessage().lower()
+        for record in caplog.records
+    )
 
 
 def test_hanging_collector_does_not_hold_requests(
