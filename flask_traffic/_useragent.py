@@ -11,7 +11,7 @@ import functools
 
 from ua_parser import Domain, parser
 
-__all__ = ["parse_user_agent"]
+__all__ = ["is_bot", "parse_user_agent"]
 
 _DOMAINS = Domain.USER_AGENT | Domain.OS
 # Longer strings are not user agents a parser has rules for; cutting them
@@ -41,3 +41,17 @@ def parse_user_agent(user_agent: str | None) -> tuple[str | None, str | None]:
     if result.os is not None and result.os.family != "Other":
         platform = result.os.family
     return browser, platform
+
+
+@functools.lru_cache(maxsize=4096)
+def is_bot(user_agent: str | None) -> bool:
+    """Whether ua-parser's rules know ``user_agent`` as a bot, spider or crawler
+    (its device family ``"Spider"``).
+
+    :param user_agent: the raw ``User-Agent`` header, or ``None``.
+    """
+    if not user_agent:
+        return False
+    text = user_agent[:_MAX_PARSED_LENGTH].encode("utf-8", "replace").decode("utf-8")
+    device = parser(text, Domain.DEVICE).device
+    return device is not None and device.family == "Spider"

@@ -33,6 +33,7 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     "TRAFFIC_MAX_QUEUE_SIZE": 10_000,
     "TRAFFIC_MAX_BATCH_SIZE": 512,
     "TRAFFIC_SCHEDULE_DELAY": 1.0,
+    "TRAFFIC_RETENTION_INTERVAL": 60.0,
 }
 
 StoresArg = Store | Iterable[Store] | None
@@ -95,6 +96,23 @@ def _normalise_stores(stores: StoresArg) -> list[Store]:
     return result
 
 
+def _name_stores(stores: list[Store]) -> None:
+    """Number the default names of stores of one class: JSONStore, JSONStore-2."""
+    taken: set[str] = set()
+    for store in stores:
+        if store.processor is not None:  # already named by the app it first served
+            taken.add(store.name)
+            continue
+        if store._name is None:
+            base, number = store.name, 1
+            while store.name in taken:
+                number += 1
+                store.name = f"{base}-{number}"
+        if store.name in taken:
+            raise ValueError(f"Two stores are named {store.name!r}; give each a name= of its own.")
+        taken.add(store.name)
+
+
 def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
     for key, default in CONFIG_DEFAULTS.items():
         app.config.setdefault(key, default)
@@ -106,16 +124,16 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}.")
-    delay = config["TRAFFIC_SCHEDULE_DELAY"]
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay <= 0:
-        raise ValueError(
-            f"TRAFFIC_SCHEDULE_DELAY must be a positive number of seconds, got {delay!r}."
-        )
+    for key in ("TRAFFIC_SCHEDULE_DELAY", "TRAFFIC_RETENTION_INTERVAL"):
+        seconds = config[key]
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise ValueError(f"{key} must be a positive number of seconds, got {seconds!r}.")
     options: ProcessorOptions = {
         "sync": config["TRAFFIC_SYNC"],
         "max_queue_size": config["TRAFFIC_MAX_QUEUE_SIZE"],
         "max_batch_size": config["TRAFFIC_MAX_BATCH_SIZE"],
-        "schedule_delay": float(delay),
+        "schedule_delay": float(config["TRAFFIC_SCHEDULE_DELAY"]),
+        "retention_interval": float(config["TRAFFIC_RETENTION_INTERVAL"]),
     }
     return config["TRAFFIC_ENABLED"], options
 
@@ -314,6 +332,7 @@ class Traffic:
                 "Import and use that instance instead."
             )
         store_list = _normalise_stores(self._default_stores if stores is None else stores)
+        _name_stores(store_list)
         enabled, options = _read_config(app)
         for store in store_list:
             store.attach(app, options)

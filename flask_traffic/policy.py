@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import ipaddress
 import operator
+import random
+import re
 import typing as t
 from collections.abc import Callable, Iterable
 
+from ._useragent import is_bot
 from .record import FIELD_NAMES, TrafficRecord
 
 __all__ = ["LogPolicy"]
@@ -53,6 +57,31 @@ def _status_set(value: Iterable[int | str] | None, name: str) -> frozenset[int]:
             raise ValueError(f"{name} takes HTTP status codes from 100 to 599, got {item!r}.")
         codes.add(code)
     return frozenset(codes)
+
+
+def _path_pattern(value: Iterable[str] | None) -> re.Pattern[str] | None:
+    """One regular expression for all ``skip_paths`` globs: one match per request."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"skip_paths takes a collection of glob patterns, not a str: use [{value!r}]."
+        )
+    globs = list(value)
+    for glob in globs:
+        if not isinstance(glob, str) or not glob.startswith("/"):
+            raise ValueError(
+                f"skip_paths takes glob patterns of paths starting with /, got {glob!r}."
+            )
+    if not globs:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+def _check_rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"sample_rate must be a number above 0 and at most 1, got {value!r}.")
+    return float(value)
 
 
 def _check_bool(value: object, name: str) -> bool:
@@ -105,9 +134,22 @@ class LogPolicy:
         tail around ``...``, this many characters in all.
     :param anonymize_ip: store ``request_remote_address`` with the last IPv4
         octet, or the last 80 bits of an IPv6 address, set to zero.
+    :param sample_rate: keep this share of requests, chosen at random (1.0
+        keeps all). A kept request's ``request_sample_rate`` field holds the
+        rate, so summaries count it ``1 / sample_rate`` times. Responses with
+        status 500 and up and unhandled exceptions are always kept (with
+        ``request_sample_rate`` ``None``), unless ``only_sampled``.
+    :param only_sampled: sample errors too, like every other request.
+    :param skip_paths: never requests whose path matches one of these glob
+        patterns (``fnmatch`` rules: ``"/static/*"``, ``"/health"``).
+    :param skip_bots: never requests whose user agent the parser knows as a
+        bot or crawler. Decided in the store's worker thread, where the user
+        agent is parsed, so such records still pass through the queue.
 
     .. versionadded:: 1.0
-        ``anonymize_ip`` and the ``request_route`` field.
+        ``anonymize_ip``, ``sample_rate``, ``only_sampled``, ``skip_paths``,
+        ``skip_bots``, and the ``request_route`` and ``request_sample_rate``
+        fields.
     """
 
     on_endpoints: frozenset[str]
@@ -118,6 +160,10 @@ class LogPolicy:
     skip_on_exception: bool
     max_request_path_length: int
     anonymize_ip: bool
+    sample_rate: float
+    only_sampled: bool
+    skip_paths: tuple[str, ...]
+    skip_bots: bool
     _fields: dict[str, bool]
 
     def __init__(
@@ -131,6 +177,10 @@ class LogPolicy:
         max_request_path_length: int = 512,
         *,
         anonymize_ip: bool = False,
+        sample_rate: float = 1.0,
+        only_sampled: bool = False,
+        skip_paths: Iterable[str] | None = None,
+        skip_bots: bool = False,
     ) -> None:
         only = _check_bool(only_on_exception, "only_on_exception")
         skip = _check_bool(skip_on_exception, "skip_on_exception")
@@ -157,6 +207,11 @@ class LogPolicy:
         self.skip_on_exception = skip
         self.max_request_path_length = max_request_path_length
         self.anonymize_ip = _check_bool(anonymize_ip, "anonymize_ip")
+        self.sample_rate = _check_rate(sample_rate)
+        self.only_sampled = _check_bool(only_sampled, "only_sampled")
+        self._skip_path = _path_pattern(skip_paths)
+        self.skip_paths = tuple(skip_paths or ())
+        self.skip_bots = _check_bool(skip_bots, "skip_bots")
 
     # Field switches live in one dict keyed by FIELD_NAMES, so there is no
     # attribute per field to keep in step with the schema.
@@ -228,7 +283,27 @@ class LogPolicy:
             failed = record.response_exception is not None
             if failed != self.only_on_exception:
                 return False
+        skip_path = self._skip_path
+        if skip_path is not None:
+            path = record.request_path
+            if path is not None and skip_path.match(path):
+                return False
+        rate = self.sample_rate
+        if rate < 1.0 and not self._always_kept(record):
+            return random.random() < rate
         return True
+
+    def _always_kept(self, record: TrafficRecord) -> bool:
+        """Whether sampling keeps ``record`` whatever the dice say."""
+        if self.only_sampled:
+            return False
+        status = record.response_status_code
+        return record.response_exception is not None or (status is not None and status >= 500)
+
+    def keeps_in_worker(self, record: TrafficRecord) -> bool:
+        """The part of :meth:`accepts` too costly for the request thread
+        (``skip_bots`` parses the user agent); runs in the store's worker."""
+        return not (self.skip_bots and is_bot(record.request_user_agent))
 
     def _plan(self) -> _RowPlan:
         plan = self.__dict__.get("_row_plan")
@@ -266,13 +341,31 @@ class _RowPlan:
     call (C code) instead of one Python call each.
     """
 
-    __slots__ = ("address_index", "fields", "get", "key", "path_index", "path_limit")
+    __slots__ = (
+        "address_index",
+        "fields",
+        "get",
+        "key",
+        "path_index",
+        "path_limit",
+        "policy",
+        "rate_index",
+    )
 
     def __init__(self, policy: LogPolicy) -> None:
         fields = policy.enabled_fields
         self.fields = fields
         # A str, whose hash Python caches: looked up for every record and store.
-        self.key = repr(("values", fields, policy.max_request_path_length, policy.anonymize_ip))
+        self.key = repr(
+            (
+                "values",
+                fields,
+                policy.max_request_path_length,
+                policy.anonymize_ip,
+                policy.sample_rate,
+                policy.only_sampled,
+            )
+        )
         # request_date is stored as text; the record keeps that text too.
         names = ["request_date_iso" if name == "request_date" else name for name in fields]
         # attrgetter of one name returns the value itself, not a 1-tuple.
@@ -291,6 +384,12 @@ class _RowPlan:
             if policy.anonymize_ip and "request_remote_address" in fields
             else None
         )
+        self.policy = policy
+        self.rate_index = (
+            fields.index("request_sample_rate")
+            if policy.sample_rate < 1.0 and "request_sample_rate" in fields
+            else None
+        )
 
     def values(self, record: TrafficRecord) -> tuple[t.Any, ...]:
         values = self.get(record)
@@ -303,6 +402,9 @@ class _RowPlan:
         if address_index is not None and values[address_index] is not None:
             address = anonymize_address(values[address_index])
             values = _replace(values, address_index, address)
+        rate_index = self.rate_index
+        if rate_index is not None and not self.policy._always_kept(record):
+            values = _replace(values, rate_index, self.policy.sample_rate)
         return values
 
 

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 
 from .record import TrafficRecord
 
-__all__ = ["BatchProcessor", "ExportFunction", "Processor", "SyncProcessor"]
+__all__ = ["BatchProcessor", "ExportFunction", "MaintenanceFunction", "Processor", "SyncProcessor"]
 
 logger = logging.getLogger("flask_traffic")
 
 #: What a processor calls with each batch; it raises on failure.
 ExportFunction = Callable[[Sequence[TrafficRecord]], None]
+#: What a processor calls now and then between batches (retention).
+MaintenanceFunction = Callable[[], None]
 
 _DROP_WARNING_INTERVAL = 60.0
 _SHUTDOWN_TIMEOUT = 10.0
@@ -45,6 +47,33 @@ class Processor(t.Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counters: ``queued``, ``exported``, ``dropped``, ``failed_exports``."""
+
+
+class _Maintenance:
+    """Runs a store's maintenance (retention) at most once per interval."""
+
+    __slots__ = ("due", "function", "interval", "name")
+
+    def __init__(self, function: MaintenanceFunction | None, interval: float, name: str) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise ValueError(
+                f"maintenance_interval must be a positive number of seconds, got {interval!r}."
+            )
+        self.function = function
+        self.interval = float(interval)
+        self.name = name
+        # Due at once: an app that starts after a long stop prunes right away.
+        self.due = time.monotonic()
+
+    def run_if_due(self) -> None:
+        if self.function is None or time.monotonic() < self.due:
+            return
+        self.due = time.monotonic() + self.interval
+        try:
+            self.function()
+        except Exception:
+            # Retried at the next interval; records are never at stake here.
+            logger.warning("%s: retention failed; trying again later.", self.name, exc_info=True)
 
 
 class _Counters:
@@ -85,11 +114,22 @@ class SyncProcessor:
 
     :param export: the store's ``export`` method.
     :param name: how log messages name the store.
+    :param maintenance: called after a write at most once per
+        ``maintenance_interval`` seconds (retention), in the request.
+    :param maintenance_interval: seconds between maintenance runs.
     """
 
-    def __init__(self, export: ExportFunction, *, name: str = "store") -> None:
+    def __init__(
+        self,
+        export: ExportFunction,
+        *,
+        name: str = "store",
+        maintenance: MaintenanceFunction | None = None,
+        maintenance_interval: float = 60.0,
+    ) -> None:
         self._export = export
         self._counters = _Counters(name)
+        self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
         # export() of a file store is not safe to run in two threads at once.
         self._lock = threading.Lock()
 
@@ -97,6 +137,7 @@ class SyncProcessor:
         try:
             with self._lock:
                 self._export((record,))
+                self._maintenance.run_if_due()
         except Exception:
             self._counters.failed_exports += 1
             logger.exception("%s: writing a traffic record failed.", self._counters.name)
@@ -156,6 +197,10 @@ class BatchProcessor:
     :param max_batch_size: records handed to one ``export`` call at most.
     :param schedule_delay: seconds between writes when the batch is not full.
     :param max_backoff: longest wait, in seconds, between retries.
+    :param maintenance: called by the worker between batches at most once
+        per ``maintenance_interval`` seconds (retention); its failures are
+        logged and it is tried again at the next interval.
+    :param maintenance_interval: seconds between maintenance runs.
     """
 
     def __init__(
@@ -167,6 +212,8 @@ class BatchProcessor:
         max_batch_size: int = 512,
         schedule_delay: float = 1.0,
         max_backoff: float = 30.0,
+        maintenance: MaintenanceFunction | None = None,
+        maintenance_interval: float = 60.0,
     ) -> None:
         for arg, value in (("max_queue_size", max_queue_size), ("max_batch_size", max_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -180,6 +227,7 @@ class BatchProcessor:
         self._schedule_delay = float(schedule_delay)
         self._max_backoff = float(max_backoff)
         self._counters = _Counters(name)
+        self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
         self._is_shut_down = False
         self._init_worker()
         _live_processors.add(self)
@@ -355,6 +403,8 @@ class BatchProcessor:
                     break
             if stopping and not batch and not self._queue:
                 return
+            if not batch:
+                self._maintenance.run_if_due()
 
     def _give_up(self, batch: list[TrafficRecord], markers: list[_FlushMarker]) -> None:
         lost = len(batch)

@@ -39,7 +39,7 @@ class Field:
 
 
 #: The public schema, in the order stores write it. The names are those of
-#: flask-traffic 0.8, plus ``request_route``.
+#: flask-traffic 0.8, plus ``request_route`` and ``request_sample_rate``.
 FIELDS: tuple[Field, ...] = (
     Field("request_date", "datetime", "when the request started, UTC"),
     Field("request_method", "str", "HTTP method"),
@@ -57,6 +57,11 @@ FIELDS: tuple[Field, ...] = (
     Field("response_status_code", "int", "HTTP status code"),
     Field("response_exception", "str", "repr() of an unhandled exception, else None"),
     Field("response_mimetype", "str", "response mimetype, e.g. text/html"),
+    Field(
+        "request_sample_rate",
+        "float",
+        "the LogPolicy's sample_rate when the request was kept by sampling, else None",
+    ),
 )
 
 #: The field names alone, in schema order.
@@ -297,6 +302,12 @@ class TrafficRecord:
         """The response mimetype without parameters, e.g. ``"text/html"``."""
         value = self._content_type
         return None if value is None else _mimetype(value)
+
+    @property
+    def request_sample_rate(self) -> float | None:
+        """Always ``None`` on the record: a store's :class:`~flask_traffic.LogPolicy`
+        fills it in when it keeps the request by sampling."""
+        return None
 
     @property
     def request_date_iso(self) -> str:

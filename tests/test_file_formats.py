@@ -169,7 +169,8 @@ def test_json_array_of_0_8_fails_at_init(tmp_path: Path) -> None:
 def test_csv_of_0_8_is_appended_in_its_columns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    old_fields = [name for name in FIELD_NAMES if name != "request_route"]
+    # 0.8's columns: everything but the fields added since.
+    old_fields = [n for n in FIELD_NAMES if n not in {"request_route", "request_sample_rate"}]
     old_row = "2024-05-01 10:00:00,GET,http://x/,/old,index,127.0.0.1,None,curl,None,None,12,5,200,None,text/html"
     (tmp_path / "traffic.csv").write_text(",".join(old_fields) + "\n" + old_row + "\n")
     app = make_app(tmp_path)

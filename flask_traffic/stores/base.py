@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import abc
+import itertools
+import logging
+import sys
+import time
 import typing as t
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 
 from ..policy import LogPolicy
 from ..processors import BatchProcessor, Processor, SyncProcessor
+from ..query import Query, TimeArg
 from ..record import TrafficRecord
+from ..summary import SummaryBuilder
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["ProcessorOptions", "Store"]
 
+logger = logging.getLogger("flask_traffic")
+
 _READ_FLUSH_TIMEOUT = 10.0
+_UTC = timezone.utc
 
 
 class ProcessorOptions(t.TypedDict):
@@ -25,6 +35,7 @@ class ProcessorOptions(t.TypedDict):
     max_queue_size: int
     max_batch_size: int
     schedule_delay: float
+    retention_interval: float
 
 
 class Store(abc.ABC):
@@ -41,12 +52,26 @@ class Store(abc.ABC):
         all-fields :class:`LogPolicy` when ``None``.
     :param sync: write in the request thread instead of a worker thread;
         ``None`` follows the app's ``TRAFFIC_SYNC``.
+    :param name: how the ``flask traffic`` commands and log messages name the
+        store; by default its class name, numbered when an app has several
+        (``JSONStore``, ``JSONStore-2``).
+    :param max_age: keep records for this long; older ones are removed by
+        the worker, at most once every ``TRAFFIC_RETENTION_INTERVAL`` seconds.
+    :param max_records: keep at most about this many records, the newest.
     """
 
     log_policy: LogPolicy
     processor: Processor | None
 
-    def __init__(self, log_policy: LogPolicy | None = None, *, sync: bool | None = None) -> None:
+    def __init__(
+        self,
+        log_policy: LogPolicy | None = None,
+        *,
+        sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
+    ) -> None:
         if log_policy is None:
             log_policy = LogPolicy()
         elif not isinstance(log_policy, LogPolicy):
@@ -55,17 +80,45 @@ class Store(abc.ABC):
             )
         if sync is not None and not isinstance(sync, bool):
             raise TypeError(f"sync must be True, False or None, got {sync!r}.")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"name must be a non-empty str, got {name!r}.")
+        if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
+            raise ValueError(f"max_age must be a positive datetime.timedelta, got {max_age!r}.")
+        if max_records is not None and (
+            isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1
+        ):
+            raise ValueError(f"max_records must be a positive integer, got {max_records!r}.")
+        if (max_age is not None or max_records is not None) and not self.supports_retention:
+            raise TypeError(
+                f"{type(self).__name__} does not implement retain(), so it cannot take "
+                f"max_age or max_records."
+            )
         self.log_policy = log_policy
         self.sync = sync
         self.processor = None
+        self.max_age = max_age
+        self.max_records = max_records
+        self._name = name
+        self._last_retention = 0.0
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} fields={len(self.log_policy.enabled_fields)}>"
+        return f"<{type(self).__name__} {self.name!r} fields={len(self.log_policy.enabled_fields)}>"
 
     @property
     def name(self) -> str:
-        """How log messages and :meth:`stats` name this store."""
-        return type(self).__name__
+        """How log messages and the ``flask traffic`` commands name this store:
+        the ``name=`` given, else the class name, numbered by ``init_app``
+        when an app has several of one class."""
+        return self._name if self._name is not None else type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    @property
+    def supports_retention(self) -> bool:
+        """Whether this store implements :meth:`retain` (``max_age``, ``max_records``)."""
+        return type(self).retain is not Store.retain
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -86,16 +139,34 @@ class Store(abc.ABC):
             return
         self.setup(app)
         sync = options["sync"] if self.sync is None else self.sync
+        has_limits = self.max_age is not None or self.max_records is not None
+        maintenance = self._maintain if has_limits else None
         if sync:
-            self.processor = SyncProcessor(self.export, name=self.name)
+            self.processor = SyncProcessor(
+                self._export_kept,
+                name=self.name,
+                maintenance=maintenance,
+                maintenance_interval=options["retention_interval"],
+            )
         else:
             self.processor = BatchProcessor(
-                self.export,
+                self._export_kept,
                 name=self.name,
                 max_queue_size=options["max_queue_size"],
                 max_batch_size=options["max_batch_size"],
                 schedule_delay=options["schedule_delay"],
+                maintenance=maintenance,
+                maintenance_interval=options["retention_interval"],
             )
+
+    def _export_kept(self, records: Sequence[TrafficRecord]) -> None:
+        # The policy's costly filters (skip_bots) run here, in the worker.
+        policy = self.log_policy
+        if policy.skip_bots:
+            records = [record for record in records if policy.keeps_in_worker(record)]
+            if not records:
+                return
+        self.export(records)
 
     def setup(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
         """Open what the store writes to; runs once, in ``init_app``.
@@ -119,7 +190,43 @@ class Store(abc.ABC):
     def fetch(self, limit: int) -> list[dict[str, t.Any]]:
         """The newest ``limit`` rows, newest first, as :meth:`read` returns them."""
 
-    def read(self, limit: int = 1000) -> list[dict[str, t.Any]]:
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest first (or oldest first), lazily.
+
+        ``query.limit`` is a hint: callers stop iterating when they have
+        enough. Stores override this to push the query down (a SQL
+        ``WHERE``, a Redis id range, reading a file backwards and stopping
+        early); this default filters :meth:`fetch` of every row, which is
+        right for any store and fast for small ones. It does not flush.
+        """
+        if query.is_everything and query.limit is not None and not oldest_first:
+            rows = self.fetch(query.limit) if query.limit else []
+        else:
+            rows = self.fetch(sys.maxsize)
+        selected = (row for row in rows if query.matches(row))
+        if oldest_first:
+            return iter(list(selected)[::-1])
+        return selected
+
+    def query(
+        self,
+        limit: int | None = None,
+        *,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        where: Mapping[str, t.Any] | None = None,
+    ) -> Query:
+        """A :class:`~flask_traffic.query.Query` for this store, arguments checked."""
+        return Query.make(self.fields, limit, since, until, where)
+
+    def read(
+        self,
+        limit: int = 1000,
+        *,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        where: Mapping[str, t.Any] | None = None,
+    ) -> list[dict[str, t.Any]]:
         """The newest records, newest first, as JSON-ready dicts.
 
         Keys are the policy's enabled fields; dates are ISO 8601 text,
@@ -128,13 +235,74 @@ class Store(abc.ABC):
         view can ``return store.read()``.
 
         :param limit: the most rows to return.
+        :param since: only requests at or after this moment: a datetime (naive
+            is taken as UTC) or ISO 8601 text.
+        :param until: only requests before this moment.
+        :param where: only rows whose fields equal these values, e.g.
+            ``{"response_status_code": 500}``.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}.")
+        query = self.query(limit, since=since, until=until, where=where)
         self.flush(_READ_FLUSH_TIMEOUT)
         if limit == 0:
             return []
-        return self.fetch(limit)
+        if query.is_everything:
+            return self.fetch(limit)
+        return list(itertools.islice(self.scan(query), limit))
+
+    def summary(self, since: TimeArg = None, until: TimeArg = None) -> dict[str, t.Any]:
+        """A JSON-ready overview of the requests between ``since`` and ``until``:
+        totals, error rate, status classes, requests per minute, hour or day,
+        per-route counts and ``response_time`` percentiles, top paths,
+        referrers, browsers and platforms, unique visitors. The keys are
+        described in :meth:`flask_traffic.summary.SummaryBuilder.result`.
+
+        Flushes the store's queue first, like :meth:`read`.
+        """
+        query = self.query(None, since=since, until=until)
+        self.flush(_READ_FLUSH_TIMEOUT)
+        builder = SummaryBuilder(query.since, query.until, self.fields)
+        self.summarize(query, builder)
+        return builder.result()
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
+        """Feed ``builder`` the requests ``query`` selects.
+
+        This default feeds it every selected row; SQL stores override it to
+        count in the database.
+        """
+        builder.add_rows(self.scan(query))
+
+    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
+        """Remove records older than ``cutoff`` and all but the newest
+        ``max_records``; return how many were removed (an estimate is fine).
+
+        Stores that support ``max_age``/``max_records`` implement this. It
+        runs in the worker thread, between batches, and must never remove a
+        record inside the limits.
+        """
+        raise NotImplementedError
+
+    def prune(self) -> int:
+        """Apply ``max_age`` and ``max_records`` now (``flask traffic prune``).
+
+        :return: how many records were removed.
+        """
+        if self.max_age is None and self.max_records is None:
+            return 0
+        self.flush(_READ_FLUSH_TIMEOUT)
+        return self._retain_now()
+
+    def _retain_now(self) -> int:
+        cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
+        removed = self.retain(cutoff, self.max_records)
+        self._last_retention = time.monotonic()
+        if removed:
+            logger.info("%s: retention removed %d record(s).", self.name, removed)
+        return removed
+
+    def _maintain(self) -> None:
+        # Called by the processor at most once per retention interval.
+        self._retain_now()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued for this store.

@@ -330,11 +330,8 @@ class OTelExporter(Store):
             span.end(end_time=end)
 
     def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        """Not supported: the exporter keeps nothing; see :meth:`read`."""
-        raise NotImplementedError(self._no_read_message())
-
-    def read(self, limit: int = 1000) -> list[dict[str, t.Any]]:
-        """Not supported: raises :class:`NotImplementedError`.
+        """Not supported, so neither are ``read()`` and ``summary()``: they
+        raise :class:`NotImplementedError`.
 
         The exporter sends records on and keeps none; read them in your
         tracing backend, or add a :class:`~flask_traffic.stores.MemoryStore`

@@ -1,0 +1,155 @@
+"""What :meth:`Store.read() <flask_traffic.stores.Store.read>` and
+:meth:`Store.summary() <flask_traffic.stores.Store.summary>` select: a time
+window and equality tests on fields."""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .record import FIELD_NAMES
+
+__all__ = ["Query", "TimeArg", "iso_text", "parse_time"]
+
+_UTC = timezone.utc
+_FIELD_SET = frozenset(FIELD_NAMES)
+
+#: What ``since=`` and ``until=`` take.
+TimeArg = datetime | str | None
+
+
+def iso_text(moment: datetime) -> str:
+    """``moment`` as stores keep ``request_date``: UTC, microseconds, ``+00:00``.
+
+    Text in this one format sorts as the moments do, so stores that keep dates
+    as text compare them as text.
+    """
+    return moment.astimezone(_UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(value: TimeArg, name: str) -> datetime | None:
+    """``since``/``until`` as an aware UTC datetime.
+
+    Takes a :class:`~datetime.datetime` (a naive one is taken as UTC, as
+    ``datetime.utcnow()`` gives) or ISO 8601 text (``"2026-11-25"``,
+    ``"2026-11-25T08:00:00+01:00"``, ``"...Z"``).
+
+    :raises ValueError: for anything else, naming ``name``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a datetime or ISO 8601 text such as "
+                f"'2026-11-25T08:00:00+00:00', got {value!r}."
+            ) from None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime or ISO 8601 text, got {value!r}.")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value.astimezone(_UTC)
+
+
+_WHERE_TYPES = (str, int, float, type(None))
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which rows to give back: ``since <= request_date < until`` and every
+    ``where`` field equal to its value, newest first, at most ``limit``.
+
+    Build one with :meth:`make`, which checks the arguments against the
+    fields a store keeps. Stores that can, push the query down (SQL
+    ``WHERE``, Redis id ranges); any store can test a row with
+    :meth:`matches`.
+
+    :param limit: the most rows to give back; ``None`` for all.
+    :param since: the earliest ``request_date`` (inclusive), aware UTC.
+    :param until: the ``request_date`` to stop before (exclusive), aware UTC.
+    :param where: field name -> value the row's field must equal.
+    """
+
+    limit: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    where: Mapping[str, t.Any] = field(default_factory=dict)
+
+    @classmethod
+    def make(
+        cls,
+        fields: Iterable[str],
+        limit: int | None = None,
+        since: TimeArg = None,
+        until: TimeArg = None,
+        where: Mapping[str, t.Any] | None = None,
+    ) -> Query:
+        """Check the arguments of ``read()``/``summary()`` and build a query.
+
+        :param fields: the fields the store keeps (its policy's enabled ones).
+        :raises ValueError, TypeError: in one sentence naming the argument.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}.")
+        start = parse_time(since, "since")
+        end = parse_time(until, "until")
+        kept = tuple(fields)
+        if (start is not None or end is not None) and "request_date" not in kept:
+            raise ValueError(
+                "since and until need the request_date field, which this store's "
+                "LogPolicy leaves out."
+            )
+        tests = dict(where or {})
+        if not isinstance(where, (Mapping, type(None))):
+            raise TypeError(f"where must be a dict of field name to value, got {where!r}.")
+        for name, value in tests.items():
+            if name not in _FIELD_SET:
+                raise ValueError(
+                    f"where names unknown field {name!r}; valid fields are: "
+                    f"{', '.join(FIELD_NAMES)}."
+                )
+            if name not in kept:
+                raise ValueError(f"where names {name!r}, which this store's LogPolicy leaves out.")
+            if isinstance(value, bool) or not isinstance(value, _WHERE_TYPES):
+                raise TypeError(
+                    f"where[{name!r}] must be a str, int, float or None, got {value!r}."
+                )
+        return cls(limit=limit, since=start, until=end, where=tests)
+
+    @functools.cached_property
+    def since_iso(self) -> str | None:
+        """:attr:`since` as stored text (see :func:`iso_text`)."""
+        return None if self.since is None else iso_text(self.since)
+
+    @functools.cached_property
+    def until_iso(self) -> str | None:
+        """:attr:`until` as stored text (see :func:`iso_text`)."""
+        return None if self.until is None else iso_text(self.until)
+
+    @property
+    def is_everything(self) -> bool:
+        """Whether the query selects every row (no window, no ``where``)."""
+        return self.since is None and self.until is None and not self.where
+
+    def matches(self, row: Mapping[str, t.Any]) -> bool:
+        """Whether ``row`` (a dict as ``read()`` gives) is selected."""
+        if self.since is not None or self.until is not None:
+            date = row.get("request_date")
+            if date is None:
+                return False
+            since, until = self.since_iso, self.until_iso
+            if since is not None and date < since:
+                return False
+            if until is not None and date >= until:
+                return False
+        return all(row.get(name) == value for name, value in self.where.items())
