@@ -109,9 +109,9 @@ class Query:
                 "since and until need the request_date field, which this store's "
                 "LogPolicy leaves out."
             )
-        tests = dict(where or {})
         if not isinstance(where, (Mapping, type(None))):
             raise TypeError(f"where must be a dict of field name to value, got {where!r}.")
+        tests = dict(where or {})
         for name, value in tests.items():
             if name not in _FIELD_SET:
                 raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,74 @@ def test_each_store_has_its_own_policy(app: Flask) -> None:
     assert paths(everything.read()) == ["/", "/missing"]
     for store in (errors, everything):
         store.shutdown()
+
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+
+
+def test_sample_rate_keeps_about_that_share_and_marks_it(app: Flask) -> None:
+    random.seed(1234)
+    rows = record_with(app, LogPolicy(sample_rate=0.25), ["/"] * 800)
+    # 800 draws at 0.25: 200 expected, outside 150..250 about once in 10**4 seeds.
+    assert 150 <= len(rows) <= 250
+    assert {row["request_sample_rate"] for row in rows} == {0.25}
+
+
+def test_sampling_always_keeps_errors_unless_only_sampled(app: Flask) -> None:
+    random.seed(99)
+    every = ["/boom"] * 40 + ["/"] * 40
+    rows = record_with(app, LogPolicy(sample_rate=0.1), every)
+    boom = [row for row in rows if row["request_path"] == "/boom"]
+    assert len(boom) == 40
+    assert {row["request_sample_rate"] for row in boom} == {None}
+    assert len(rows) - len(boom) < 20
+
+
+def test_only_sampled_samples_errors_too(app: Flask) -> None:
+    random.seed(99)
+    rows = record_with(app, LogPolicy(sample_rate=0.1, only_sampled=True), ["/boom"] * 40)
+    assert len(rows) < 20
+    assert {row["request_sample_rate"] for row in rows} == {0.1}
+
+
+def test_without_sampling_the_rate_is_none(app: Flask) -> None:
+    rows = record_with(app, LogPolicy(), ["/"])
+    assert rows[0]["request_sample_rate"] is None
+
+
+def test_skip_paths_globs(app: Flask) -> None:
+    policy = LogPolicy(skip_paths=["/static/*", "/health"])
+    every = ["/", "/health", "/static/app.css", "/static/img/a.png", "/healthz", "/x/static/y"]
+    assert paths(record_with(app, policy, every)) == ["/", "/healthz", "/x/static/y"]
+
+
+def test_skip_bots(app: Flask) -> None:
+    store = MemoryStore(log_policy=LogPolicy(skip_bots=True))
+    everything = MemoryStore()
+    Traffic(app, stores=[store, everything])
+    client = app.test_client()
+    client.get("/bot", headers={"User-Agent": GOOGLEBOT})
+    client.get("/person", headers={"User-Agent": FIREFOX})
+    client.get("/nobody")
+    assert paths(store.read()) == ["/nobody", "/person"]
+    assert paths(everything.read()) == ["/bot", "/nobody", "/person"]
+    for each in (store, everything):
+        each.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sample_rate": 0}, "sample_rate"),
+        ({"sample_rate": 1.5}, "sample_rate"),
+        ({"sample_rate": "0.5"}, "sample_rate"),
+        ({"skip_paths": "/static/*"}, "skip_paths"),
+        ({"skip_paths": ["static/*"]}, "skip_paths"),
+        ({"skip_bots": 1}, "skip_bots"),
+        ({"only_sampled": "yes"}, "only_sampled"),
+    ],
+)
+def test_bad_sampling_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        LogPolicy(**kwargs)  # type: ignore[arg-type]
