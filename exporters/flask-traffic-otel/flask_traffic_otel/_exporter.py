@@ -144,6 +144,8 @@ class OTelExporter(Store):
     :param sync: create spans in the request thread; ``None`` follows the
         app's ``TRAFFIC_SYNC``. Sending to the collector is always done in
         the background.
+    :param name: how log messages and ``flask traffic`` name the exporter;
+        ``OTelExporter`` by default.
     """
 
     def __init__(
@@ -158,8 +160,9 @@ class OTelExporter(Store):
         metrics_endpoint: str | None = None,
         timeout: float | None = None,
         sync: bool | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync)
+        super().__init__(log_policy, sync=sync, name=name)
         if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
             raise TypeError(
                 f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, "
