@@ -10,7 +10,9 @@ The server-backed stores run against the local PostgreSQL, MariaDB and Redis
 from __future__ import annotations
 
 import logging
+import typing as t
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -179,9 +181,9 @@ def store_under_test(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     clean_up()
 
 
-def send_all(app: Flask) -> None:
+def send_all(app: Flask, requests: list[tuple[str, str, dict[str, str]]] = REQUESTS) -> None:
     client = app.test_client()
-    for method, path, environ in REQUESTS:
+    for method, path, environ in requests:
         client.open(path, method=method, environ_overrides=environ)
 
 
@@ -250,3 +252,40 @@ def test_every_store_kind_is_covered() -> None:
         and name not in {"Store", "MemoryStore"}
     }
     assert kinds == {"JSONStore", "CSVStore", "SQLStore", "SQLORMStore", "RedisStore"}
+
+
+def test_queries_and_summaries_give_what_the_reference_gives(
+    tmp_path: Path, store_under_test: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference = JSONStore(location=tmp_path)
+    app = make_app(tmp_path)
+    Traffic(app, stores=[reference, store_under_test])
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="flask.app"):
+            send_all(app, REQUESTS[:8])
+            middle = datetime.now(timezone.utc)
+            send_all(app, REQUESTS[8:])
+        hostile_agent = REQUESTS[9][2]["HTTP_USER_AGENT"]
+        queries: list[dict[str, t.Any]] = [
+            {"since": middle},
+            {"until": middle},
+            {"since": middle.isoformat(), "until": datetime.now(timezone.utc)},
+            {"where": {"response_status_code": 404}},
+            {"where": {"request_route": None}},
+            {"where": {"request_user_agent": hostile_agent}},
+            {"where": {"request_method": "GET", "response_status_code": 200}, "since": middle},
+            {"limit": 3, "since": middle},
+        ]
+        for query in queries:
+            expected = reference.read(**query)
+            assert expected, query  # each query selects something
+            assert store_under_test.read(**query) == expected, query
+        everything = reference.read()
+        oldest_first = list(store_under_test.scan(store_under_test.query(), oldest_first=True))
+        assert oldest_first == everything[::-1]
+        for window in ({}, {"since": middle}, {"until": middle}):
+            expected_summary = reference.summary(**window)
+            assert expected_summary["total"] > 0
+            assert store_under_test.summary(**window) == expected_summary, window
+    finally:
+        reference.shutdown()
