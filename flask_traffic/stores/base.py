@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import itertools
 import logging
 import sys
@@ -216,8 +217,17 @@ class Store(abc.ABC):
         until: TimeArg = None,
         where: Mapping[str, t.Any] | None = None,
     ) -> Query:
-        """A :class:`~flask_traffic.query.Query` for this store, arguments checked."""
-        return Query.make(self.fields, limit, since, until, where)
+        """A :class:`~flask_traffic.query.Query` for this store, arguments checked.
+
+        With ``max_age``, the window starts no earlier than ``max_age`` ago:
+        records retention has not removed yet are not given either.
+        """
+        query = Query.make(self.fields, limit, since, until, where)
+        if self.max_age is not None and "request_date" in self.fields:
+            floor = datetime.now(_UTC) - self.max_age
+            if query.since is None or query.since < floor:
+                query = dataclasses.replace(query, since=floor)
+        return query
 
     def read(
         self,
