@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import operator
 import os
+import time
 import typing as t
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 
 from .._optional import require
 from ..policy import LogPolicy
+from ..query import Query
 from ..record import FIELDS, FieldType, TrafficRecord
 from .base import Store
 
@@ -36,6 +41,27 @@ _EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
 #: Seconds a writer's fence key outlives its last batch: a batch retried
 #: after an outage longer than this may be written twice.
 _FENCE_TTL = 24 * 3600
+
+#: Entries per ``XREVRANGE``/``XRANGE`` of :meth:`RedisStore.scan`: large
+#: enough that round trips do not count, small enough that a reply does not
+#: hold the server or the reader's memory for long.
+_CHUNK = 2000
+
+#: How far, in ms, the clock of a host that writes to the stream may be off
+#: from the clock of the host that reads or prunes it. Stream ids are the
+#: Redis server's clock; the server's own offset is measured (``TIME``) and
+#: allowed for, so this covers only the app hosts' disagreement.
+_CLOCK_MARGIN_MS = 60_000
+
+#: The most ``XTRIM`` commands one retention run sends: each removes at most
+#: 100 stream nodes, so the server stays responsive while a large backlog
+#: goes; what is left goes at the next run.
+_MAX_TRIMS = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+_Row = dict[str, t.Any]
 
 
 # Text is stored as UTF-8, with surrogatepass: WSGI strings are latin-1
@@ -99,12 +125,27 @@ class RedisStore(Store):
     ``EXEC`` transaction of ``XADD`` commands, one entry per record, whose
     fields are the policy's enabled fields as text; a ``None`` value is left
     out of the entry. :meth:`read` reads the newest entries back with
-    ``XREVRANGE`` and gives back ints, floats and ``None``.
+    ``XREVRANGE`` and gives back ints, floats and ``None``; ``since`` becomes
+    a stream id range (see :meth:`scan`).
 
     A failed write (the server is down) raises in the worker thread, and the
     processor retries the batch with back-off while requests go on. A batch
     the server ran before it died without replying is not written twice: see
     :meth:`export`.
+
+    Two ways to bound the stream, which may be combined:
+
+    - ``max_len`` is Redis's own: every ``XADD`` carries ``MAXLEN ~ max_len``,
+      so the stream never grows much past it, at no extra command.
+    - ``max_records`` and ``max_age`` are the limits every store takes: the
+      worker applies them at most once per ``TRAFFIC_RETENTION_INTERVAL``
+      (``XTRIM MAXLEN ~`` and ``XTRIM MINID ~``, see :meth:`retain`), so
+      between two runs the stream holds up to an interval's traffic more.
+      Records older than ``max_age`` are left out of :meth:`read` and
+      :meth:`summary` even before they are trimmed.
+
+    Both trim whole stream nodes only (``~``), so they never keep fewer than
+    the newest ``max_len``/``max_records`` entries, only somewhat more.
 
     :param redis_host: the server's host name or address.
     :param event_name: the stream's key.
@@ -117,14 +158,23 @@ class RedisStore(Store):
         close it. It keeps its own timeouts and retries: redis-py's default
         retries a failed transaction itself, which can write a batch twice
         when a reply is lost; ``retry=Retry(NoBackoff(), 0)`` avoids that.
-    :param max_len: trim the stream to about this many entries
-        (``XADD ... MAXLEN ~``); ``None`` never trims.
+    :param max_len: trim the stream to about this many entries at every
+        write (``XADD ... MAXLEN ~``); ``None`` never trims there.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how ``flask traffic`` commands and log messages name the
+        store; ``RedisStore`` by default, numbered when an app has several.
+    :param max_age: a :class:`~datetime.timedelta`: remove entries of older
+        requests in the background (``XTRIM MINID``), and leave them out of
+        what is read until then.
+    :param max_records: keep about this many entries, the newest, trimmed in
+        the background (``XTRIM MAXLEN ~``); never fewer.
 
     .. versionchanged:: 1.0
         ``url``, ``client``, ``max_len`` and ``sync``; ``None`` is left out
         of the entry instead of stored as ``"None"``, and :meth:`read` gives
-        numbers back as numbers.
+        numbers back as numbers. ``name``, ``max_age`` and ``max_records``;
+        :meth:`read` takes ``since``, ``until`` and ``where``, and
+        :meth:`summary` sums the stream up.
     """
 
     event_name: str
@@ -142,8 +192,11 @@ class RedisStore(Store):
         client: redis.Redis | None = None,
         max_len: int | None = None,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync)
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         redis_module = require("redis", extra="redis", needed_by="RedisStore")
         if not isinstance(event_name, str) or not event_name:
             raise TypeError(
@@ -313,21 +366,78 @@ class RedisStore(Store):
             self._unsure = (records, number)
             raise
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        # Raw bytes whatever the client's decode_responses: text is decoded
-        # here, the same way it was encoded.
-        entries = self._client.execute_command(  # type: ignore[no-untyped-call]
-            "XREVRANGE", self.event_name, "+", "-", "COUNT", limit, **{self._never_decode: True}
+    def fetch(self, limit: int) -> list[_Row]:
+        return list(itertools.islice(self.scan(Query(limit=limit)), limit))
+
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[_Row]:
+        """The entries ``query`` selects, newest first (``XREVRANGE``) or
+        oldest first (``XRANGE``), read in chunks as they are consumed.
+
+        ``since`` is pushed down as the lowest stream id to read: an entry's
+        id is the Redis server's clock when it was written, always after its
+        request started, so no entry of a request at or after ``since`` has
+        an id below it (the server clock's offset from this host's is
+        measured with ``TIME``, and other app hosts' clocks may be off by up
+        to a minute). ``until`` cannot bound the ids, since an entry may be
+        written long after its request (after an outage): it is tested
+        here, with ``where``, on each entry read. With ``max_age``, entries
+        of older requests that retention has not trimmed yet are left out.
+        """
+        since = query.since
+        age_cutoff = None if self.max_age is None else datetime.now(timezone.utc) - self.max_age
+        if age_cutoff is not None and (since is None or age_cutoff > since):
+            since = age_cutoff
+            if "request_date" in self.fields:
+                # Entries written late keep old requests past the trim.
+                query = dataclasses.replace(query, since=age_cutoff)
+        selects_all = query.is_everything
+        return self._scan(since, None if selects_all else query.matches, query.limit, oldest_first)
+
+    def _scan(
+        self,
+        since: datetime | None,
+        test: Callable[[_Row], bool] | None,
+        limit: int | None,
+        oldest_first: bool,
+    ) -> Iterator[_Row]:
+        lowest = b"-" if since is None else self._lowest_id(since)
+        # XRANGE key low high, XREVRANGE key high low: both go on from the
+        # first bound, made exclusive of the last id read.
+        command, first, second = (
+            ("XRANGE", lowest, b"+") if oldest_first else ("XREVRANGE", b"+", lowest)
         )
-        codecs = [(name, _CODECS[name]) for name in self.fields]
+        # A small limit asks for a small first chunk; later chunks grow.
+        size = _CHUNK if limit is None else max(1, min(limit, _CHUNK))
+        options = {self._never_decode: True}
+        while True:
+            # Raw bytes whatever the client's decode_responses: text is
+            # decoded here, the same way it was encoded.
+            entries = self._client.execute_command(  # type: ignore[no-untyped-call]
+                command, self.event_name, first, second, "COUNT", size, **options
+            )
+            if not entries:
+                return
+            rows = self._decode(entries)
+            yield from (rows if test is None else filter(test, rows))
+            if len(entries) < size:
+                return
+            first = b"(" + entries[-1][0]
+            size = min(size * 2, _CHUNK)
+
+    def _decode(self, entries: list[t.Any]) -> list[_Row]:
+        codecs = [(name, _CODECS[name][0], _CODECS[name][2]) for name in self.fields]
         rows = []
-        for entry in entries or ():
-            stored = entry[1]
+        for _, stored in entries:
+            if stored is None:
+                continue
             if not isinstance(stored, dict):
                 stored = dict(zip(stored[::2], stored[1::2], strict=True))
-            row: dict[str, t.Any] = {}
-            for name, (key, _, parse) in codecs:
-                value = stored.get(key)
+            # The placeholder field "_" of an empty entry is no field: every
+            # field of its row is None.
+            get = stored.get
+            row: _Row = {}
+            for name, key, parse in codecs:
+                value = get(key)
                 if value is not None:
                     try:
                         value = parse(value)
@@ -338,6 +448,50 @@ class RedisStore(Store):
                 row[name] = value
             rows.append(row)
         return rows
+
+    def _lowest_id(self, moment: datetime) -> bytes:
+        """The lowest stream id an entry of a request at or after ``moment``
+        can have (``b"-"`` for the start of the stream)."""
+        before = time.time()
+        seconds, micros = self._client.time()
+        after = time.time()
+        # Stream ids follow the server's clock, requests this host's.
+        offset_ms = (seconds - (before + after) / 2) * 1000 + micros / 1000
+        ms = (moment - _EPOCH) // _MS + int(offset_ms) - _CLOCK_MARGIN_MS
+        return b"-" if ms <= 0 else b"%d" % ms
+
+    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
+        """Trim the stream: ``XTRIM MINID ~`` for ``cutoff``, then ``XTRIM
+        MAXLEN ~ max_records``; return how many entries went.
+
+        An entry's id is the server's clock when it was written, after its
+        request started, so ``MINID`` only removes entries of requests older
+        than ``cutoff`` (less a minute for clocks that disagree: see
+        :meth:`scan`). An entry written late (after an outage) stays until
+        its write time is past the cutoff; :meth:`scan` leaves it out. Both
+        trims remove whole stream nodes only, so they never remove one of
+        the newest ``max_records`` entries; each ``XTRIM`` removes at most
+        100 nodes, and they are repeated until nothing more goes, so a large
+        backlog does not block the server. Writers may go on meanwhile.
+        """
+        removed = 0
+        if cutoff is not None:
+            lowest = self._lowest_id(cutoff)
+            if lowest != b"-":
+                removed += self._trim(lambda: self._client.xtrim(self.event_name, minid=lowest))
+        if max_records is not None:
+            removed += self._trim(lambda: self._client.xtrim(self.event_name, maxlen=max_records))
+        return removed
+
+    @staticmethod
+    def _trim(trim: Callable[[], int]) -> int:
+        removed = 0
+        for _ in range(_MAX_TRIMS):
+            count = int(trim())
+            removed += count
+            if not count:
+                break
+        return removed
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Flush and stop the worker, then close the client if this store
