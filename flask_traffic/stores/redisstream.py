@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
@@ -380,18 +379,19 @@ class RedisStore(Store):
         measured with ``TIME``, and other app hosts' clocks may be off by up
         to a minute). ``until`` cannot bound the ids, since an entry may be
         written long after its request (after an outage): it is tested
-        here, with ``where``, on each entry read. With ``max_age``, entries
-        of older requests that retention has not trimmed yet are left out.
+        here, with ``where``, on each entry read. With ``max_age``, the
+        reading also starts ``max_age`` ago (:meth:`query` has moved
+        ``since`` there when the store keeps ``request_date``).
         """
         since = query.since
-        age_cutoff = None if self.max_age is None else datetime.now(timezone.utc) - self.max_age
-        if age_cutoff is not None and (since is None or age_cutoff > since):
-            since = age_cutoff
-            if "request_date" in self.fields:
-                # Entries written late keep old requests past the trim.
-                query = dataclasses.replace(query, since=age_cutoff)
-        selects_all = query.is_everything
-        return self._scan(since, None if selects_all else query.matches, query.limit, oldest_first)
+        if self.max_age is not None:
+            # Entries written before then are of older requests, which
+            # retention removes: whatever the query, they are not read.
+            age_cutoff = datetime.now(timezone.utc) - self.max_age
+            if since is None or age_cutoff > since:
+                since = age_cutoff
+        test = None if query.is_everything else query.matches
+        return self._scan(since, test, query.limit, oldest_first)
 
     def _scan(
         self,
