@@ -10,6 +10,7 @@ from time import perf_counter_ns, time_ns
 
 from flask import Flask, got_request_exception, request
 
+from .cli import traffic_cli
 from .record import TrafficRecord
 from .signals import ReceiverCache, request_traffic
 from .stores.base import ProcessorOptions, Store
@@ -343,6 +344,9 @@ class Traffic:
             # as soon as this function returns.
             request_traffic.connect(state.receiver, sender=app, weak=False)
         app.extensions[_EXTENSION_KEY] = state
+        # `flask traffic ...`; the commands find this app's stores through
+        # app.extensions, so one group serves every app.
+        app.cli.add_command(traffic_cli)
         if enabled:
             got_request_exception.connect(_park_exception, sender=app, weak=False)
             app.wsgi_app = _TrafficMiddleware(app.wsgi_app, app)  # type: ignore[method-assign]
