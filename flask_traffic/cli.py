@@ -23,6 +23,7 @@ skipped unless named with ``--store``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -124,13 +125,17 @@ def _check_window(since: datetime | None, until: datetime | None) -> None:
         )
 
 
-_store_option = click.option(
-    "--store",
-    "store_name",
-    metavar="NAME",
-    default=None,
-    help="The store to use, by name (see `flask traffic prune` for the names).",
-)
+def _store_option(default: str) -> Callable[[t.Any], t.Any]:
+    return click.option(
+        "--store",
+        "store_name",
+        metavar="NAME",
+        default=None,
+        help=f"The store to use, by name (an unknown name lists them) [default: {default}].",
+    )
+
+
+_READ_DEFAULT = "the first store that can be read"
 
 
 # -- finding the app's stores ---------------------------------------------------------
@@ -197,20 +202,13 @@ def _pick_store(name: str | None) -> tuple[Store, str | None]:
     )
 
 
-class _Readable:
-    """Turns a store's "cannot read" into a one-line command error."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: t.Any
-    ) -> None:
-        if isinstance(exc, NotImplementedError):
-            raise click.ClickException(f"{self.store.name}: {exc}") from None
+@contextlib.contextmanager
+def _readable(store: Store) -> Iterator[None]:
+    """Turns a store's "cannot read" (an exporter's) into a one-line error."""
+    try:
+        yield
+    except NotImplementedError as exc:
+        raise click.ClickException(f"{store.name}: {exc}") from None
 
 
 # -- text for terminals -----------------------------------------------------------------
@@ -426,8 +424,8 @@ def _summary_lines(summary: Mapping[str, t.Any], store: Store, note: str | None)
 
 @traffic_cli.command("stats")
 @_window_options("24h")
-@_store_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, exactly.")
+@_store_option(_READ_DEFAULT)
+@click.option("--json", "as_json", is_flag=True, help="Print store.summary() as JSON instead.")
 def stats_command(
     since: datetime | None, until: datetime | None, store_name: str | None, as_json: bool
 ) -> None:
@@ -437,7 +435,7 @@ def stats_command(
     --since says otherwise)."""
     _check_window(since, until)
     store, note = _pick_store(store_name)
-    with _Readable(store):
+    with _readable(store):
         summary = store.summary(since, until)
     if as_json:
         # ASCII: lone surrogates from undecodable headers stay valid JSON.
@@ -539,7 +537,7 @@ class _Follower:
     help="Seconds between looks at the store with --follow.",
 )
 @click.option("--max-polls", type=click.IntRange(min=0), default=None, hidden=True)
-@_store_option
+@_store_option(_READ_DEFAULT)
 def tail_command(
     count: int, follow: bool, interval: float, max_polls: int | None, store_name: str | None
 ) -> None:
@@ -553,7 +551,7 @@ def tail_command(
         )
     if note:
         click.echo(f"==> {store.name} <== ({note})", err=True)
-    with _Readable(store):
+    with _readable(store):
         for row in reversed(store.read(count) if count else []):
             click.echo(_log_line(row))
         if not follow:
@@ -574,8 +572,8 @@ def tail_command(
 # -- flask traffic export -----------------------------------------------------------------
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-# Redraw the progress bar every this many records, not on each one.
-_PROGRESS_STEP = 1000
+# Records are written, and the progress bar advanced, this many at a time.
+_CHUNK = 1000
 
 
 def _csv_cell(value: t.Any) -> t.Any:
@@ -602,10 +600,18 @@ def _write_csv(out: t.TextIO, fields: Sequence[str], rows: Iterable[Mapping[str,
 def _write_jsonl(out: t.TextIO, fields: Sequence[str], rows: Iterable[Mapping[str, t.Any]]) -> int:
     dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
     written = 0
+    # Lines go out a thousand at a time: one write() per line costs as much
+    # as encoding it.
+    lines: list[str] = []
     for row in rows:
-        out.write(dumps(row))
-        out.write("\n")
-        written += 1
+        lines.append(dumps(row))
+        if len(lines) == _CHUNK:
+            out.write("\n".join(lines) + "\n")
+            written += len(lines)
+            lines.clear()
+    if lines:
+        out.write("\n".join(lines) + "\n")
+        written += len(lines)
     return written
 
 
@@ -627,7 +633,7 @@ def _counted(
     for row in rows:
         yield row
         pending += 1
-        if pending == _PROGRESS_STEP:
+        if pending == _CHUNK:
             advance(pending)
             pending = 0
     advance(pending)
@@ -695,10 +701,10 @@ class _Destination:
     type=click.Choice(["csv", "jsonl"]),
     default=None,
     help="csv (RFC 4180, a header of the store's fields) or jsonl (an object per line); "
-    "by default from the file's suffix.",
+    "by default from the file's suffix (.csv; .jsonl, .ndjson or .json).",
 )
 @_window_options(None)
-@_store_option
+@_store_option(_READ_DEFAULT)
 @click.option(
     "-o",
     "--output",
@@ -717,8 +723,9 @@ def export_command(
 
     Records are streamed from the store, never all held in memory. In CSV,
     cells a spreadsheet would run as a formula (starting with = + - @, a tab
-    or a carriage return) get a leading apostrophe, as CSVStore writes them;
-    an empty text is a lone apostrophe and a missing value an empty cell.
+    or a carriage return), and cells starting with an apostrophe, get a
+    leading apostrophe, as CSVStore writes them; an empty text is a lone
+    apostrophe and a missing value an empty cell.
     """
     if fmt is None:
         fmt = _FORMATS.get(Path(output).suffix.lower()) if output != "-" else None
@@ -733,7 +740,7 @@ def export_command(
     destination = _Destination(output)
     text: io.TextIOWrapper | None = None
     try:
-        with _Readable(store):
+        with _readable(store):
             query = store.query(None, since=since, until=until)
             store.flush(_FLUSH_TIMEOUT)
             rows = _reading(store.scan(query, oldest_first=True))
@@ -778,7 +785,7 @@ def _duration(value: timedelta) -> str:
 
 
 @traffic_cli.command("prune")
-@_store_option
+@_store_option("every store")
 def prune_command(store_name: str | None) -> None:
     """Apply the stores' max_age and max_records now, rather than at the
     worker's next retention pass; print how many records each removed."""
