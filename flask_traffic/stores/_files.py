@@ -1,19 +1,36 @@
 """What the JSON Lines and CSV stores share: where the file is, appending a
-batch under a lock, and reading records back from the end of the file."""
+batch under a lock, reading records back (from the end of the file, or from
+its start), queries, summaries and retention by rotating the file."""
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import logging
+import math
+import operator
 import os
+import re
 import threading
 import typing as t
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..policy import LogPolicy
+from ..query import Query, iso_text
 from ..record import FIELDS, FieldType, TrafficRecord
+from ..summary import (
+    _TOP_FIELDS,
+    HISTOGRAM_BASE_MS,
+    HISTOGRAM_MAX_INDEX,
+    HISTOGRAM_RATIO,
+    SummaryBuilder,
+    histogram_index,
+    visitor_key,
+)
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -24,11 +41,29 @@ try:
 except ImportError:  # pragma: no cover - Windows: one process per file only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileStore", "encode_lines", "field_encoders"]
+__all__ = ["LATE_WRITE_SLACK", "FileStore", "encode_lines", "field_encoders", "split_records"]
 
 logger = logging.getLogger("flask_traffic")
 
 _CHUNK = 64 * 1024
+# Reads start with a small block (a short read() is quick) and grow to a
+# large one (fewer calls per record for scans and summaries).
+_FIRST_BLOCK = 16 * 1024
+_BLOCK = 256 * 1024
+_UTC = timezone.utc
+# Rotated files are named after the moment of rotation, in UTC.
+_STAMP = "%Y-%m-%dT%H%M%S"
+_REOPEN_TRIES = 100
+_CACHED_FILES = 256
+_MINUTE = operator.itemgetter(slice(0, 16))
+_DAY = operator.itemgetter(slice(0, 10))
+
+#: How long after its request a record may be appended and still be found by
+#: a query with ``since``/``until``: a scan stops once it meets a record this
+#: much older than ``since`` (see :meth:`FileStore.scan`). Records wait in the
+#: queue for about a second; an hour also covers a store failing (and
+#: retrying) for most of that hour.
+LATE_WRITE_SLACK = timedelta(hours=1)
 _FIELD_TYPES = {field.name: field.type for field in FIELDS}
 
 
@@ -83,71 +118,359 @@ def _locked(fd: int, exclusive: bool) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _tail_records(fd: int, size: int, limit: int, *, quoted: bool, skip_first: bool) -> list[bytes]:
-    """The last ``limit`` newline-terminated records of a file, newest first.
+def _read_header(fd: int) -> bytes:
+    return os.pread(fd, _CHUNK, 0).split(b"\n", 1)[0]
 
-    Reads backwards in chunks and stops as soon as it has enough, so the
-    cost depends on ``limit``, not on the size of the file. With ``quoted``
-    a newline only ends a record when an even number of ``"`` follows it
-    up to the end of the record (a newline inside an RFC 4180 quoted cell
-    does not). ``skip_first`` leaves out the file's first record (a header).
-    An unterminated last record (a write cut off by a crash) is ignored.
+
+def _whole_end(fd: int, start: int, size: int) -> int:
+    """Where the last whole (newline-terminated) record before ``size`` ends.
+
+    What follows it is a write cut off by a crash: not a record.
     """
+    end = size
+    while end > start:
+        step = min(_CHUNK, end - start)
+        cut = os.pread(fd, step, end - step).rfind(b"\n")
+        if cut != -1:
+            return end - step + cut + 1
+        end -= step
+    return start
+
+
+def _first_boundary(data: bytes, quoted: bool) -> int:
+    """Where the first record that starts inside ``data`` starts (after a
+    newline that ends a record); ``data`` ends where a record ends. -1 if none.
+
+    With ``quoted``, a newline ends a record only when an even number of
+    ``"`` follows it up to the end of ``data`` (a newline inside an RFC 4180
+    quoted cell does not).
+    """
+    nl = data.find(b"\n")
+    if nl == -1:
+        return -1
+    if quoted:
+        after = data.count(b'"', nl + 1)
+        while after & 1:
+            following = data.find(b"\n", nl + 1)
+            if following == -1:
+                return -1
+            after -= data.count(b'"', nl + 1, following + 1)
+            nl = following
+    return nl + 1
+
+
+def _last_boundary(data: bytes, quoted: bool) -> int:
+    """Where the last whole record of ``data`` ends; ``data`` starts where a
+    record starts. -1 if no record ends in it."""
+    nl = data.rfind(b"\n")
+    if nl == -1:
+        return -1
+    if quoted:
+        before = data.count(b'"', 0, nl + 1)
+        while before & 1:
+            previous = data.rfind(b"\n", 0, nl)
+            if previous == -1:
+                return -1
+            before -= data.count(b'"', previous + 1, nl + 1)
+            nl = previous
+    return nl + 1
+
+
+def _blocks_backwards(fd: int, start: int, size: int, quoted: bool) -> Iterator[bytes]:
+    """The whole records between ``start`` and ``size``, in blocks, the end
+    of the file first; each block is whole records in file order.
+
+    Reads backwards in chunks, so a caller that stops early reads only the
+    end of the file: the cost depends on how far back it goes, not on the
+    size of the file. The first chunk is small (a short ``read()`` is quick),
+    later ones grow.
+    """
+    pos = _whole_end(fd, start, size)
+    pending = b""
+    step = _FIRST_BLOCK
+    while pos > start:
+        take = min(step, pos - start)
+        pos -= take
+        data = os.pread(fd, take, pos) + pending
+        step = min(step * 4, _BLOCK)
+        if pos == start:
+            if data:
+                yield data
+            return
+        cut = _first_boundary(data, quoted)
+        if cut == -1:
+            pending = data
+            continue
+        pending = data[:cut]
+        if cut < len(data):
+            yield data[cut:]
+
+
+def _blocks_forward(fd: int, start: int, size: int, quoted: bool) -> Iterator[bytes]:
+    """The whole records between ``start`` and ``size``, in blocks, in file order."""
+    pos = start
+    pending = b""
+    step = _FIRST_BLOCK
+    while pos < size:
+        chunk = os.pread(fd, min(step, size - pos), pos)
+        if not chunk:
+            return
+        pos += len(chunk)
+        step = min(step * 4, _BLOCK)
+        data = pending + chunk if pending else chunk
+        cut = _last_boundary(data, quoted)
+        if cut == -1:
+            pending = data
+            continue
+        pending = data[cut:]
+        yield data[:cut]
+
+
+def split_records(block: bytes, quoted: bool) -> list[bytes]:
+    """The records of a block of whole records, without their newlines."""
+    lines = block.split(b"\n")
+    lines.pop()
+    if not quoted or b'"' not in block:
+        return lines
     records: list[bytes] = []
-    # The record being put together, from the scan point to its end.
     pending: list[bytes] = []
     parity = 0
-    pos = size
-    started = False
-    while pos > 0 and len(records) < limit:
-        step = min(_CHUNK, pos)
-        pos -= step
-        chunk = os.pread(fd, step, pos)
-        end = len(chunk)
-        if not started:
-            # Drop whatever follows the final newline: not a whole record.
-            cut = chunk.rfind(b"\n")
-            if cut == -1:
-                continue
-            end = cut
-            started = True
-        while len(records) < limit:
-            nl = chunk.rfind(b"\n", 0, end)
-            if nl == -1:
-                break
-            segment = chunk[nl + 1 : end]
-            end = nl
-            if quoted:
-                parity ^= segment.count(b'"') & 1
-                if parity:
-                    pending.append(b"\n" + segment)
-                    continue
-            pending.append(segment)
-            record = b"".join(reversed(pending))
+    for line in lines:
+        parity ^= line.count(b'"') & 1
+        pending.append(line)
+        if not parity:
+            records.append(b"\n".join(pending))
             pending = []
-            if record:
-                records.append(record)
-        else:
-            return records
-        segment = chunk[:end]
-        if quoted:
-            parity ^= segment.count(b'"') & 1
-        pending.append(segment)
-    if pos == 0 and started and len(records) < limit and not skip_first:
-        record = b"".join(reversed(pending))
-        if record:
-            records.append(record)
     return records
+
+
+def _count_records(block: bytes, quoted: bool) -> int:
+    if not quoted or b'"' not in block:
+        return block.count(b"\n")
+    return len(split_records(block, quoted))
+
+
+class _Snapshot(t.NamedTuple):
+    """One file as it was when opened: reads never go past ``size``, so a
+    batch being appended meanwhile is not half read."""
+
+    fd: int
+    start: int  # where the records start (after a header)
+    size: int
+    header: bytes
+    ident: tuple[int, int]
+
+
+def _snapshot(fd: int, has_header: bool) -> _Snapshot:
+    stat = os.fstat(fd)
+    header, start = b"", 0
+    if has_header and stat.st_size:
+        # Written with the first batch, in the same write(): whole once size > 0.
+        header = _read_header(fd)
+        start = min(stat.st_size, len(header) + 1)
+    return _Snapshot(fd, start, stat.st_size, header, (stat.st_dev, stat.st_ino))
+
+
+def _open_snapshot(path: Path, has_header: bool) -> _Snapshot | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        # Writers hold the exclusive lock while they append: under the
+        # shared one the size is where a batch ends.
+        with _locked(fd, exclusive=False):
+            return _snapshot(fd, has_header)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not rotated away)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _first_dated(rows: list[t.Any], test: Callable[[str], bool]) -> int | None:
+    """The index of the first row whose date passes ``test``, if any."""
+    for index, row in enumerate(rows):
+        if row is not None:
+            date = row.get("request_date")
+            if date is not None and test(date):
+                return index
+    return None
+
+
+_LOG_RATIO = math.log(HISTOGRAM_RATIO)
+
+
+def _histogram_indexes(times: list[float]) -> t.Iterable[int]:
+    """``map(histogram_index, times)``, the same arithmetic a step at a time
+    over the whole column (each step a ``map`` in C)."""
+    if not times or min(times) < HISTOGRAM_BASE_MS:
+        return map(histogram_index, times)
+    logs = map(math.log, map(operator.truediv, times, itertools.repeat(HISTOGRAM_BASE_MS)))
+    steps = map(math.floor, map(operator.truediv, logs, itertools.repeat(_LOG_RATIO)))
+    return map(min, map((1).__add__, steps), itertools.repeat(HISTOGRAM_MAX_INDEX))
+
+
+class _Tally:
+    """Counts blocks of stored rows for a :class:`SummaryBuilder`, as its
+    ``add_rows`` would, a column at a time."""
+
+    def __init__(
+        self, fields: tuple[str, ...], builder: SummaryBuilder, low: str | None, high: str | None
+    ) -> None:
+        self.fields = fields
+        self.builder = builder
+        self.low, self.high = low, high
+        self.statuses: Counter[t.Any] = Counter()
+        self.minutes: Counter[str] = Counter()
+        self.routes: Counter[t.Any] = Counter()
+        self.route_times: Counter[tuple[t.Any, int]] = Counter()
+        self.tops = {name: Counter[t.Any]() for name in _TOP_FIELDS}
+        self.visitors: set[tuple[str, t.Any, t.Any]] = set()
+        self.first: str | None = None
+        self.last: str | None = None
+        # Whether a visitor's address or user agent is None or holds a NUL.
+        self.ambiguous = False
+        self.count_visitors = {
+            "request_date",
+            "request_remote_address",
+            "request_user_agent",
+        } <= set(fields)
+
+    def column(self, rows: list[dict[str, t.Any]], name: str) -> list[t.Any]:
+        if name not in self.fields:
+            return [None] * len(rows)
+        return list(map(dict.get, rows, itertools.repeat(name)))
+
+    def add(self, block: list[t.Any]) -> None:
+        rows: list[dict[str, t.Any]] = (
+            [row for row in block if row is not None] if None in block else block
+        )
+        if not rows:
+            return
+        dates = self.column(rows, "request_date")
+        low, high = self.low, self.high
+        if (low is not None or high is not None) and (
+            None in dates
+            or (low is not None and min(dates) < low)
+            or (high is not None and max(dates) >= high)
+        ):
+            rows = [
+                row
+                for row, date in zip(rows, dates, strict=True)
+                if date is not None
+                and (low is None or date >= low)
+                and (high is None or date < high)
+            ]
+            if not rows:
+                return
+            dates = self.column(rows, "request_date")
+        times = self.column(rows, "response_time")
+        timed = "response_time" in self.fields
+        if (
+            self.column(rows, "request_sample_rate").count(None) != len(rows)
+            or ("request_date" in self.fields and None in dates)
+            or (timed and None in times)
+        ):
+            # Weighted or incomplete rows: the builder's own loop handles them.
+            fields = self.fields
+            self.builder.add_rows([{name: row.get(name) for name in fields} for row in rows])
+            return
+        self.statuses.update(self.column(rows, "response_status_code"))
+        routes = self.column(rows, "request_route")
+        self.routes.update(routes)
+        if timed:
+            self.route_times.update(zip(routes, _histogram_indexes(times), strict=True))
+        for name, field in _TOP_FIELDS.items():
+            self.tops[name].update(self.column(rows, field))
+        if "request_date" in self.fields:
+            self.minutes.update(map(_MINUTE, dates))
+            first, last = min(dates), max(dates)
+            if self.first is None or first < self.first:
+                self.first = first
+            if self.last is None or last > self.last:
+                self.last = last
+            if self.count_visitors:
+                addresses = self.column(rows, "request_remote_address")
+                agents = self.column(rows, "request_user_agent")
+                if not self.ambiguous and (
+                    None in addresses
+                    or None in agents
+                    or "\x00" in "".join(addresses)
+                    or "\x00" in "".join(agents)
+                ):
+                    self.ambiguous = True
+                self.visitors.update(zip(map(_DAY, dates), addresses, agents, strict=True))
+
+    def finish(self) -> None:
+        builder = self.builder
+        for code, count in self.statuses.items():
+            builder.add_status(code, float(count))
+        for minute, count in self.minutes.items():
+            builder.add_minute(minute, float(count))
+        for route, count in self.routes.items():
+            builder.add_route(route, float(count))
+        for (route, index), count in self.route_times.items():
+            builder.add_route_time(route, index, float(count))
+        for name, counter in self.tops.items():
+            counter.pop(None, None)
+            for value, count in counter.items():
+                builder.add_top(name, value, float(count))
+        if builder.visitors or builder.visitor_count is not None:
+            builder.visitors.update(
+                visitor_key(day, address, agent) for day, address, agent in self.visitors
+            )
+        elif self.count_visitors:
+            # Only the count is wanted: hashing every visitor (the costliest
+            # step) is skipped. visitor_key hashes the day and the text
+            # f"{address}\x00{agent}": distinct texts are distinct keys, and
+            # distinct (day, address, agent) are distinct texts unless a value
+            # is None or holds a NUL.
+            visitors: t.Collection[t.Any] = self.visitors
+            if self.ambiguous:
+                visitors = {(day, f"{address}\x00{agent}") for day, address, agent in visitors}
+            builder.set_visitors(len(visitors))
+        first, last = self.first, self.last
+        if builder.first is not None and (first is None or builder.first < first):
+            first = builder.first
+        if builder.last is not None and (last is None or builder.last > last):
+            last = builder.last
+        builder.set_span(first, last)
+
+
+class _Window(t.NamedTuple):
+    """What a scan keeps and where it may stop, as stored date text."""
+
+    cutoff: str | None  # max_age: older records are outside the limits
+    stop_before: str | None  # newest first: stop at a record older than this
+    stop_after: str | None  # oldest first: stop at a record this new or newer
 
 
 class FileStore(Store):
     """A store that appends to one file, safely from several processes.
+
+    Retention (``max_age``, ``max_records``) never rewrites that file: it
+    renames it to a dated file beside it (``traffic.2026-11-25T081500.json``)
+    and deletes dated files once every record in them is outside the limits;
+    :meth:`read`, :meth:`scan` and :meth:`summary` read the live file and the
+    dated ones, newest first, and leave out what is outside the limits.
 
     :param filename: the file's name.
     :param location: the folder it is in; the app's instance folder when
         ``None``. Created with its parents if missing.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how the ``flask traffic`` commands and logs name the store.
+    :param max_age: keep records for this long (a :class:`~datetime.timedelta`).
+    :param max_records: keep about this many records, the newest.
     """
 
     #: Whether a newline inside double quotes belongs to the record (CSV).
@@ -162,8 +485,11 @@ class FileStore(Store):
         log_policy: LogPolicy | None = None,
         *,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync)
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
             raise TypeError(f"filename must be a non-empty str or path, got {filename!r}.")
         if location is not None and not isinstance(location, (str, os.PathLike)):
@@ -173,6 +499,10 @@ class FileStore(Store):
         self._path: Path | None = None
         # flock does not keep two threads of one process apart: this does.
         self._write_lock = threading.Lock()
+        # Record counts and newest dates of files, by (device, inode, size):
+        # files only grow, and rotated ones never change.
+        self._counts: dict[tuple[tuple[int, int], int], int] = {}
+        self._newest: dict[tuple[tuple[int, int], int], str | None] = {}
 
     @property
     def path(self) -> Path:
@@ -188,6 +518,11 @@ class FileStore(Store):
         )
 
     def setup(self, app: Flask) -> None:
+        if self.max_age is not None and "request_date" not in self.fields:
+            raise ValueError(
+                f"{self.name} has max_age but its LogPolicy leaves out request_date: "
+                f"enable request_date or drop max_age."
+            )
         folder = self.location if self.location is not None else Path(app.instance_path)
         path = folder / self.filename
         try:
@@ -234,45 +569,47 @@ class FileStore(Store):
     def decode(self, raw: bytes, header: bytes) -> dict[str, t.Any] | None:
         """One stored record as a row of the enabled fields, ``None`` if unreadable."""
 
-    def export(self, records: Sequence[TrafficRecord]) -> None:
-        data = self.encode(records)
-        with self._write_lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                with _locked(fd, exclusive=True):
-                    size = os.fstat(fd).st_size
-                    if size == 0:
-                        data = self.header() + data
-                    elif os.pread(fd, 1, size - 1) != b"\n":
-                        # A writer died mid-record: end that record, keep ours whole.
-                        data = self._close_torn_record(fd, size) + data
-                    # One write() per batch: O_APPEND puts it at the end in one piece.
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+    def decode_block(self, block: bytes, header: bytes) -> list[dict[str, t.Any] | None]:
+        """Whole records (each ending with a newline) as rows, in file order;
+        ``None`` for an unreadable one. Stores override this with a faster
+        way than one :meth:`decode` per record."""
+        return [self.decode(raw, header) for raw in split_records(block, self._quoted_records)]
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return []
-        try:
-            with _locked(fd, exclusive=False):
-                size = os.fstat(fd).st_size
-                header = self._read_header(fd) if self._has_header else b""
-                raw = _tail_records(
-                    fd, size, limit, quoted=self._quoted_records, skip_first=self._has_header
-                )
-        finally:
-            os.close(fd)
-        rows = []
-        for item in raw:
-            row = self.decode(item, header)
-            if row is not None:
-                rows.append(row)
-        return rows
+    def decode_stored(self, block: bytes, header: bytes) -> list[t.Any]:
+        """Like :meth:`decode_block`, but rows may hold fields the policy
+        leaves out (a summary reads only the enabled ones): skips building
+        new dicts where a store can."""
+        return self.decode_block(block, header)
+
+    # -- writing -------------------------------------------------------------
+
+    def export(self, records: Sequence[TrafficRecord]) -> None:
+        batch = self.encode(records)
+        path = self.path
+        with self._write_lock:
+            for _ in range(_REOPEN_TRIES):
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    with _locked(fd, exclusive=True):
+                        if not _same_file(fd, path):
+                            # Retention renamed the file while we waited for
+                            # the lock: write to the new live file instead.
+                            continue
+                        data = batch
+                        size = os.fstat(fd).st_size
+                        if size == 0:
+                            data = self.header() + data
+                        elif os.pread(fd, 1, size - 1) != b"\n":
+                            # A writer died mid-record: end that record, keep ours whole.
+                            data = self._close_torn_record(fd, size) + data
+                        # One write() per batch: O_APPEND puts it at the end in one piece.
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        return
+                finally:
+                    os.close(fd)
+        raise RuntimeError(f"{path} was replaced {_REOPEN_TRIES} times while {self.name} wrote.")
 
     def _close_torn_record(self, fd: int, size: int) -> bytes:
         """What ends a record cut off by a crash, so the next batch starts clean.
@@ -292,5 +629,372 @@ class FileStore(Store):
 
     @staticmethod
     def _read_header(fd: int) -> bytes:
-        first = os.pread(fd, _CHUNK, 0)
-        return first.split(b"\n", 1)[0]
+        return _read_header(fd)
+
+    # -- reading ---------------------------------------------------------------
+
+    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        return list(itertools.islice(self.scan(Query(limit=limit)), limit))
+
+    def rotated_files(self) -> list[Path]:
+        """The dated files retention renamed the live file to, oldest first."""
+        return [path for _, path in self._rotated()]
+
+    def _rotated(self) -> list[tuple[tuple[str, int], Path]]:
+        live = self.path
+        pattern = re.compile(
+            re.escape(live.stem) + r"\.(\d{4}-\d\d-\d\dT\d{6})(?:-(\d+))?" + re.escape(live.suffix)
+        )
+        found = []
+        try:
+            names = os.listdir(live.parent)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            match = pattern.fullmatch(name)
+            if match:
+                found.append(((match[1], int(match[2] or 0)), live.parent / name))
+        found.sort()
+        return found
+
+    @contextlib.contextmanager
+    def _open_files(self) -> Iterator[list[_Snapshot]]:
+        """The live file and the rotated ones, newest first, open.
+
+        The live file is opened before the folder is listed: if it is
+        rotated meanwhile, it shows up under its new name as the same file,
+        which is skipped, so no record is read twice or missed.
+        """
+        snaps: list[_Snapshot] = []
+        try:
+            live = _open_snapshot(self.path, self._has_header)
+            if live is not None:
+                snaps.append(live)
+            seen = {snap.ident for snap in snaps}
+            for _, path in reversed(self._rotated()):
+                snap = _open_snapshot(path, self._has_header)
+                if snap is None:
+                    continue  # deleted by retention meanwhile
+                if snap.ident in seen:
+                    os.close(snap.fd)
+                    continue
+                seen.add(snap.ident)
+                snaps.append(snap)
+            yield snaps
+        finally:
+            for snap in snaps:
+                os.close(snap.fd)
+
+    def _window(self, query: Query) -> _Window:
+        cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
+        since = query.since
+        if cutoff is not None and (since is None or cutoff > since):
+            since = cutoff
+        return _Window(
+            cutoff=None if cutoff is None else iso_text(cutoff),
+            stop_before=None if since is None else iso_text(since - LATE_WRITE_SLACK),
+            stop_after=None if query.until is None else iso_text(query.until + LATE_WRITE_SLACK),
+        )
+
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest first (or oldest first), lazily,
+        from the live file and the rotated ones.
+
+        Newest first, the files are read backwards and the scan stops at the
+        first record older than ``since`` minus :data:`LATE_WRITE_SLACK`;
+        oldest first, files whose last record is that old are skipped and the
+        scan stops at the first record ``LATE_WRITE_SLACK`` past ``until``.
+        Records are appended in the order they are written, which is the
+        order of their dates give or take the time a record waits in the
+        queue (a second, or the retries of a failing store): a record written
+        more than ``LATE_WRITE_SLACK`` after its request may be missed by a
+        query with ``since``/``until``. Records outside ``max_age`` and
+        ``max_records`` are left out even before retention deletes them.
+        """
+        keep = self._keep(query, self._window(query))
+        for rows in self._row_blocks(query, oldest_first=oldest_first):
+            for row in rows:
+                if row is not None and keep(row):
+                    yield row
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
+        """Feed ``builder`` the selected records, a block of rows at a time.
+
+        Counts what :meth:`SummaryBuilder.add_rows` would, with the same
+        result, but a column at a time (``Counter`` and ``map`` loop in C);
+        blocks holding sampled records, or rows missing a date or a response
+        time, go through ``add_rows``.
+        """
+        if query.where:
+            super().summarize(query, builder)
+            return
+        window = self._window(query)
+        low = query.since_iso
+        if window.cutoff is not None and (low is None or window.cutoff > low):
+            low = window.cutoff
+        tally = _Tally(self.fields, builder, low, query.until_iso)
+        for rows in self._row_blocks(query, oldest_first=False, stored=True):
+            tally.add(rows)
+        tally.finish()
+
+    def _keep(self, query: Query, window: _Window) -> Callable[[dict[str, t.Any]], bool]:
+        cutoff = window.cutoff
+        matches = query.matches
+        if cutoff is None:
+            return matches
+
+        def keep(row: dict[str, t.Any]) -> bool:
+            date = row.get("request_date")
+            return date is not None and date >= cutoff and matches(row)
+
+        return keep
+
+    def _row_blocks(
+        self, query: Query, *, oldest_first: bool, stored: bool = False
+    ) -> Iterator[list[t.Any]]:
+        """The rows a scan goes through, a block at a time, in the scan's
+        order: unreadable records as ``None``, capped at ``max_records``,
+        and ending where the scan may stop early; not yet filtered.
+
+        With ``stored``, rows are the decoded records as stored (see
+        :meth:`decode_stored`).
+        """
+        window = self._window(query)
+        decode = self.decode_stored if stored else self.decode_block
+        quoted = self._quoted_records
+        with self._open_files() as snaps:
+            if oldest_first:
+                yield from self._forward(snaps, window, decode, quoted)
+                return
+            left = self.max_records
+            stop_before = window.stop_before
+            for snap in snaps:
+                for block in _blocks_backwards(snap.fd, snap.start, snap.size, quoted):
+                    rows = decode(block, snap.header)[::-1]
+                    if left is not None:
+                        rows = rows[:left]
+                        left -= len(rows)
+                    if stop_before is not None:
+                        cut = _first_dated(rows, lambda date: date < stop_before)
+                        if cut is not None:
+                            yield rows[:cut]
+                            return
+                    yield rows
+                    if left == 0:
+                        return
+
+    def _forward(
+        self,
+        snaps: list[_Snapshot],
+        window: _Window,
+        decode: Callable[[bytes, bytes], list[t.Any]],
+        quoted: bool,
+    ) -> Iterator[list[t.Any]]:
+        skip = 0
+        if self.max_records is not None:
+            # The newest max_records: the files that hold them, and how many
+            # of the records of the oldest of those files are older.
+            held = 0
+            for index, snap in enumerate(snaps):
+                count = self._count(snap)
+                if held + count >= self.max_records:
+                    skip = held + count - self.max_records
+                    snaps = snaps[: index + 1]
+                    break
+                held += count
+        stop_before, stop_after = window.stop_before, window.stop_after
+        for index, snap in enumerate(reversed(snaps)):
+            left_out = skip if index == 0 else 0
+            if stop_before is not None and index < len(snaps) - 1:
+                # Nothing in a file is selected when its last record is
+                # older than since, by more than records are ever late.
+                last = self._last_date(snap)
+                if last is not None and last < stop_before:
+                    continue
+            for block in _blocks_forward(snap.fd, snap.start, snap.size, quoted):
+                rows = decode(block, snap.header)
+                if left_out:
+                    taken = min(left_out, len(rows))
+                    rows = rows[taken:]
+                    left_out -= taken
+                if stop_after is not None:
+                    cut = _first_dated(rows, lambda date: date >= stop_after)
+                    if cut is not None:
+                        yield rows[:cut]
+                        return
+                yield rows
+
+    def _count(self, snap: _Snapshot) -> int:
+        key = (snap.ident, snap.size)
+        count = self._counts.get(key)
+        if count is None:
+            quoted = self._quoted_records
+            count = sum(
+                _count_records(block, quoted)
+                for block in _blocks_forward(snap.fd, snap.start, snap.size, quoted)
+            )
+            if len(self._counts) > _CACHED_FILES:
+                self._counts.clear()
+            self._counts[key] = count
+        return count
+
+    def _first_date(self, snap: _Snapshot) -> str | None:
+        for block in _blocks_forward(snap.fd, snap.start, snap.size, self._quoted_records):
+            for row in self.decode_block(block, snap.header):
+                if row is not None and row.get("request_date") is not None:
+                    return t.cast(str, row["request_date"])
+        return None
+
+    def _last_date(self, snap: _Snapshot) -> str | None:
+        for block in _blocks_backwards(snap.fd, snap.start, snap.size, self._quoted_records):
+            for row in reversed(self.decode_block(block, snap.header)):
+                if row is not None and row.get("request_date") is not None:
+                    return t.cast(str, row["request_date"])
+        return None
+
+    def _newest_date(self, snap: _Snapshot) -> str | None:
+        key = (snap.ident, snap.size)
+        if key not in self._newest:
+            newest: str | None = None
+            for block in _blocks_forward(snap.fd, snap.start, snap.size, self._quoted_records):
+                for row in self.decode_block(block, snap.header):
+                    date = None if row is None else row.get("request_date")
+                    if date is not None and (newest is None or date > newest):
+                        newest = date
+            if len(self._newest) > _CACHED_FILES:
+                self._newest.clear()
+            self._newest[key] = newest
+        return self._newest[key]
+
+    # -- retention ---------------------------------------------------------------
+
+    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
+        """Rotate the live file when it is due, and delete rotated files
+        outside the limits; never rewrites a file.
+
+        The live file is renamed to a dated file beside it (under the
+        writers' lock; a writer that opened it before finds out and opens a
+        new live file) once its first record is older than half of
+        ``max_age``, or it holds more than about ``max_records / 2`` records.
+        A rotated file is deleted once its newest record is older than
+        ``cutoff``, or once the files newer than it (the live one included)
+        hold ``max_records`` records. So files hold at most about 1.5 times
+        the limits, and nothing inside them is deleted; :meth:`scan` leaves
+        out what lies outside them until then.
+
+        :return: how many records the deleted files held.
+        """
+        now = datetime.now(_UTC)
+        self._rotate_if_due(now, cutoff, max_records)
+        return self._delete_outside(cutoff, max_records)
+
+    def _rotate_if_due(
+        self, now: datetime, cutoff: datetime | None, max_records: int | None
+    ) -> bool:
+        path = self.path
+        with self._write_lock:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            try:
+                with _locked(fd, exclusive=True):
+                    if not _same_file(fd, path):
+                        return False  # another process rotated it just now
+                    snap = _snapshot(fd, self._has_header)
+                    if not self._rotation_due(snap, now, cutoff, max_records):
+                        return False
+                    self._rotate(path, now)
+                    return True
+            finally:
+                os.close(fd)
+
+    def _rotation_due(
+        self, snap: _Snapshot, now: datetime, cutoff: datetime | None, max_records: int | None
+    ) -> bool:
+        body = snap.size - snap.start
+        if body <= 0:
+            return False
+        if cutoff is not None:
+            first = self._first_date(snap)
+            if first is not None and first < iso_text(cutoff + (now - cutoff) / 2):
+                return True
+        if max_records is not None:
+            # Estimated from the last 64 KiB: counting every record each
+            # time would read the whole file once a minute.
+            sample = min(body, _CHUNK)
+            lines = os.pread(snap.fd, sample, snap.size - sample).count(b"\n")
+            if body * max(lines, 1) / sample > max_records / 2:
+                return True
+        return False
+
+    def _rotate(self, path: Path, now: datetime) -> Path:
+        stamp, number = now.strftime(_STAMP), 0
+        rotated = self._rotated()
+        if rotated and rotated[-1][0] >= (stamp, 0):
+            # Later than every rotated file, even if the clock went back.
+            stamp, number = rotated[-1][0][0], rotated[-1][0][1] + 1
+        while True:
+            target = path.with_name(
+                f"{path.stem}.{stamp}{f'-{number}' if number else ''}{path.suffix}"
+            )
+            try:
+                # link + unlink never replaces a file another process rotated
+                # to the same name, as rename would.
+                os.link(path, target)
+            except FileExistsError:
+                number += 1
+                continue
+            except OSError:  # pragma: no cover - a file system without hard links
+                if target.exists():
+                    number += 1
+                    continue
+                os.rename(path, target)
+                return target
+            os.unlink(path)
+            return target
+
+    def _delete_outside(self, cutoff: datetime | None, max_records: int | None) -> int:
+        rotated = self._rotated()
+        if not rotated:
+            return 0
+        cutoff_text = None if cutoff is None else iso_text(cutoff)
+        removed = 0
+        held = 0
+        seen: set[tuple[int, int]] = set()
+        live = _open_snapshot(self.path, self._has_header)
+        if live is not None:
+            try:
+                seen.add(live.ident)
+                if max_records is not None:
+                    held = self._count(live)
+            finally:
+                os.close(live.fd)
+        for _, path in reversed(rotated):
+            snap = _open_snapshot(path, self._has_header)
+            if snap is None:
+                continue
+            try:
+                if snap.ident in seen:
+                    continue  # the live file, being rotated by another process
+                seen.add(snap.ident)
+                count = self._count(snap)
+                full = max_records is not None and held >= max_records
+                if full or (cutoff_text is not None and self._all_older(snap, cutoff_text)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    removed += count
+                else:
+                    held += count
+            finally:
+                os.close(snap.fd)
+        return removed
+
+    def _all_older(self, snap: _Snapshot, cutoff: str) -> bool:
+        last = self._last_date(snap)
+        if last is None or last >= cutoff:
+            return False
+        # The last record is not always the newest (records wait in queues):
+        # before deleting, make sure (once per file) that none is newer.
+        newest = self._newest_date(snap)
+        return newest is not None and newest < cutoff

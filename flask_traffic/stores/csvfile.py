@@ -9,11 +9,12 @@ import logging
 import os
 import typing as t
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
-from ._files import FileStore, encode_lines, field_encoders
+from ._files import FileStore, encode_lines, field_encoders, split_records
 
 __all__ = ["CSVStore"]
 
@@ -88,6 +89,11 @@ class CSVStore(FileStore):
     :param location: its folder; the app's instance folder when ``None``.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how the ``flask traffic`` commands and logs name the store.
+    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
+        older ones are rotated out to dated files beside this one (each with
+        its header row) and deleted.
+    :param max_records: keep about this many records, the newest.
     """
 
     _quoted_records = True
@@ -100,8 +106,19 @@ class CSVStore(FileStore):
         log_policy: LogPolicy | None = None,
         *,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
-        super().__init__(filename, location, log_policy, sync=sync)
+        super().__init__(
+            filename,
+            location,
+            log_policy,
+            sync=sync,
+            name=name,
+            max_age=max_age,
+            max_records=max_records,
+        )
         # The existing file's columns, when they are not the policy's fields.
         self._columns: tuple[str, ...] | None = None
 
@@ -161,21 +178,39 @@ class CSVStore(FileStore):
         return in_columns
 
     def decode(self, raw: bytes, header: bytes) -> dict[str, t.Any] | None:
+        rows = self._rows_of(raw + b"\n", header)
+        return rows[0] if rows is not None and len(rows) == 1 else None
+
+    def decode_block(self, block: bytes, header: bytes) -> list[dict[str, t.Any] | None]:
+        # One csv.reader over the whole block rather than one per record.
+        rows = self._rows_of(block, header)
+        if rows is None:
+            return [self.decode(raw, header) for raw in split_records(block, quoted=True)]
+        return rows
+
+    def _rows_of(self, block: bytes, header: bytes) -> list[dict[str, t.Any] | None] | None:
+        """The rows of whole records, ``None`` if csv cannot split them."""
         names = header.decode("ascii", "replace").strip().split(",")
+        parsers = [_PARSER_FOR_FIELD.get(name) for name in names]
+        fields = self.fields
         try:
-            cells = next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogatepass"), newline="")))
-        except (csv.Error, StopIteration):
+            text = block.decode("utf-8", "surrogatepass")
+            records = list(csv.reader(io.StringIO(text, newline="")))
+        except (csv.Error, UnicodeDecodeError):
             return None
-        if len(cells) != len(names):
-            return None  # a record cut off by a crash
-        stored = {}
-        for name, cell in zip(names, cells, strict=False):
-            parse = _PARSER_FOR_FIELD.get(name)
-            if parse is None or not cell:
+        rows: list[dict[str, t.Any] | None] = []
+        for cells in records:
+            if len(cells) != len(names):
+                rows.append(None)  # a record cut off by a crash
                 continue
-            try:
-                stored[name] = parse(cell)
-            except ValueError:
-                # Older files hold "None" or text where a number belongs.
-                stored[name] = None
-        return {name: stored.get(name) for name in self.fields}
+            stored = {}
+            for name, parse, cell in zip(names, parsers, cells, strict=True):
+                if parse is None or not cell:
+                    continue
+                try:
+                    stored[name] = parse(cell)
+                except ValueError:
+                    # Older files hold "None" or text where a number belongs.
+                    stored[name] = None
+            rows.append({name: stored.get(name) for name in fields})
+        return rows

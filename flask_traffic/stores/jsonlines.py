@@ -7,6 +7,7 @@ import json
 import os
 import typing as t
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ._files import FileStore, encode_lines, field_encoders
 __all__ = ["JSONStore"]
 
 _decode = json.JSONDecoder().decode
+_loads = json.loads
 
 # Lines are put together from per-value JSON text rather than by json.dumps
 # of a dict: text values repeat from request to request (user agents, hosts,
@@ -54,6 +56,10 @@ class JSONStore(FileStore):
     :param location: its folder; the app's instance folder when ``None``.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how the ``flask traffic`` commands and logs name the store.
+    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
+        older ones are rotated out to dated files beside this one and deleted.
+    :param max_records: keep about this many records, the newest.
     """
 
     def __init__(
@@ -63,8 +69,19 @@ class JSONStore(FileStore):
         log_policy: LogPolicy | None = None,
         *,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
-        super().__init__(filename, location, log_policy, sync=sync)
+        super().__init__(
+            filename,
+            location,
+            log_policy,
+            sync=sync,
+            name=name,
+            max_age=max_age,
+            max_records=max_records,
+        )
 
     def check_existing(self, fd: int, path: Path) -> None:
         if os.pread(fd, 1, 0) == b"[":
@@ -96,3 +113,35 @@ class JSONStore(FileStore):
         if not isinstance(stored, dict):
             return None
         return {name: stored.get(name) for name in self.fields}
+
+    def decode_block(self, block: bytes, header: bytes) -> list[dict[str, t.Any] | None]:
+        stored = self._stored(block)
+        if stored is None:
+            return super().decode_block(block, header)
+        fields = self.fields
+        return [
+            {name: item.get(name) for name in fields} if type(item) is dict else None
+            for item in stored
+        ]
+
+    def decode_stored(self, block: bytes, header: bytes) -> list[t.Any]:
+        stored = self._stored(block)
+        if stored is None:
+            return super().decode_block(block, header)
+        if list(map(type, stored)).count(dict) == len(stored):
+            return stored
+        return [item if type(item) is dict else None for item in stored]
+
+    @staticmethod
+    def _stored(block: bytes) -> list[t.Any] | None:
+        """The values of a block of lines, ``None`` if one is unreadable."""
+        # One JSON array for the whole block: one call into the C decoder
+        # instead of one per line. A line is one value with no raw newline in
+        # it, so a block's lines joined with commas are the array's items.
+        try:
+            stored = _loads(b"[" + block[:-1].replace(b"\n", b",") + b"]")
+        except ValueError:
+            return None
+        if type(stored) is not list or len(stored) != block.count(b"\n"):
+            return None
+        return stored

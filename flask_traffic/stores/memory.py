@@ -5,13 +5,20 @@ from __future__ import annotations
 import threading
 import typing as t
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 
 from ..policy import LogPolicy
+from ..query import Query, iso_text
 from ..record import TrafficRecord
 from .base import Store
 
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = ["MemoryStore"]
+
+_UTC = timezone.utc
 
 
 class MemoryStore(Store):
@@ -23,6 +30,10 @@ class MemoryStore(Store):
     :param max_records: how many rows to keep; the oldest go first.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how the ``flask traffic`` commands and logs name the store.
+    :param max_age: keep rows for this long (a :class:`~datetime.timedelta`);
+        :meth:`read` and :meth:`summary` leave older ones out, and the worker
+        forgets them.
     """
 
     def __init__(
@@ -31,12 +42,19 @@ class MemoryStore(Store):
         log_policy: LogPolicy | None = None,
         *,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync)
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ValueError(f"max_records must be a positive integer, got {max_records!r}.")
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         self._rows: deque[dict[str, t.Any]] = deque(maxlen=max_records)
         self._lock = threading.Lock()
+
+    def setup(self, app: Flask) -> None:
+        if self.max_age is not None and "request_date" not in self.fields:
+            raise ValueError(
+                f"{self.name} has max_age but its LogPolicy leaves out request_date: "
+                f"enable request_date or drop max_age."
+            )
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
         rows = self.rows(records)
@@ -44,10 +62,49 @@ class MemoryStore(Store):
             self._rows.extend(rows)
 
     def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        if self.max_age is not None:
+            return list(self._select(Query(limit=limit), oldest_first=False))[:limit]
         with self._lock:
-            newest = list(self._rows)[-limit:]
+            newest = list(self._rows)[-limit:] if limit else []
         newest.reverse()
         return [dict(row) for row in newest]
+
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest first (or oldest first), from a
+        copy of the list taken at the call; rows older than ``max_age`` are
+        left out."""
+        return iter(self._select(query, oldest_first=oldest_first))
+
+    def _select(self, query: Query, *, oldest_first: bool) -> list[dict[str, t.Any]]:
+        with self._lock:
+            rows = list(self._rows)
+        if not oldest_first:
+            rows.reverse()
+        cutoff = self._cutoff()
+        matches = query.matches
+        return [
+            dict(row)
+            for row in rows
+            if (cutoff is None or (row.get("request_date") or "") >= cutoff) and matches(row)
+        ]
+
+    def _cutoff(self) -> str | None:
+        if self.max_age is None:
+            return None
+        return iso_text(datetime.now(_UTC) - self.max_age)
+
+    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
+        """Forget rows older than ``cutoff``; the list itself holds at most
+        ``max_records``."""
+        if cutoff is None:
+            return 0
+        oldest = iso_text(cutoff)
+        with self._lock:
+            kept = [row for row in self._rows if (row.get("request_date") or "") >= oldest]
+            removed = len(self._rows) - len(kept)
+            if removed:
+                self._rows = deque(kept, maxlen=self._rows.maxlen)
+        return removed
 
     def clear(self) -> None:
         """Forget every row."""
