@@ -274,6 +274,25 @@ def test_scan_oldest_first_across_chunks(
     assert paths(list(store.scan(window, oldest_first=True))) == expected[1000:2000]
 
 
+def test_chunks_go_on_across_the_edges_of_stream_ids(
+    redis_url: str, server: redis.Redis, stream: str, stores: list[Store]
+) -> None:
+    # The next chunk starts right after (before) the last id read, counted
+    # from it: ids of one millisecond up to the largest sequence number, then
+    # the next millisecond's.
+    ids = ["1-1", f"1-{2**64 - 1}", "2-0", "2-1", "3-0"]
+    for entry_id in ids:
+        server.xadd(stream, {"request_path": entry_id}, id=entry_id)
+    store = RedisStore(event_name=stream, url=redis_url)
+    stores.append(store)
+    for limit in (1, 2, 3, 10):
+        newest_first = paths(list(store.scan(store.query(limit))))
+        oldest_first = paths(list(store.scan(store.query(limit), oldest_first=True)))
+        assert newest_first == ids[::-1], limit
+        assert oldest_first == ids, limit
+        assert paths(store.read(limit)) == ids[::-1][:limit]
+
+
 # Summary.
 
 

@@ -7,6 +7,7 @@ import itertools
 import logging
 import operator
 import os
+import re
 import time
 import typing as t
 import uuid
@@ -57,6 +58,9 @@ _CLOCK_MARGIN_MS = 60_000
 #: goes; what is left goes at the next run.
 _MAX_TRIMS = 1000
 
+#: The largest sequence number of a stream id (``<ms>-<seq>``).
+_MAX_SEQ = 2**64 - 1
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
@@ -105,6 +109,22 @@ _CODECS: dict[str, tuple[bytes, Callable[[t.Any], bytes], Callable[[bytes], t.An
     field.name: (field.name.encode("ascii"), _ENCODERS[field.type], _PARSERS[field.type])
     for field in FIELDS
 }
+
+
+def _next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
+    """The stream id just after ``entry_id`` (just before it when reading
+    newest first), or ``None`` if there is none.
+
+    Computed rather than written as an exclusive range (``(id``), which
+    Redis understands only from 6.2 on.
+    """
+    ms_text, _, seq_text = entry_id.partition(b"-")
+    ms, seq = int(ms_text), int(seq_text)
+    if oldest_first:
+        return b"%d-%d" % ((ms, seq + 1) if seq < _MAX_SEQ else (ms + 1, 0))
+    if seq:
+        return b"%d-%d" % (ms, seq - 1)
+    return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
 
 
 def _same_records(a: Sequence[TrafficRecord], b: Sequence[TrafficRecord]) -> bool:
@@ -312,6 +332,21 @@ class RedisStore(Store):
                 f"Redis key {self.event_name!r} holds a {kind}, not a stream: "
                 f"pass another event_name=."
             )
+        if self.max_age is not None:
+            self._check_minid(redis_module)
+
+    def _check_minid(self, redis_module: t.Any) -> None:
+        try:
+            version = str(self._client.info("server").get("redis_version", ""))
+        except redis_module.RedisError:
+            # INFO may be forbidden (ACL): retention then logs its own failure.
+            return
+        numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+        if numbers and numbers < (6, 2):
+            raise RuntimeError(
+                f"max_age needs Redis 6.2 or later (XTRIM MINID) and this server runs "
+                f"{version}: upgrade Redis, or use max_records= instead."
+            )
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
         """Write ``records`` as one ``MULTI``/``EXEC`` transaction of ``XADD``.
@@ -402,7 +437,7 @@ class RedisStore(Store):
     ) -> Iterator[_Row]:
         lowest = b"-" if since is None else self._lowest_id(since)
         # XRANGE key low high, XREVRANGE key high low: both go on from the
-        # first bound, made exclusive of the last id read.
+        # first bound, moved past the last id read.
         command, first, second = (
             ("XRANGE", lowest, b"+") if oldest_first else ("XREVRANGE", b"+", lowest)
         )
@@ -421,7 +456,10 @@ class RedisStore(Store):
             yield from (rows if test is None else filter(test, rows))
             if len(entries) < size:
                 return
-            first = b"(" + entries[-1][0]
+            following = _next_id(entries[-1][0], oldest_first)
+            if following is None:
+                return
+            first = following
             size = min(size * 2, _CHUNK)
 
     def _decode(self, entries: list[t.Any]) -> list[_Row]:
