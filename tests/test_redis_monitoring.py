@@ -386,6 +386,26 @@ def test_retain_with_an_explicit_cutoff(
     assert len(store.read(2000)) == len(left)
 
 
+def test_a_large_backlog_goes_in_one_run(
+    redis_url: str, server: redis.Redis, stream: str, stores: list[Store]
+) -> None:
+    # One XTRIM "~" removes at most 100 nodes' worth (10,000 entries): the
+    # store repeats it until nothing more goes.
+    now = datetime.now(UTC)
+    put_old(server, stream, now - timedelta(days=3), 25_000, "old")
+    put_old(server, stream, now - timedelta(hours=1), 25_000, "new")
+    store = RedisStore(event_name=stream, url=redis_url)
+    stores.append(store)
+    removed = store.retain(now - timedelta(days=1), None)
+    assert 24_900 <= removed <= 25_000
+    length = server.xlen(stream)
+    assert length == 50_000 - removed
+    removed = store.retain(None, 1000)
+    assert 1000 <= server.xlen(stream) <= 1100
+    assert removed == length - server.xlen(stream)
+    assert paths(store.read(1000)) == [f"/new/{n}" for n in range(24_999, 23_999, -1)]
+
+
 def test_retention_by_count_keeps_at_least_the_newest(
     tmp_path: Path, redis_url: str, server: redis.Redis, stream: str, stores: list[Store]
 ) -> None:

@@ -54,8 +54,9 @@ _CHUNK = 2000
 _CLOCK_MARGIN_MS = 60_000
 
 #: The most ``XTRIM`` commands one retention run sends: each removes at most
-#: 100 stream nodes, so the server stays responsive while a large backlog
-#: goes; what is left goes at the next run.
+#: 100 stream nodes' worth of entries (``~`` trimming's default ``LIMIT``,
+#: 10,000 entries with the default node size), so the server stays
+#: responsive while a large backlog goes; what is left goes at the next run.
 _MAX_TRIMS = 1000
 
 #: The largest sequence number of a stream id (``<ms>-<seq>``).
@@ -506,11 +507,12 @@ class RedisStore(Store):
         request started, so ``MINID`` only removes entries of requests older
         than ``cutoff`` (less a minute for clocks that disagree: see
         :meth:`scan`). An entry written late (after an outage) stays until
-        its write time is past the cutoff; :meth:`scan` leaves it out. Both
-        trims remove whole stream nodes only, so they never remove one of
-        the newest ``max_records`` entries; each ``XTRIM`` removes at most
-        100 nodes, and they are repeated until nothing more goes, so a large
-        backlog does not block the server. Writers may go on meanwhile.
+        its write time is past the cutoff; :meth:`read` and :meth:`summary`
+        leave it out. Both trims remove whole stream nodes only, so they
+        never remove one of the newest ``max_records`` entries; each
+        ``XTRIM`` removes at most 100 nodes' worth of entries, and they are
+        repeated until nothing more goes, so a large backlog does not block
+        the server. Writers may go on meanwhile.
         """
         removed = 0
         if cutoff is not None:
