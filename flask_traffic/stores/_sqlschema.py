@@ -16,32 +16,40 @@ stored as is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import logging
+import math
 import operator
 import typing as t
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 from json.encoder import encode_basestring_ascii
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
+from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord
+from ..summary import HISTOGRAM_BASE_MS, HISTOGRAM_MAX_INDEX, HISTOGRAM_RATIO, TOP, SummaryBuilder
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 __all__ = [
     "ID_COLUMN",
+    "RETAIN_BATCH",
+    "SCAN_CHUNK",
     "SQLORMModelMixin",
     "TableIO",
     "UTCDateTime",
     "create_table",
     "decode_text",
     "encode_text",
+    "exact_text",
     "table_columns",
 ]
 
@@ -54,6 +62,22 @@ ID_COLUMN = "traffic_id"
 
 #: Starts a stored text value that is escaped (see the module docstring).
 _ESCAPED = "\ufffe"
+
+#: Rows fetched at a time while streaming a scan (an export of millions of
+#: rows holds this many in memory, not all).
+SCAN_CHUNK = 2000
+#: Rows deleted per transaction by retention: short enough that writers
+#: waiting for the table are not held up for long.
+RETAIN_BATCH = 10_000
+
+# The summary's top lists and the field each counts.
+_TOP_FIELDS = {
+    "top_paths": "request_path",
+    "top_referrers": "request_referrer",
+    "top_browsers": "request_browser",
+    "top_platforms": "request_platform",
+}
+_VISITOR_FIELDS = frozenset({"request_date", "request_remote_address", "request_user_agent"})
 _decode_json = json.JSONDecoder().decode
 
 
@@ -253,6 +277,7 @@ class TableIO:
             positions = [self.fields.index(name) for name in written]
             self._pick = lambda values: tuple(values[i] for i in positions)
         self._readers = [_READERS[_FIELD_BY_NAME[name].type] for name in written]
+        self._written_set = frozenset(written)
         self._date_index = written.index("request_date") if "request_date" in written else None
         self._text_indexes = [
             i for i, name in enumerate(written) if _FIELD_BY_NAME[name].type == "str"
@@ -284,14 +309,502 @@ class TableIO:
 
     def read(self, connection: sa.Connection, limit: int) -> list[dict[str, t.Any]]:
         """The newest ``limit`` rows, newest first, as the file stores give them."""
-        result = connection.execute(self.select.limit(limit))
+        return self.convert(connection.execute(self.select.limit(limit)))
+
+    def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
+        """Rows of the written columns (in :attr:`written` order) as dicts
+        keyed by :attr:`fields`, values as ``read()`` gives them."""
         readers = self._readers
         written = self.written
-        rows = [dict(zip(written, map(_apply, readers, row), strict=True)) for row in result]
+        converted = [dict(zip(written, map(_apply, readers, row), strict=True)) for row in rows]
         if written != self.fields:
             missing = dict.fromkeys(self.fields)
-            rows = [{**missing, **row} for row in rows]
-        return rows
+            converted = [{**missing, **row} for row in converted]
+        return converted
+
+    # -- queries -------------------------------------------------------------
+
+    def conditions(self, query: Query, dialect: Dialect) -> list[sa.ColumnElement[bool]]:
+        """``query``'s window and ``where`` tests as SQL, selecting exactly
+        the rows :meth:`Query.matches <flask_traffic.query.Query.matches>`
+        selects from what :meth:`convert` gives."""
+        found: list[sa.ColumnElement[bool]] = []
+        if query.since is not None or query.until is not None:
+            if "request_date" not in self._written_set:
+                return [sa.false()]
+            date = self.table.c["request_date"]
+            if query.since is not None:
+                found.append(date >= query.since)
+            if query.until is not None:
+                found.append(date < query.until)
+        found.extend(self._equals(name, value, dialect) for name, value in query.where.items())
+        return found
+
+    def _equals(self, name: str, value: t.Any, dialect: Dialect) -> sa.ColumnElement[bool]:
+        if name not in self._written_set:
+            # A field without a column reads back as None.
+            return sa.true() if value is None else sa.false()
+        column = self.table.c[name]
+        if value is None:
+            return column.is_(None)
+        kind = _FIELD_BY_NAME[name].type
+        if kind == "str":
+            if not isinstance(value, str):
+                return sa.false()
+            # Stored text is encoded: hostile values compare as they were written.
+            return exact_text(column, dialect) == encode_text(value)
+        if kind == "datetime":
+            # read() gives dates as ISO text: only that exact text matches.
+            moment = _parse_iso(value) if isinstance(value, str) else None
+            if moment is None:
+                return sa.false()
+            return column == moment
+        if not isinstance(value, (int, float)) or value != value:
+            return sa.false()
+        try:
+            number: int | float = float(value) if kind == "float" else int(value)
+        except OverflowError:
+            return sa.false()
+        if number != value or (kind == "int" and not -(2**63) <= number < 2**63):
+            # No stored value can equal it (2.5 in an int column, 2**64).
+            return sa.false()
+        return column == number
+
+    def scan(
+        self, engine: sa.Engine, query: Query, oldest_first: bool = False
+    ) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest (or oldest) first, fetched in
+        chunks of :data:`SCAN_CHUNK` rows from one streamed result."""
+        if query.limit == 0:
+            return
+        id_column = self.table.c[ID_COLUMN]
+        statement = (
+            sa.select(*(self.table.c[name] for name in self.written))
+            .where(*self.conditions(query, engine.dialect))
+            .order_by(id_column.asc() if oldest_first else id_column.desc())
+        )
+        if query.limit is not None:
+            statement = statement.limit(query.limit)
+        with engine.connect() as connection:
+            # Server-side cursors on PostgreSQL and MariaDB; SQLite steps
+            # through the result as it is fetched.
+            result = connection.execution_options(yield_per=SCAN_CHUNK).execute(statement)
+            try:
+                for part in result.partitions():
+                    yield from self.convert(part)
+            finally:
+                # A caller that stops early leaves a server-side cursor open.
+                result.close()
+
+    def summarize(
+        self, engine: sa.Engine, query: Query, builder: SummaryBuilder, fields: t.Collection[str]
+    ) -> None:
+        """Feed ``builder`` the counts of the rows ``query`` selects, computed
+        in the database (see :class:`_SummarySQL`).
+
+        :param fields: the policy's fields: parts for the others are skipped.
+        """
+        _SummarySQL(self, query, engine.dialect, fields).run(engine, builder)
+
+    def retain(self, engine: sa.Engine, cutoff: datetime | None, max_records: int | None) -> int:
+        """Delete rows dated before ``cutoff`` and all but the newest
+        ``max_records`` (by ``traffic_id``), :data:`RETAIN_BATCH` rows per
+        transaction so writers never wait long; return how many went."""
+        removed = 0
+        if cutoff is not None and "request_date" in self._written_set:
+            removed += self._delete_older(engine, cutoff)
+        if max_records is not None:
+            removed += self._delete_beyond(engine, max_records)
+        return removed
+
+    def _delete_older(self, engine: sa.Engine, cutoff: datetime) -> int:
+        table = self.table
+        id_column = table.c[ID_COLUMN]
+        old = sa.select(id_column).where(table.c["request_date"] < cutoff).limit(RETAIN_BATCH)
+        removed = 0
+        while True:
+            if engine.dialect.name in ("mysql", "mariadb"):
+                # MariaDB and MySQL refuse LIMIT in an IN subquery: fetch the ids.
+                with engine.connect() as connection:
+                    ids = list(connection.execute(old).scalars())
+                if not ids:
+                    break
+                delete = sa.delete(table).where(id_column.in_(ids))
+            else:
+                delete = sa.delete(table).where(id_column.in_(old.scalar_subquery()))
+            with engine.begin() as connection:
+                count = connection.execute(delete).rowcount
+            removed += count
+            if count < RETAIN_BATCH:
+                break
+        return removed
+
+    def _delete_beyond(self, engine: sa.Engine, max_records: int) -> int:
+        table = self.table
+        id_column = table.c[ID_COLUMN]
+        newest_first = sa.select(id_column).order_by(id_column.desc())
+        with engine.connect() as connection:
+            # The oldest row to keep; rows written meanwhile get larger ids.
+            keep_from = connection.execute(newest_first.offset(max_records - 1).limit(1)).scalar()
+        if keep_from is None:
+            return 0
+        batch_ends = (
+            sa.select(id_column)
+            .where(id_column < keep_from)
+            .order_by(id_column.asc())
+            .offset(RETAIN_BATCH - 1)
+            .limit(1)
+        )
+        removed = 0
+        while True:
+            # The id that ends a batch, so each DELETE is one id range. Read
+            # outside the deleting transaction: a SQLite transaction that
+            # reads before it writes fails if another process wrote between.
+            with engine.connect() as connection:
+                batch_end = connection.execute(batch_ends).scalar()
+            below = id_column < keep_from if batch_end is None else id_column <= batch_end
+            with engine.begin() as connection:
+                removed += connection.execute(sa.delete(table).where(below)).rowcount
+            if batch_end is None:
+                return removed
+
+
+def _parse_iso(text: str) -> datetime | None:
+    # The datetime whose read() text is exactly ``text``, else None.
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.utcoffset() != timedelta(0) or _iso(moment) != text:
+        return None
+    return moment
+
+
+def exact_text(expression: sa.ColumnElement[t.Any], dialect: Dialect) -> sa.ColumnElement[t.Any]:
+    """``expression`` compared, grouped and ordered by its bytes, as Python compares
+    str: MariaDB's and MySQL's default collations ignore case and trailing
+    spaces, and PostgreSQL's may order by language rules."""
+    if dialect.name in ("mysql", "mariadb"):
+        return expression.collate(
+            "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+        )
+    if dialect.name == "postgresql":
+        return expression.collate("C")
+    return expression
+
+
+def _double(value: float, dialect: Dialect) -> sa.ColumnElement[float]:
+    """A float constant the database computes with as a double, bit for bit."""
+    if dialect.name in ("mysql", "mariadb"):
+        # A literal with an exponent is a DOUBLE there (without one, a DECIMAL);
+        # 17 significant digits give back the same double.
+        return sa.literal_column(f"{value:.16e}", sa.Double())
+    return sa.cast(sa.literal(value, sa.Double()), sa.Double())
+
+
+def _ensure_ln(connection: sa.Connection) -> None:
+    # SQLite has ln() when built with its math functions (most builds since
+    # 3.35); otherwise Python's, which gives the same value.
+    import sqlite3
+
+    raw: t.Any = connection.connection.driver_connection
+    try:
+        raw.execute("SELECT ln(1.0), floor(1.5)").fetchall()
+    except sqlite3.OperationalError:  # no such function
+        raw.create_function("ln", 1, math.log, deterministic=True)
+        raw.create_function("floor", 1, math.floor, deterministic=True)
+
+
+# Feeds a SummaryBuilder what one summary query found.
+_Feed = Callable[[SummaryBuilder], None]
+_Part = Callable[[sa.Connection], _Feed]
+
+
+class _SummarySQL:
+    """The summary of the rows a query selects, counted by the database.
+
+    A few queries, each one pass over the selected rows: the time span (two
+    index lookups); requests per status, route, ``response_time`` histogram
+    bucket, browser and platform together (few distinct combinations, rolled
+    up in Python); requests per minute; the top paths and referrers, each
+    ranked in the database so only the leaders come back; unique visitors as
+    a ``COUNT`` of distinct (UTC day, address, user agent). Weights are
+    ``SUM(1 / request_sample_rate)``. Only grouped counts reach Python, never
+    a row per request.
+
+    On a SQLite file the queries run two at a time on two connections (SQLite
+    sorts each ``GROUP BY`` on one core); elsewhere one after the other on
+    one connection.
+    """
+
+    def __init__(self, io: TableIO, query: Query, dialect: Dialect, fields: t.Collection[str]):
+        self.dialect = dialect
+        self.fields = frozenset(fields)
+        self.columns = {name: io.table.c[name] for name in io.written}
+        self.conditions = io.conditions(query, dialect)
+        one = _double(1.0, dialect)
+        rate = self.columns.get("request_sample_rate")
+        self.weight: sa.ColumnElement[t.Any] = (
+            one
+            if rate is None
+            else sa.case((rate.is_(None), one), (rate == 0, one), else_=one / rate)
+        )
+
+    # -- running ---------------------------------------------------------------
+
+    def parts(self) -> list[_Part]:
+        """The queries to run, slowest first, each giving what to feed."""
+        parts: list[_Part] = [self._dimensions]
+        if "request_date" in self.columns:
+            parts.append(self._minutes)
+        if self.fields >= _VISITOR_FIELDS:
+            parts.append(self._visitors)
+        for name in ("top_paths", "top_referrers"):
+            if _TOP_FIELDS[name] in self.fields and _TOP_FIELDS[name] in self.columns:
+                parts.append(functools.partial(self._ranked_top, name))
+        parts.append(self._span)
+        return parts
+
+    def run(self, engine: sa.Engine, builder: SummaryBuilder) -> None:
+        """Run every part and feed ``builder`` (in this thread) what they found."""
+        parts = self.parts()
+        if self.dialect.name == "sqlite" and isinstance(engine.pool, sa.pool.QueuePool):
+            with concurrent.futures.ThreadPoolExecutor(2, "flask-traffic-summary") as pool:
+                futures = [pool.submit(self._run_alone, engine, part) for part in parts]
+                feeds = [future.result() for future in futures]
+        else:
+            with engine.connect() as connection:
+                feeds = self._run_all(connection, parts)
+        for feed in feeds:
+            feed(builder)
+
+    def _run_alone(self, engine: sa.Engine, part: _Part) -> _Feed:
+        with engine.connect() as connection:
+            return self._run_all(connection, [part])[0]
+
+    def _run_all(self, connection: sa.Connection, parts: list[_Part]) -> list[_Feed]:
+        if self.dialect.name == "sqlite":
+            _ensure_ln(connection)
+        return [part(connection) for part in parts]
+
+    # -- building blocks --------------------------------------------------------
+
+    def text(self, name: str) -> sa.ColumnElement[t.Any] | None:
+        """The column of a text field, compared by its bytes; None without one."""
+        column = self.columns.get(name)
+        return None if column is None else exact_text(column, self.dialect)
+
+    def digests(self, keys: dict[str, sa.ColumnElement[t.Any]]) -> list[sa.ColumnElement[t.Any]]:
+        """Extra keys that tell long text values apart on MariaDB and MySQL,
+        whose GROUP BY and DISTINCT compare only the first
+        ``max_sort_length`` bytes (1024) of TEXT: two 10 kB user agents that
+        start alike would count as one."""
+        if self.dialect.name not in ("mysql", "mariadb"):
+            return []
+        return [
+            sa.func.sha2(expression, 256).label(f"{name}_digest")
+            for name, expression in keys.items()
+            if isinstance(expression.type, sa.Text)
+        ]
+
+    def grouped(
+        self, connection: sa.Connection, keys: dict[str, sa.ColumnElement[t.Any]]
+    ) -> list[t.Sequence[t.Any]]:
+        """``SUM(weight)`` per distinct ``keys``: rows ``(*keys, weight, sampled)``.
+
+        The keys are computed in a subquery and grouped by name outside it,
+        so expressions with bound parameters group on every database.
+        """
+        inner = (
+            sa.select(
+                *(expression.label(name) for name, expression in keys.items()),
+                *self.digests(keys),
+                self.weight.label("w"),
+            )
+            .where(*self.conditions)
+            .subquery("selected")
+        )
+        # The digests, if any, come after the keys: rows start with the keys.
+        key_columns = [column for column in inner.c if column.name != "w"]
+        one = _double(1.0, self.dialect)
+        statement = sa.select(
+            *key_columns,
+            sa.func.sum(inner.c.w),
+            sa.func.max(sa.case((inner.c.w != one, 1), else_=0)),
+        ).group_by(*key_columns)
+        # No GROUP BY and no row gives one row of NULLs: dropped.
+        return [row for row in connection.execute(statement) if row[-2] is not None]
+
+    # -- the parts ---------------------------------------------------------------
+
+    def _dimensions(self, connection: sa.Connection) -> _Feed:
+        # Status, route, histogram bucket, browser, platform: each has few
+        # distinct values, so one GROUP BY over all of them stays small and
+        # costs one sort instead of four.
+        keys: dict[str, sa.ColumnElement[t.Any]] = {}
+        if "response_status_code" in self.columns:
+            keys["status"] = self.columns["response_status_code"]
+        routes = "request_route" in self.fields
+        if routes and "request_route" in self.columns:
+            keys["route"] = exact_text(self.columns["request_route"], self.dialect)
+        if routes and "response_time" in self.columns:
+            keys["bucket"] = self._bucket(self.columns["response_time"])
+        tops = []
+        for name in ("top_browsers", "top_platforms"):
+            field = _TOP_FIELDS[name]
+            if field in self.fields and field in self.columns:
+                keys[name] = exact_text(self.columns[field], self.dialect)
+                tops.append(name)
+        rows = self.grouped(connection, keys)
+
+        def feed(builder: SummaryBuilder) -> None:
+            statuses: defaultdict[int | None, float] = defaultdict(float)
+            route_counts: defaultdict[str | None, float] = defaultdict(float)
+            buckets: defaultdict[tuple[str | None, int], float] = defaultdict(float)
+            top_counts: dict[str, defaultdict[str, float]] = {n: defaultdict(float) for n in tops}
+            sampled = False
+            for row in rows:
+                key = dict(zip(keys, row, strict=False))
+                weight = row[-2]
+                sampled = sampled or bool(row[-1])
+                code = key.get("status")
+                statuses[None if code is None else int(code)] += weight
+                route = key.get("route")
+                route_counts[route] += weight
+                index = key.get("bucket")
+                if index is not None:
+                    buckets[route, min(int(index), HISTOGRAM_MAX_INDEX)] += weight
+                for name in tops:
+                    value = key[name]
+                    if value is not None:
+                        top_counts[name][value] += weight
+            for code, weight in statuses.items():
+                builder.add_status(code, weight)
+            if routes:
+                for route, weight in route_counts.items():
+                    builder.add_route(_decode_optional_text(route), weight)
+                for (route, index), weight in buckets.items():
+                    builder.add_route_time(_decode_optional_text(route), index, weight)
+            for name, counts in top_counts.items():
+                for value, weight in counts.items():
+                    builder.add_top(name, decode_text(value), weight)
+            builder.set_span(builder.first, builder.last, sampled)
+
+        return feed
+
+    def _bucket(self, time: sa.ColumnElement[t.Any]) -> sa.ColumnElement[t.Any]:
+        # histogram_index() in SQL: the same double operations give the same
+        # bucket; clamped to HISTOGRAM_MAX_INDEX in Python.
+        base = _double(HISTOGRAM_BASE_MS, self.dialect)
+        log_ratio = _double(math.log(HISTOGRAM_RATIO), self.dialect)
+        return sa.case(
+            (time.is_(None), sa.null()),
+            (time < base, 0),
+            else_=sa.func.floor(sa.func.ln(time / base) / log_ratio) + 1,
+        )
+
+    def _minutes(self, connection: sa.Connection) -> _Feed:
+        date = self.columns["request_date"]
+        name = self.dialect.name
+        # "YYYY-MM-DD HH:MM" of the UTC request_date.
+        if name == "postgresql":
+            minute = sa.func.to_char(sa.func.timezone("UTC", date), "YYYY-MM-DD HH24:MI")
+        elif name in ("mysql", "mariadb"):
+            minute = sa.func.date_format(date, "%Y-%m-%d %H:%i")
+        else:
+            # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff" text.
+            minute = sa.func.substr(date, 1, 16)
+        rows = self.grouped(connection, {"minute": minute})
+
+        def feed(builder: SummaryBuilder) -> None:
+            for key, weight, _ in rows:
+                if key is not None:
+                    builder.add_minute(f"{key[:10]}T{key[11:16]}", weight)
+
+        return feed
+
+    def _span(self, connection: sa.Connection) -> _Feed:
+        date = self.columns.get("request_date")
+        if date is None:
+            return lambda builder: None
+        # Two scalar subqueries: each MIN or MAX alone is one index lookup.
+        first, last = connection.execute(
+            sa.select(
+                sa.select(sa.func.min(date)).where(*self.conditions).scalar_subquery(),
+                sa.select(sa.func.max(date)).where(*self.conditions).scalar_subquery(),
+            )
+        ).one()
+
+        def feed(builder: SummaryBuilder) -> None:
+            builder.set_span(_iso(first), _iso(last), builder.sampled)
+
+        return feed
+
+    def _ranked_top(self, name: str, connection: sa.Connection) -> _Feed:
+        # Only the leaders leave the database: the TOP first by (weight,
+        # stored text), and every value tied with them whose stored text may
+        # not sort as its value does (escaped text starts with U+FFFE). The
+        # builder sorts them all by (-weight, value) and keeps TOP.
+        value = exact_text(self.columns[_TOP_FIELDS[name]], self.dialect)
+        digests = self.digests({"value": value})
+        inner = (
+            sa.select(value.label("value"), *digests, self.weight.label("w"))
+            .where(*self.conditions, value.is_not(None))
+            .subquery("selected")
+        )
+        weight = sa.func.sum(inner.c.w)
+        keys = [column for column in inner.c if column.name != "w"]
+        ranked = (
+            sa.select(
+                inner.c.value,
+                weight.label("weight"),
+                sa.func.row_number().over(order_by=(weight.desc(), *keys)).label("n"),
+                sa.func.rank().over(order_by=weight.desc()).label("rank"),
+            )
+            .group_by(*keys)
+            .subquery("ranked")
+        )
+        unordered = ranked.c.value >= _ESCAPED
+        if digests:
+            # Ordered by their first 1024 bytes only, as grouping is.
+            unordered = sa.or_(unordered, sa.func.length(ranked.c.value) > 1000)
+        statement = sa.select(ranked.c.value, ranked.c.weight).where(
+            sa.or_(ranked.c.n <= TOP, sa.and_(ranked.c.rank <= TOP, unordered))
+        )
+        rows = list(connection.execute(statement))
+
+        def feed(builder: SummaryBuilder) -> None:
+            for stored, weight in rows:
+                builder.add_top(name, decode_text(stored), weight)
+
+        return feed
+
+    def _visitors(self, connection: sa.Connection) -> _Feed:
+        date = self.columns.get("request_date")
+        count = 0
+        if date is not None:
+            name = self.dialect.name
+            if name == "postgresql":
+                day = sa.func.to_char(sa.func.timezone("UTC", date), "YYYY-MM-DD")
+            elif name in ("mysql", "mariadb"):
+                day = sa.func.date(date)
+            else:
+                day = sa.func.substr(date, 1, 10)
+            address, agent = (
+                sa.null() if text is None else text
+                for text in (self.text("request_remote_address"), self.text("request_user_agent"))
+            )
+            keys = {"address": address, "agent": agent}
+            distinct = (
+                sa.select(day.label("day"), *(e.label(n) for n, e in keys.items()))
+                .add_columns(*self.digests(keys))
+                .where(*self.conditions, date.is_not(None))
+                .distinct()
+                .subquery("visits")
+            )
+            found = connection.execute(sa.select(sa.func.count()).select_from(distinct)).scalar()
+            count = int(found or 0)
+        return lambda builder: builder.set_visitors(count)
 
 
 _request_date = operator.attrgetter("request_date")

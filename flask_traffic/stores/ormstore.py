@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import typing as t
+from datetime import timedelta
 
 from .._optional import require
 from ..policy import LogPolicy
@@ -66,6 +67,16 @@ class SQLORMStore(_SQLTableStore):
         without Flask-SQLAlchemy.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how ``flask traffic`` commands and log messages name the
+        store; the class name by default.
+    :param max_age: a :class:`~datetime.timedelta`: rows older than this are
+        deleted by the worker, in batches, at most once every
+        ``TRAFFIC_RETENTION_INTERVAL`` seconds.
+    :param max_records: keep only the newest this many rows (by
+        ``traffic_id``); older ones are deleted the same way.
+
+    :meth:`read`, :meth:`summary` and retention run in the database, as
+    :class:`~flask_traffic.stores.SQLStore`'s do.
     """
 
     model: type[t.Any]
@@ -78,12 +89,15 @@ class SQLORMStore(_SQLTableStore):
         log_policy: LogPolicy | None = None,
         *,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMStore")
         import sqlalchemy as sa
         from sqlalchemy.orm import Mapper, Session, scoped_session
 
-        super().__init__(log_policy, sync=sync)
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         if model is None:
             raise TypeError(
                 "SQLORMStore needs a model: pass a declarative model class that uses "

@@ -6,12 +6,15 @@ import logging
 import os
 import typing as t
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .._optional import require
 from ..policy import LogPolicy
+from ..query import Query
 from ..record import TrafficRecord
+from ..summary import SummaryBuilder
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -50,8 +53,16 @@ class _SQLTableStore(Store):
     #: Whether the store made the engine (and so disposes of it at shutdown).
     _owns_engine: bool
 
-    def __init__(self, log_policy: LogPolicy | None, *, sync: bool | None) -> None:
-        super().__init__(log_policy, sync=sync)
+    def __init__(
+        self,
+        log_policy: LogPolicy | None,
+        *,
+        sync: bool | None,
+        name: str | None,
+        max_age: timedelta | None,
+        max_records: int | None,
+    ) -> None:
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         self._engine = None
         self._io = None
         self._owns_engine = False
@@ -88,6 +99,30 @@ class _SQLTableStore(Store):
         with engine.connect() as connection:
             return io.read(connection, limit)
 
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest (or oldest) first, by ``traffic_id``.
+
+        One ``SELECT`` with the window on the indexed ``request_date`` and
+        the ``where`` tests in its ``WHERE`` and ``query.limit`` as its
+        ``LIMIT``, streamed in chunks: exporting millions of rows does not
+        hold them all in memory.
+        """
+        engine, io = self._ready()
+        return io.scan(engine, query, oldest_first)
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
+        """Count in the database: a few ``GROUP BY`` queries whose grouped
+        counts feed ``builder``; no row per request reaches Python."""
+        engine, io = self._ready()
+        io.summarize(engine, query, builder, self.fields)
+
+    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
+        """Delete rows older than ``cutoff`` and all but the newest
+        ``max_records``, in batches of 10,000 rows, each its own short
+        transaction, so writers wait at most one batch."""
+        engine, io = self._ready()
+        return io.retain(engine, cutoff, max_records)
+
     def shutdown(self, timeout: float | None = 10.0) -> None:
         super().shutdown(timeout)
         if self._owns_engine and self._engine is not None:
@@ -119,6 +154,17 @@ class SQLStore(_SQLTableStore):
     :param database_engine: a SQLAlchemy ``Engine`` to use instead; the store
         does not dispose of it.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
+    :param name: how ``flask traffic`` commands and log messages name the
+        store; the class name by default.
+    :param max_age: a :class:`~datetime.timedelta`: rows older than this are
+        deleted by the worker, in batches, at most once every
+        ``TRAFFIC_RETENTION_INTERVAL`` seconds.
+    :param max_records: keep only the newest this many rows (by
+        ``traffic_id``); older ones are deleted the same way.
+
+    :meth:`read` and :meth:`summary` run in the database: the window on the
+    indexed ``request_date`` and the ``where`` tests become the ``WHERE`` of
+    one query, and the summary is counted with ``GROUP BY``.
 
     .. attribute:: database_engine
 
@@ -144,11 +190,14 @@ class SQLStore(_SQLTableStore):
         database_url: str | URL | None = None,
         database_engine: Engine | None = None,
         sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
         import sqlalchemy as sa
 
-        super().__init__(log_policy, sync=sync)
+        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         if database_url is not None and database_engine is not None:
             raise ValueError(
                 "SQLStore takes database_url or database_engine, not both: pass one of them."
