@@ -686,7 +686,11 @@ class FileStore(Store):
                 os.close(snap.fd)
 
     def _window(self, query: Query) -> _Window:
-        cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
+        # Store.query() already starts the window max_age ago; a Query made
+        # without it (fetch()) gets the same floor here.
+        cutoff = None
+        if self.max_age is not None and query.since is None:
+            cutoff = datetime.now(_UTC) - self.max_age
         since = query.since
         if cutoff is not None and (since is None or cutoff > since):
             since = cutoff

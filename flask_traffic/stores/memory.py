@@ -80,7 +80,9 @@ class MemoryStore(Store):
             rows = list(self._rows)
         if not oldest_first:
             rows.reverse()
-        cutoff = self._cutoff()
+        # Store.query() already starts the window max_age ago; a Query made
+        # without it (fetch()) gets the same floor here.
+        cutoff = self._cutoff() if query.since is None else None
         matches = query.matches
         return [
             dict(row)
