@@ -396,6 +396,9 @@ class BatchProcessor:
                     batch, attempt = [], 0
                     self._in_flight = 0
                     self._backing_off = False
+                    # Between batches too: under a steady flow this loop may
+                    # never see an empty queue, and retention must still run.
+                    self._maintenance.run_if_due()
                 for marker in markers:
                     marker.done.set()
                 markers = []

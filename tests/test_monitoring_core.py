@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import typing as t
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -424,3 +425,29 @@ def test_records_older_than_max_age_are_not_given(tmp_path: Path) -> None:
         assert store.summary()["total"] == 1
     finally:
         store.shutdown()
+
+
+def test_maintenance_runs_while_records_keep_coming() -> None:
+    calls: list[float] = []
+
+    def slow_export(records: Sequence[TrafficRecord]) -> None:
+        time.sleep(0.001)
+
+    processor = BatchProcessor(
+        slow_export,
+        schedule_delay=0.01,
+        max_batch_size=8,
+        max_queue_size=1000,
+        maintenance=lambda: calls.append(1),
+        maintenance_interval=0.01,
+    )
+    record = TrafficRecord(start_time_ns=0, duration_ns=0)
+    # Records come faster than the store takes them, so the queue is never
+    # empty: the worker drains batch after batch without a pause.
+    deadline = time.monotonic() + 10
+    while len(calls) < 5 and time.monotonic() < deadline:
+        for _ in range(100):
+            processor.emit(record)
+        time.sleep(0.0005)
+    processor.shutdown(timeout=1)
+    assert len(calls) >= 5
