@@ -440,8 +440,8 @@ def stats_command(
     if as_json:
         # ASCII: lone surrogates from undecodable headers stay valid JSON.
         click.echo(json.dumps(summary, indent=2, ensure_ascii=True))
-        return
-    click.echo("\n".join(_summary_lines(summary, store, note)))
+    else:
+        click.echo("\n".join(_summary_lines(summary, store, note)))
 
 
 # -- flask traffic tail -------------------------------------------------------------------
@@ -686,10 +686,16 @@ class _Destination:
             self.temporary = None
 
     def abandon(self, text: io.TextIOWrapper | None) -> None:
-        if text is not None and self.binary is None:
-            text.detach()
-        elif text is not None:
-            text.close()
+        # Called while an error is on its way out: report that one, not a
+        # second one from flushing what is left.
+        with contextlib.suppress(OSError, ValueError):
+            if text is not None and self.binary is None:
+                text.detach()
+            elif text is not None:
+                text.close()
+        if self.binary is not None:
+            with contextlib.suppress(OSError):
+                self.binary.close()
         if self.temporary is not None:
             self.temporary.unlink(missing_ok=True)
 
@@ -761,6 +767,8 @@ def export_command(
         raise click.ClickException(f"{store.name} could not be read: {exc}") from None
     except OSError as exc:
         destination.abandon(text)
+        if isinstance(exc, BrokenPipeError) and output == "-":
+            raise  # `... -o - | head`: click ends quietly, as other tools do
         raise click.ClickException(f"Could not write {output}: {exc.strerror or exc}.") from None
     except BaseException:
         destination.abandon(text)

@@ -15,7 +15,6 @@ import os
 import pty
 import subprocess
 import sys
-import textwrap
 import typing as t
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -553,29 +552,37 @@ def test_a_failed_export_leaves_the_old_file(
     assert [path.name for path in tmp_path.iterdir() if path.is_file()] == ["kept.csv"]
 
 
-PROGRESS_APP = """
+APP_MODULE = """
 from flask import Flask
 from flask_traffic import Traffic
 from flask_traffic.stores import JSONStore
 
-app = Flask("progress_app", instance_path={instance!r})
+app = Flask("cli_app", instance_path={instance!r})
 Traffic(app, stores=JSONStore(location={data!r}))
 """
 
 
-def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+def flask_command(tmp_path: Path, records: int) -> tuple[list[str], dict[str, str]]:
+    """``flask --app cli_app traffic`` for an app whose JSONStore holds ``records``,
+    to run in a process of its own, and its environment."""
     data = tmp_path / "data"
     app = make_app(tmp_path / "instance")
     traffic = Traffic(app, stores=JSONStore(location=data))
-    for n in range(3):
-        app.test_client().get(f"/item/{n}")
-    traffic.shutdown(app)
-    (tmp_path / "progress_app.py").write_text(
-        textwrap.dedent(PROGRESS_APP.format(instance=str(tmp_path / "i"), data=str(data)))
+    now = datetime.now(UTC)
+    app.extensions["traffic"].stores[0].export(
+        [record_at(now - timedelta(seconds=n), f"/item/{n}") for n in range(records)]
     )
-    command = [sys.executable, "-m", "flask", "--app", "progress_app", "traffic", "export"]
+    traffic.shutdown(app)
+    (tmp_path / "cli_app.py").write_text(
+        APP_MODULE.format(instance=str(tmp_path / "i"), data=str(data))
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "100"}
+    return [sys.executable, "-m", "flask", "--app", "cli_app", "traffic"], env
 
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    flask, env = flask_command(tmp_path, 3)
+    command = [*flask, "export"]
     piped = subprocess.run(
         [*command, "-o", str(tmp_path / "piped.csv")],
         cwd=tmp_path,
@@ -617,6 +624,28 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert b"Exporting JSONStore" in on_terminal
     assert process.stdout.startswith(b"Wrote 3 records from JSONStore")
     assert (tmp_path / "tty.csv").read_bytes() == (tmp_path / "piped.csv").read_bytes()
+
+
+@pytest.mark.parametrize("args", [["export", "--format", "csv", "-o", "-"], ["tail", "-n", "5000"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # As `flask traffic export -o - | head -1` does, with far more than a
+    # pipe holds, so the command is still writing when the reader leaves.
+    flask, env = flask_command(tmp_path, 5000)
+    process = subprocess.Popen(
+        [*flask, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    errors = process.stderr.read()
+    process.stderr.close()
+    code = process.wait(timeout=60)
+    assert first
+    assert errors == b""
+    assert code == 1
 
 
 # -- prune -------------------------------------------------------------------------------
