@@ -1,0 +1,606 @@
+"""SQLStore and SQLORMStore monitoring on SQLite, PostgreSQL and MariaDB:
+read() with since/until/where pushed into SQL, summary() counted in the
+database and equal to the row-by-row summary, and retention in batches,
+also while other threads and processes write."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import time
+import typing as t
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import DeclarativeBase, Session
+
+from flask_traffic import LogPolicy, Traffic, TrafficRecord
+from flask_traffic.stores import SQLORMModelMixin, SQLORMStore, SQLStore, Store, _sqlschema
+from flask_traffic.summary import SummaryBuilder
+
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Long ago: no test here depends on today's date.
+START = datetime(2024, 3, 1, 6, 0, tzinfo=UTC)
+DAYS = 5
+CHROME = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+#: Text a database could mangle, or group, compare or sort unlike Python.
+HOSTILE = [
+    "/nul\x00inside",
+    "/bad\udcffsurrogate",
+    '\ufffe"looks escaped"',
+    "/Case",
+    "/case",
+    "/trail ",
+    "/trail",
+    "/é/漢字/🙂",
+    "/" + "x" * 1500 + "a",
+    "/" + "x" * 1500 + "b",
+]
+# Two user agents alike in their first 3000 characters (MariaDB groups TEXT
+# by its first 1024 bytes unless told otherwise).
+LONG_AGENTS = ["Mozilla/5.0 " + "y" * 3000 + " one", "Mozilla/5.0 " + "y" * 3000 + " two"]
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    table: str
+
+
+@pytest.fixture(params=BACKENDS)
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> Iterator[Database]:
+    """An empty database of each kind and a table name; the table is dropped after."""
+    backend: str = request.param
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url" if backend == "postgresql" else "mariadb_url")
+    yield Database(backend, url, unique_name)
+    engine = sa.create_engine(url)
+    try:
+        sa.Table(unique_name, sa.MetaData()).drop(engine, checkfirst=True)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def stores() -> Iterator[list[Store]]:
+    """Stores a test made; shut down (engines disposed) afterwards."""
+    made: list[Store] = []
+    yield made
+    for store in made:
+        store.shutdown()
+
+
+def sql_store(
+    database: Database, stores: list[Store], tmp_path: Path, **options: t.Any
+) -> SQLStore:
+    """A SQLStore on ``database``'s table, attached to an app of its own."""
+    store = SQLStore(database_url=database.url, database_table_name=database.table, **options)
+    stores.append(store)
+    Traffic(Flask("site", instance_path=str(tmp_path)), stores=store)
+    return store
+
+
+def record(
+    at: datetime,
+    path: str | None = "/",
+    *,
+    status: int | None = 200,
+    route: str | None = "/",
+    address: str | None = "10.0.0.1",
+    agent: str | None = CHROME,
+    referrer: str | None = None,
+    ms: float = 12.0,
+) -> TrafficRecord:
+    """A finished request that started at ``at``."""
+    return TrafficRecord(
+        start_time_ns=(at - EPOCH) // timedelta(microseconds=1) * 1000,
+        duration_ns=round(ms * 1_000_000),
+        request_method="GET",
+        request_path=path,
+        request_route=route,
+        request_remote_address=address,
+        request_user_agent=agent,
+        request_referrer=referrer,
+        response_status_code=status,
+        content_length="123",
+        content_type="text/html; charset=utf-8",
+        response_exception="ValueError('x')" if status is not None and status >= 500 else None,
+    )
+
+
+def dataset() -> tuple[list[TrafficRecord], list[TrafficRecord], list[TrafficRecord]]:
+    """Requests over ``DAYS`` days: (kept whole, sampled at 1/2, sampled at 1/4).
+
+    Busy paths, a dozen paths and the hostile ones tied at the top-10 cut,
+    unmatched routes, 5xx, missing values, response times below the first
+    and above the last histogram bucket, many visitors over several days.
+    """
+    rng = random.Random(5)
+    paths: list[str | None] = [*["/"] * 60, *["/a"] * 30, *["/b"] * 15]
+    paths += [f"/tie/{n}" for n in range(12)] * 3 + HOSTILE * 3
+    paths += [f"/once/{n}" for n in range(40)] + [None] * 3
+    rng.shuffle(paths)
+    agents = [CHROME, "curl/8.5.0", *LONG_AGENTS, None, "Firefox/133.0 \udcff"]
+    referrers = [None, None, "https://example.com/", *HOSTILE[:8]]
+    whole: list[TrafficRecord] = []
+    for n, path in enumerate(paths):
+        at = START + timedelta(
+            minutes=rng.randrange(DAYS * 24 * 60), microseconds=rng.randrange(10**6)
+        )
+        roll = rng.random()
+        status = 500 if roll < 0.08 else 404 if roll < 0.2 else 302 if roll < 0.25 else 200
+        if n % 97 == 0:
+            status = None  # type: ignore[assignment]
+        unmatched = status == 404 or path is None
+        ms = rng.choice([0.004, 10**8, rng.lognormvariate(3, 1), rng.lognormvariate(1, 2)])
+        whole.append(
+            record(
+                at,
+                path,
+                status=status,
+                route=None if unmatched else [*(path or "").split("/"), ""][1] or "/",
+                address=None if n % 53 == 0 else f"10.0.{n % 7}.{n % 11}",
+                agent=rng.choice(agents),
+                referrer=rng.choice(referrers),
+                ms=ms,
+            )
+        )
+    # Sampled requests go to a few paths only, so the ties above stay ties.
+    half = [record(START + timedelta(hours=5 * n + 1), "/a", route="a", ms=30.0) for n in range(20)]
+    quarter = [
+        record(START + timedelta(hours=7 * n + 2), "/sampled", route="sampled", referrer="/Case")
+        for n in range(10)
+    ]
+    return whole, half, quarter
+
+
+def fill(database: Database, stores: list[Store], tmp_path: Path, **options: t.Any) -> SQLStore:
+    """A store on ``database`` holding :func:`dataset`, written as the stores write."""
+    whole, half, quarter = dataset()
+    store = sql_store(database, stores, tmp_path / "main", **options)
+    store.export(whole)
+    for rate, records in ((0.5, half), (0.25, quarter)):
+        sampler = sql_store(
+            database, stores, tmp_path / str(rate), log_policy=LogPolicy(sample_rate=rate)
+        )
+        sampler.export(records)
+    return store
+
+
+def row_summary(store: Store, since: t.Any = None, until: t.Any = None) -> dict[str, t.Any]:
+    """The summary the default path gives: every selected row through the builder."""
+    query = store.query(None, since=since, until=until)
+    builder = SummaryBuilder(query.since, query.until, store.fields)
+    Store.summarize(store, query, builder)
+    return builder.result()
+
+
+WINDOWS = [
+    (None, None),  # five days: per day
+    (START + timedelta(days=1), START + timedelta(days=3)),  # per hour
+    (START + timedelta(days=2), START + timedelta(days=2, minutes=90)),  # per minute
+    ((START + timedelta(days=4)).isoformat(), None),
+    (None, START + timedelta(days=1, hours=3)),
+    (START + timedelta(days=30), None),  # nothing
+]
+
+
+# -- summary ---------------------------------------------------------------------
+
+
+def test_summary_in_the_database_equals_the_row_by_row_summary(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = fill(database, stores, tmp_path)
+    for since, until in WINDOWS:
+        assert store.summary(since, until) == row_summary(store, since, until), (since, until)
+
+    summary = store.summary()
+    whole, half, quarter = dataset()
+    # What a user would check: sampled records count 1/rate each.
+    assert summary["total"] == len(whole) + 2 * len(half) + 4 * len(quarter)
+    assert summary["sampled"] is True
+    assert summary["bucket"] == "day"
+    assert summary["errors"] == sum(r.response_status_code == 500 for r in whole)
+    top_paths = [entry["value"] for entry in summary["top_paths"]]
+    assert top_paths[:4] == ["/a", "/", "/sampled", "/b"]
+    # 22 paths tied at 3 requests for 6 places: the first by value, as
+    # Python orders str (escaped and 1,500-character values included).
+    assert top_paths[4:] == sorted([*HOSTILE, *(f"/tie/{n}" for n in range(12))])[:6]
+    routes = {entry["route"]: entry for entry in summary["routes"]}
+    assert None in routes
+    assert routes["a"]["count"] == sum(r.request_route == "a" for r in whole) + 2 * len(half)
+    # 10**8 ms lands in the last bucket, 0.004 ms in the first.
+    assert max(entry["p99"] for entry in summary["routes"]) > 10**6
+    assert summary["unique_visitors"] > DAYS
+    day = store.summary(START + timedelta(days=2), START + timedelta(days=3))
+    assert day["bucket"] == "hour"
+    assert day["total"] < summary["total"]
+
+
+def test_summary_keeps_long_and_hostile_values_apart(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = sql_store(
+        database, stores, tmp_path, log_policy=LogPolicy(max_request_path_length=4000)
+    )
+    at = START
+    records = [
+        record(at, path, agent=agent, referrer=path, address="10.1.1.1")
+        for path in HOSTILE
+        for agent in LONG_AGENTS
+    ]
+    store.export(records)
+    summary = store.summary()
+    assert summary == row_summary(store)
+    # One address, one day, two user agents that differ after 3000 characters.
+    assert summary["unique_visitors"] == 2
+    assert {entry["value"]: entry["count"] for entry in summary["top_paths"]} == {
+        path: 2 for path in sorted(HOSTILE)[:10]
+    }
+
+
+def test_summary_skips_what_the_policy_leaves_out(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    policy = LogPolicy().set_from_false(request_date=True, response_status_code=True)
+    store = sql_store(database, stores, tmp_path, log_policy=policy)
+    store.export(dataset()[0])
+    summary = store.summary()
+    assert summary == row_summary(store)
+    assert summary["routes"] is None
+    assert summary["top_paths"] is None
+    assert summary["unique_visitors"] is None
+    assert summary["total"] == len(dataset()[0])
+
+
+def test_summary_of_an_empty_table(database: Database, stores: list[Store], tmp_path: Path) -> None:
+    store = sql_store(database, stores, tmp_path)
+    assert store.summary() == row_summary(store)
+    assert store.summary()["total"] == 0
+
+
+# -- read ------------------------------------------------------------------------------
+
+
+QUERIES: list[dict[str, t.Any]] = [
+    {"since": START + timedelta(days=3)},
+    {"until": START + timedelta(days=1)},
+    {"since": START + timedelta(days=1), "until": (START + timedelta(days=1, hours=6)).isoformat()},
+    {"where": {"response_status_code": 500}},
+    {"where": {"response_status_code": 500.0}},
+    {"where": {"response_status_code": "500"}},
+    {"where": {"response_status_code": None}},
+    {"where": {"request_route": None, "response_status_code": 404}},
+    {"where": {"request_referrer": None}},
+    {"where": {"request_user_agent": LONG_AGENTS[1]}},
+    {"where": {"request_sample_rate": 0.25}},
+    {"where": {"response_time": 0.004}},
+    {"where": {"response_size": 123.5}},
+    {"where": {"response_size": 2**70}},
+    {"where": {"request_path": "/nowhere"}},
+    *({"where": {"request_path": path}} for path in HOSTILE),
+    *(
+        {"where": {"request_referrer": path}, "since": START + timedelta(days=2)}
+        for path in HOSTILE
+    ),
+]
+
+
+def test_read_selects_what_the_query_selects(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = fill(database, stores, tmp_path)
+    everything = store.read(100_000)
+    assert len(everything) == sum(map(len, dataset()))
+    one = everything[17]
+    queries = [
+        *QUERIES,
+        {"where": {"request_date": one["request_date"]}},
+        {"where": {"request_date": one["request_date"].replace("+00:00", "Z")}},
+        {"where": {"response_time": one["response_time"]}},
+    ]
+    for arguments in queries:
+        query = store.query(None, **arguments)
+        expected = [row for row in everything if query.matches(row)]
+        for limit in (1, 5, 1000):
+            assert store.read(limit, **arguments) == expected[:limit], (arguments, limit)
+        oldest_first = list(store.scan(query, oldest_first=True))
+        assert oldest_first == expected[::-1], arguments
+    # Hostile values match only themselves: not "/case", not "/trail".
+    assert {row["request_path"] for row in store.read(where={"request_path": "/Case"})} == {"/Case"}
+    assert {row["request_path"] for row in store.read(where={"request_path": "/trail "})} == {
+        "/trail "
+    }
+    assert store.read(where={"request_date": one["request_date"]})[0] == one
+
+
+def test_read_puts_window_filter_and_limit_into_the_sql(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = fill(database, stores, tmp_path)
+    engine = store.database_engine
+    assert engine is not None
+    statements: list[str] = []
+
+    def capture(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        rows = store.read(3, since=START + timedelta(days=1), where={"response_status_code": 200})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert len(rows) == 3
+    (select,) = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert "request_date >=" in select
+    assert "response_status_code =" in select
+    assert "LIMIT" in select.upper()
+
+
+def test_scan_streams_a_large_table_and_can_stop_early(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = sql_store(database, stores, tmp_path)
+    count = 2 * _sqlschema.SCAN_CHUNK + 7
+    store.export([record(START + timedelta(seconds=n), f"/{n}") for n in range(count)])
+    query = store.query()
+    newest = store.scan(query)
+    assert next(newest)["request_path"] == f"/{count - 1}"
+    # Abandoned after one row: the cursor is closed (a leak would warn, and
+    # warnings fail the tests).
+    del newest
+    paths = [row["request_path"] for row in store.scan(query, oldest_first=True)]
+    assert paths == [f"/{n}" for n in range(count)]
+
+
+# -- retention ----------------------------------------------------------------------------
+
+
+def count_rows(store: SQLStore) -> int:
+    engine = store.database_engine
+    assert engine is not None
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count()).select_from(store.database_log_table)
+            ).scalar_one()
+        )
+
+
+def test_retain_by_age_deletes_in_batches_and_keeps_the_rest(
+    database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 7)
+    store = sql_store(database, stores, tmp_path)
+    cutoff = START + timedelta(days=2)
+    old = [record(cutoff - timedelta(minutes=n + 1), f"/old/{n}") for n in range(50)]
+    new = [record(cutoff + timedelta(microseconds=n), f"/new/{n}") for n in range(30)]
+    store.export(old[:25] + new[:15] + old[25:] + new[15:])
+    assert store.retain(cutoff, None) == 50
+    assert sorted(row["request_path"] for row in store.read()) == sorted(
+        f"/new/{n}" for n in range(30)
+    )
+    # The record exactly at the cutoff stays: only older ones go.
+    assert store.read(where={"request_path": "/new/0"})[0]["request_date"] == cutoff.isoformat(
+        timespec="microseconds"
+    )
+    assert store.retain(cutoff, None) == 0
+
+
+def test_retain_by_count_keeps_the_newest(
+    database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 7)
+    store = sql_store(database, stores, tmp_path)
+    store.export([record(START, f"/{n}") for n in range(60)])
+    assert store.retain(None, 100) == 0
+    assert store.retain(None, 25) == 35
+    assert [row["request_path"] for row in store.read()] == [f"/{n}" for n in range(59, 34, -1)]
+    assert store.retain(None, 25) == 0
+    assert store.retain(None, 1) == 24
+    assert [row["request_path"] for row in store.read()] == ["/59"]
+
+
+def test_max_age_and_max_records_apply_on_prune(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    store = sql_store(
+        database, stores, tmp_path, name="hits", max_age=timedelta(days=1), max_records=10
+    )
+    assert store.name == "hits"
+    now = datetime.now(UTC)
+    store.export([record(now - timedelta(days=2, minutes=n), f"/old/{n}") for n in range(5)])
+    store.export([record(now - timedelta(minutes=n), f"/new/{n}") for n in range(15, 0, -1)])
+    # The worker may have pruned some already: it applies the limits at once.
+    store.prune()
+    assert [row["request_path"] for row in store.read()] == [f"/new/{n}" for n in range(1, 11)]
+    assert count_rows(store) == 10
+    assert store.prune() == 0
+
+
+def test_orm_store_queries_summarizes_and_prunes(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    model = type("Hit", (Base, SQLORMModelMixin), {"__tablename__": database.table})
+    engine = sa.create_engine(database.url)
+    Base.metadata.create_all(engine)
+    session = Session(engine)
+    try:
+        store = SQLORMStore(model, db_session=session, name="orm")
+        limited = SQLORMStore(model, db_session=session, max_age=timedelta(days=1), max_records=5)
+        stores.extend([store, limited])
+        Traffic(Flask("orm", instance_path=str(tmp_path)), stores=[store, limited])
+        whole = dataset()[0]
+        store.export(whole)
+        assert store.name == "orm"
+        for since, until in WINDOWS:
+            assert store.summary(since, until) == row_summary(store, since, until)
+        assert store.summary()["total"] == len(whole)
+        since = START + timedelta(days=2)
+        expected = [
+            row
+            for row in store.read(100_000)
+            if row["request_date"] >= since.isoformat() and row["response_status_code"] == 200
+        ]
+        assert len(expected) > 5
+        assert store.read(5, since=since, where={"response_status_code": 200}) == expected[:5]
+        # The dataset is older than max_age; of the rest, the newest 5 stay.
+        now = datetime.now(UTC)
+        limited.export([record(now - timedelta(minutes=n), f"/fresh/{n}") for n in range(9, 0, -1)])
+        limited.prune()
+        assert [row["request_path"] for row in store.read()] == [f"/fresh/{n}" for n in range(1, 6)]
+        assert limited.prune() == 0
+    finally:
+        session.close()
+        engine.dispose()
+
+
+# -- retention racing with writers ----------------------------------------------------------
+
+
+def _write_from_a_process(url: str, table: str, instance: str, number: int, count: int) -> None:
+    # Another app process: writes fresh and expired records, in batches.
+    store = SQLStore(database_url=url, database_table_name=table)
+    Traffic(Flask(f"p{number}", instance_path=instance), stores=store)
+    now = datetime.now(UTC)
+    try:
+        for start in range(0, count, 20):
+            store.export(
+                [record(now, f"/p{number}/{n}") for n in range(start, start + 20)]
+                + [record(now - timedelta(days=3), f"/expired/p{number}/{n}") for n in range(5)]
+            )
+    finally:
+        store.shutdown()
+
+
+def test_retention_by_age_racing_with_threads_and_processes_loses_nothing_fresh(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    app = Flask("site", instance_path=str(tmp_path))
+    app.config.update(TRAFFIC_RETENTION_INTERVAL=0.005, TRAFFIC_SCHEDULE_DELAY=0.005)
+    app.config["TRAFFIC_MAX_BATCH_SIZE"] = 8
+    app.add_url_rule("/<path:rest>", "any", lambda rest: rest)
+    store = SQLStore(
+        database_url=database.url, database_table_name=database.table, max_age=timedelta(days=1)
+    )
+    stores.append(store)
+    Traffic(app, stores=store)
+    expired_writer = sql_store(database, stores, tmp_path / "old")
+    context = multiprocessing.get_context("spawn")
+    per_process = 200
+    processes = [
+        context.Process(
+            target=_write_from_a_process,
+            args=(database.url, database.table, str(tmp_path / f"p{n}"), n, per_process),
+        )
+        for n in range(2)
+    ]
+    for process in processes:
+        process.start()
+
+    def requests(thread: int) -> None:
+        client = app.test_client()
+        for n in range(150):
+            client.get(f"/t{thread}/{n}")
+            if n % 10 == 0:
+                expired_writer.export(
+                    [record(datetime.now(UTC) - timedelta(days=2), f"/expired/t{thread}/{n}")]
+                )
+
+    threads = [threading.Thread(target=requests, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for process in processes:
+        process.join(180)
+        assert process.exitcode == 0
+    store.prune()
+    paths = {row["request_path"] for row in store.read(100_000)}
+    assert paths == {f"/t{t}/{n}" for t in range(3) for n in range(150)} | {
+        f"/p{p}/{n}" for p in range(2) for n in range(per_process)
+    }
+    assert store.stats()["failed_exports"] == 0
+
+
+def test_retention_by_count_racing_with_writers_never_drops_below_the_limit(
+    database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 13)
+    app = Flask("site", instance_path=str(tmp_path))
+    app.config.update(TRAFFIC_RETENTION_INTERVAL=0.005, TRAFFIC_SCHEDULE_DELAY=0.005)
+    app.config["TRAFFIC_MAX_BATCH_SIZE"] = 8
+    app.add_url_rule("/<path:rest>", "any", lambda rest: rest)
+    limit = 60
+    store = SQLStore(
+        database_url=database.url, database_table_name=database.table, max_records=limit
+    )
+    stores.append(store)
+    Traffic(app, stores=store)
+    counts: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            counts.append(count_rows(store))
+
+    def requests(thread: int) -> None:
+        client = app.test_client()
+        for n in range(150):
+            client.get(f"/t{thread}/{n}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=requests, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    app.test_client().get("/last")
+    store.flush()
+    done.set()
+    watcher.join(130)
+    store.prune()
+    reached = counts.index(next(c for c in counts if c >= limit))
+    assert min(counts[reached:]) >= limit
+    assert max(counts) < 450  # retention did run while they wrote
+    rows = store.read(100_000)
+    assert len(rows) == limit
+    # The newest by traffic_id are kept.
+    assert rows[0]["request_path"] == "/last"
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def test_retention_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_age"):
+        SQLStore(location=tmp_path, max_age=timedelta(0))
+    with pytest.raises(ValueError, match="max_records"):
+        SQLStore(location=tmp_path, max_records=0)
+    with pytest.raises(ValueError, match="name"):
+        SQLStore(location=tmp_path, name="")
+    store = SQLStore(location=tmp_path, name="db", max_records=5)
+    assert store.supports_retention
+    assert store.name == "db"
