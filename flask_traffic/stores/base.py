@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import logging
 import sys
+import threading
 import time
 import typing as t
 from collections.abc import Iterator, Mapping, Sequence
@@ -101,6 +102,8 @@ class Store(abc.ABC):
         self.max_records = max_records
         self._name = name
         self._last_retention = 0.0
+        # prune() holds it while it runs; the worker's pass skips meanwhile.
+        self._retention_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} fields={len(self.log_policy.enabled_fields)}>"
@@ -299,8 +302,13 @@ class Store(abc.ABC):
         """
         if self.max_age is None and self.max_records is None:
             return 0
-        self.flush(_READ_FLUSH_TIMEOUT)
-        return self._retain_now()
+        # Taken before the flush: the flush wakes the worker, whose retention
+        # pass is often due (it is due at once in a new process, as in a
+        # `flask traffic prune`); it would race this one and leave it a
+        # count of 0.
+        with self._retention_lock:
+            self.flush(_READ_FLUSH_TIMEOUT)
+            return self._retain_now()
 
     def _retain_now(self) -> int:
         cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
@@ -311,8 +319,14 @@ class Store(abc.ABC):
         return removed
 
     def _maintain(self) -> None:
-        # Called by the processor at most once per retention interval.
-        self._retain_now()
+        # Called by the processor at most once per retention interval; a
+        # prune() running now does the work.
+        if not self._retention_lock.acquire(blocking=False):
+            return
+        try:
+            self._retain_now()
+        finally:
+            self._retention_lock.release()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued for this store.
