@@ -846,3 +846,24 @@ def test_help_lists_the_commands(site: Site) -> None:
     for command in ("stats", "tail", "export", "prune"):
         assert f"  {command} " in result.stdout
     assert "--max-polls" not in site.run("tail", "--help").stdout
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_prune_counts_what_it_removes_with_the_worker_running(tmp_path: Path, kind: str) -> None:
+    # The store's worker runs a due retention pass as soon as the command's
+    # flush wakes it; the command must still report what was removed.
+    app = make_app(tmp_path / "instance")
+    app.config["TRAFFIC_SCHEDULE_DELAY"] = 5.0
+    week = timedelta(days=7)
+    store: Store = (
+        SQLStore(location=tmp_path, max_age=week) if kind == "sqlite" else MemoryStore(max_age=week)
+    )
+    traffic = Traffic(app, stores=store)
+    now = datetime.now(UTC)
+    store.export([record_at(now - timedelta(days=d), f"/{d}") for d in reversed(range(10))])
+    result = app.test_cli_runner().invoke(args=["traffic", "prune"])
+    rows = store.read()
+    traffic.shutdown(app)
+    limits = "max_age 1w" + (", max_records 10,000" if kind == "memory" else "")
+    assert result.stdout == f"{store.name}: removed 3 records ({limits}).\n"
+    assert len(rows) == 7
