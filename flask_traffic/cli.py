@@ -496,22 +496,25 @@ class _Follower:
     def start(self) -> None:
         """Take what is there now as seen."""
         newest = self.store.read(1)
-        self.newest = newest[0]["request_date"] if newest else None
+        self.newest = newest[0].get("request_date") if newest else None
         for row in self._rows():
-            self.seen[_row_key(row)] = row["request_date"]
+            self.mark(row)
+
+    def mark(self, row: Mapping[str, t.Any]) -> bool:
+        """Take ``row`` as seen; ``False`` if it already was."""
+        key = _row_key(row)
+        if key in self.seen:
+            return False
+        # A row without a date ("" sorts first) is forgotten at the next poll.
+        date = row.get("request_date") or ""
+        self.seen[key] = date
+        if date and (self.newest is None or date > self.newest):
+            self.newest = date
+        return True
 
     def poll(self) -> list[dict[str, t.Any]]:
         """The rows not seen before, in the order the store gives them."""
-        fresh = []
-        for row in self._rows():
-            key = _row_key(row)
-            if key in self.seen:
-                continue
-            date = row["request_date"]
-            self.seen[key] = date
-            fresh.append(row)
-            if date is not None and (self.newest is None or date > self.newest):
-                self.newest = date
+        fresh = [row for row in self._rows() if self.mark(row)]
         cutoff = self._since()
         if cutoff is not None:
             self.seen = {key: date for key, date in self.seen.items() if date >= cutoff}
@@ -552,12 +555,17 @@ def tail_command(
     if note:
         click.echo(f"==> {store.name} <== ({note})", err=True)
     with _readable(store):
+        # Started before the first lines are read, so that a request
+        # recorded in between is printed once: with them or after them.
+        follower = _Follower(store) if follow else None
+        if follower is not None:
+            follower.start()
         for row in reversed(store.read(count) if count else []):
             click.echo(_log_line(row))
-        if not follow:
+            if follower is not None:
+                follower.mark(row)
+        if follower is None:
             return
-        follower = _Follower(store)
-        follower.start()
         polls = 0
         try:
             while max_polls is None or polls < max_polls:
