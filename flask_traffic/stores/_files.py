@@ -308,6 +308,20 @@ def _first_dated(rows: list[t.Any], test: Callable[[str], bool]) -> int | None:
 
 _LOG_RATIO = math.log(HISTOGRAM_RATIO)
 
+#: The fields a summary reads.
+SUMMARY_FIELDS = frozenset(
+    {
+        "request_date",
+        "request_route",
+        "request_remote_address",
+        "request_user_agent",
+        "request_sample_rate",
+        "response_status_code",
+        "response_time",
+        *_TOP_FIELDS.values(),
+    }
+)
+
 
 def _histogram_indexes(times: list[float]) -> t.Iterable[int]:
     """``map(histogram_index, times)``, the same arithmetic a step at a time
@@ -576,9 +590,10 @@ class FileStore(Store):
         return [self.decode(raw, header) for raw in split_records(block, self._quoted_records)]
 
     def decode_stored(self, block: bytes, header: bytes) -> list[t.Any]:
-        """Like :meth:`decode_block`, but rows may hold fields the policy
-        leaves out (a summary reads only the enabled ones): skips building
-        new dicts where a store can."""
+        """Like :meth:`decode_block`, for summaries: rows may hold fields
+        the policy leaves out (a summary reads only enabled ones) and may
+        leave out fields a summary does not read (only
+        :data:`SUMMARY_FIELDS` are needed), so a store can skip work."""
         return self.decode_block(block, header)
 
     # -- writing -------------------------------------------------------------

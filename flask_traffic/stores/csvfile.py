@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
-from ._files import FileStore, encode_lines, field_encoders, split_records
+from ._files import SUMMARY_FIELDS, FileStore, encode_lines, field_encoders, split_records
 
 __all__ = ["CSVStore"]
 
@@ -188,16 +188,55 @@ class CSVStore(FileStore):
             return [self.decode(raw, header) for raw in split_records(block, quoted=True)]
         return rows
 
-    def _rows_of(self, block: bytes, header: bytes) -> list[dict[str, t.Any] | None] | None:
-        """The rows of whole records, ``None`` if csv cannot split them."""
+    def decode_stored(self, block: bytes, header: bytes) -> list[t.Any]:
+        # Only what a summary reads: a third fewer cells to parse.
+        rows = self._rows_of(block, header, self._summary_fields())
+        if rows is None:
+            return self.decode_block(block, header)
+        return rows
+
+    def _summary_fields(self) -> tuple[str, ...]:
+        return tuple(name for name in self.fields if name in SUMMARY_FIELDS)
+
+    def _rows_of(
+        self, block: bytes, header: bytes, fields: tuple[str, ...] | None = None
+    ) -> list[dict[str, t.Any] | None] | None:
+        """The rows of whole records (of ``fields``, by default the enabled
+        ones), ``None`` if csv cannot split them."""
         names = header.decode("ascii", "replace").strip().split(",")
         parsers = [_PARSER_FOR_FIELD.get(name) for name in names]
-        fields = self.fields
+        if fields is None:
+            fields = self.fields
         try:
             text = block.decode("utf-8", "surrogatepass")
             records = list(csv.reader(io.StringIO(text, newline="")))
         except (csv.Error, UnicodeDecodeError):
             return None
+        width = len(names)
+        if any(len(cells) != width for cells in records):
+            return self._rows_one_by_one(records, names, parsers, fields)
+        # A column at a time: one comprehension per field instead of a
+        # Python loop over every cell.
+        columns = dict(zip(names, zip(*records, strict=True), strict=True)) if records else {}
+        count = len(records)
+        if not fields:
+            return [{} for _ in records]
+        values = []
+        for name in fields:
+            column = columns.get(name)
+            parse = _PARSER_FOR_FIELD.get(name)
+            values.append(
+                [None] * count if column is None or parse is None else _parse_column(column, parse)
+            )
+        return [dict(zip(fields, row, strict=True)) for row in zip(*values, strict=True)]
+
+    def _rows_one_by_one(
+        self,
+        records: list[list[str]],
+        names: list[str],
+        parsers: list[Callable[[str], t.Any] | None],
+        fields: tuple[str, ...],
+    ) -> list[dict[str, t.Any] | None]:
         rows: list[dict[str, t.Any] | None] = []
         for cells in records:
             if len(cells) != len(names):
@@ -214,3 +253,23 @@ class CSVStore(FileStore):
                     stored[name] = None
             rows.append({name: stored.get(name) for name in fields})
         return rows
+
+
+def _parse_column(column: tuple[str, ...], parse: Callable[[str], t.Any]) -> list[t.Any]:
+    """The cells of one column as values: an empty cell is ``None``."""
+    if parse is _text:
+        return [(cell[1:] if cell[0] == _ESCAPE else cell) if cell else None for cell in column]
+    try:
+        return [parse(cell) if cell else None for cell in column]
+    except ValueError:
+        return [_parse_or_none(cell, parse) for cell in column]
+
+
+def _parse_or_none(cell: str, parse: Callable[[str], t.Any]) -> t.Any:
+    if not cell:
+        return None
+    try:
+        return parse(cell)
+    except ValueError:
+        # Older files hold "None" or text where a number belongs.
+        return None
