@@ -341,6 +341,26 @@ def test_retention_by_count_keeps_the_newest(make: StoreMaker, kind: str) -> Non
 
 
 @pytest.mark.parametrize("kind", ["json", "csv"])
+def test_the_live_file_counts_toward_max_records(make: StoreMaker, kind: str) -> None:
+    store = make(kind, max_records=10)
+    assert isinstance(store, FileStore)
+    for batch in range(2):
+        store.export([record(NOW, f"/{batch}/{n}") for n in range(8)])
+        assert store.prune() == 0
+    # 4 records: not enough to rotate the live file, enough with the 8 of
+    # the newer rotated file to make the oldest one outside max_records.
+    store.export([record(NOW, f"/2/{n}") for n in range(4)])
+    assert store.prune() == 8
+    assert len(store.rotated_files()) == 1
+    assert store.path.exists()
+    store.export([record(NOW, "/2/4")])  # counted from where the last count stopped
+    assert store.prune() == 0
+    assert paths(store.read()) == [f"/2/{n}" for n in reversed(range(5))] + [
+        f"/1/{n}" for n in reversed(range(3, 8))
+    ]
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
 def test_retention_in_the_worker(make: StoreMaker, tmp_path: Path, kind: str) -> None:
     app = Flask("worker", instance_path=str(tmp_path))
     app.config["TRAFFIC_RETENTION_INTERVAL"] = 0.01

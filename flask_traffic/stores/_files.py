@@ -55,6 +55,7 @@ _UTC = timezone.utc
 _STAMP = "%Y-%m-%dT%H%M%S"
 _REOPEN_TRIES = 100
 _CACHED_FILES = 256
+_HEAD = 64
 _MINUTE = operator.itemgetter(slice(0, 16))
 _DAY = operator.itemgetter(slice(0, 10))
 
@@ -513,10 +514,12 @@ class FileStore(Store):
         self._path: Path | None = None
         # flock does not keep two threads of one process apart: this does.
         self._write_lock = threading.Lock()
-        # Record counts and newest dates of files, by (device, inode, size):
-        # files only grow, and rotated ones never change.
-        self._counts: dict[tuple[tuple[int, int], int], int] = {}
-        self._newest: dict[tuple[tuple[int, int], int], str | None] = {}
+        # Record counts of files, by (device, inode): (size counted, count,
+        # the file's first bytes).
+        self._counts: dict[tuple[int, int], tuple[int, int, bytes]] = {}
+        # Newest dates of files, by (device, inode) and size: files only
+        # grow, and rotated ones never change.
+        self._newest: dict[tuple[tuple[int, int], int, bytes], str | None] = {}
 
     @property
     def path(self) -> Path:
@@ -844,17 +847,25 @@ class FileStore(Store):
                 yield rows
 
     def _count(self, snap: _Snapshot) -> int:
-        key = (snap.ident, snap.size)
-        count = self._counts.get(key)
-        if count is None:
-            quoted = self._quoted_records
-            count = sum(
-                _count_records(block, quoted)
-                for block in _blocks_forward(snap.fd, snap.start, snap.size, quoted)
-            )
-            if len(self._counts) > _CACHED_FILES:
-                self._counts.clear()
-            self._counts[key] = count
+        """How many records ``snap`` holds, counting only what was appended
+        since the last count of the same file (files only grow)."""
+        start, count = snap.start, 0
+        # The first record's start (its date, to the microsecond) tells a
+        # file from a new one that got a deleted file's inode.
+        head = os.pread(snap.fd, _HEAD, snap.start)
+        known = self._counts.get(snap.ident)
+        if known is not None and known[2] == head[: len(known[2])] and known[0] <= snap.size:
+            start, count = known[0], known[1]
+            if start == snap.size:
+                return count
+        quoted = self._quoted_records
+        count += sum(
+            _count_records(block, quoted)
+            for block in _blocks_forward(snap.fd, start, snap.size, quoted)
+        )
+        if len(self._counts) > _CACHED_FILES:
+            self._counts.clear()
+        self._counts[snap.ident] = (max(snap.size, start), count, head)
         return count
 
     def _first_date(self, snap: _Snapshot) -> str | None:
@@ -872,7 +883,7 @@ class FileStore(Store):
         return None
 
     def _newest_date(self, snap: _Snapshot) -> str | None:
-        key = (snap.ident, snap.size)
+        key = (snap.ident, snap.size, os.pread(snap.fd, _HEAD, snap.start))
         if key not in self._newest:
             newest: str | None = None
             for block in _blocks_forward(snap.fd, snap.start, snap.size, self._quoted_records):
