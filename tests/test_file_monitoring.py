@@ -196,23 +196,37 @@ def test_since_reads_only_the_end_of_a_large_file(
             [record(old + timedelta(seconds=batch * 1000 + n), f"/old/{n}") for n in range(1000)]
         )
     store.export([record(NOW - timedelta(minutes=5, seconds=n), f"/new/{n}") for n in range(30)])
+    # Before the window, but not by more than LATE_WRITE_SLACK (written
+    # late): read, left out, and the scan goes on past them.
+    store.export(
+        [record(NOW - timedelta(minutes=61, seconds=15 * n), f"/near/{n}") for n in range(200)]
+    )
+    store.export(
+        [record(NOW - timedelta(minutes=4, seconds=n), f"/new/{n}") for n in range(30, 60)]
+    )
     assert isinstance(store, FileStore)
     size = store.path.stat().st_size
     reads = _CountingReads()
     monkeypatch.setattr(os, "pread", reads)
 
     since = NOW - timedelta(hours=1)
-    assert paths(store.read(since=since)) == [f"/new/{n}" for n in reversed(range(30))]
+    assert paths(store.read(since=since)) == [f"/new/{n}" for n in reversed(range(60))]
     assert reads.bytes < size / 20
     reads.bytes = 0
-    assert store.summary(since=since)["total"] == 30
+    assert store.summary(since=since)["total"] == 60
     assert reads.bytes < size / 20
     reads.bytes = 0
     assert len(store.read(10)) == 10
     assert reads.bytes < size / 20
+    # Oldest first: found from the end too, then read forward from there.
+    reads.bytes = 0
+    assert paths(store.scan(store.query(since=since), oldest_first=True)) == [
+        f"/new/{n}" for n in range(60)
+    ]
+    assert reads.bytes < size / 10
     # Without a window everything is read, which is what makes the above mean something.
     reads.bytes = 0
-    assert store.summary()["total"] == 20_030
+    assert store.summary()["total"] == 20_260
     assert reads.bytes >= size
 
 
@@ -338,6 +352,26 @@ def test_retention_by_count_keeps_the_newest(make: StoreMaker, kind: str) -> Non
     store.export([record(NOW, "/live")])
     assert paths(store.read()) == ["/live", *newest[:9]]
     assert paths(store.scan(store.query(), oldest_first=True)) == [*newest[:9][::-1], "/live"]
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_oldest_first_gives_the_newest_first_rows_reversed(make: StoreMaker, kind: str) -> None:
+    # Large enough for several blocks each way, which do not line up.
+    store = make(kind, max_records=1500)
+    store.export([record(NOW - timedelta(seconds=4000 - n), f"/{n}") for n in range(4000)])
+    windows: list[dict[str, t.Any]] = [
+        {},
+        {"since": NOW - timedelta(seconds=1000)},
+        {"until": NOW - timedelta(seconds=700)},
+    ]
+    for window, count in zip(windows, (1500, 1000, 800), strict=True):
+        query = store.query(**window)
+        newest_first = paths(store.scan(query))
+        assert len(newest_first) == count
+        assert paths(store.scan(query, oldest_first=True)) == newest_first[::-1]
+    assert paths(store.scan(store.query(), oldest_first=True)) == [
+        f"/{n}" for n in range(2500, 4000)
+    ]
 
 
 @pytest.mark.parametrize("kind", ["json", "csv"])

@@ -181,6 +181,19 @@ def _blocks_backwards(fd: int, start: int, size: int, quoted: bool) -> Iterator[
     """The whole records between ``start`` and ``size``, in blocks, the end
     of the file first; each block is whole records in file order.
 
+    (:func:`_placed_blocks_backwards` also says where each block starts.)
+    """
+    for _, block in _placed_blocks_backwards(fd, start, size, quoted):
+        yield block
+
+
+def _placed_blocks_backwards(
+    fd: int, start: int, size: int, quoted: bool
+) -> Iterator[tuple[int, bytes]]:
+    """``(offset, block)``: the whole records between ``start`` and ``size``,
+    in blocks, the end of the file first; each block is whole records in file
+    order, starting at ``offset``.
+
     Reads backwards in chunks, so a caller that stops early reads only the
     end of the file: the cost depends on how far back it goes, not on the
     size of the file. The first chunk is small (a short ``read()`` is quick),
@@ -196,7 +209,7 @@ def _blocks_backwards(fd: int, start: int, size: int, quoted: bool) -> Iterator[
         step = min(step * 4, _BLOCK)
         if pos == start:
             if data:
-                yield data
+                yield start, data
             return
         cut = _first_boundary(data, quoted)
         if cut == -1:
@@ -204,7 +217,7 @@ def _blocks_backwards(fd: int, start: int, size: int, quoted: bool) -> Iterator[
             continue
         pending = data[:cut]
         if cut < len(data):
-            yield data[cut:]
+            yield pos + cut, data[cut:]
 
 
 def _blocks_forward(fd: int, start: int, size: int, quoted: bool) -> Iterator[bytes]:
@@ -812,39 +825,77 @@ class FileStore(Store):
         decode: Callable[[bytes, bytes], list[t.Any]],
         quoted: bool,
     ) -> Iterator[list[t.Any]]:
-        skip = 0
-        if self.max_records is not None:
-            # The newest max_records: the files that hold them, and how many
-            # of the records of the oldest of those files are older.
-            held = 0
-            for index, snap in enumerate(snaps):
-                count = self._count(snap)
-                if held + count >= self.max_records:
-                    skip = held + count - self.max_records
-                    snaps = snaps[: index + 1]
-                    break
-                held += count
-        stop_before, stop_after = window.stop_before, window.stop_after
-        for index, snap in enumerate(reversed(snaps)):
-            left_out = skip if index == 0 else 0
-            if stop_before is not None and index < len(snaps) - 1:
-                # Nothing in a file is selected when its last record is
-                # older than since, by more than records are ever late.
-                last = self._last_date(snap)
-                if last is not None and last < stop_before:
-                    continue
-            for block in _blocks_forward(snap.fd, snap.start, snap.size, quoted):
+        # Where the newest-first scan would stop (max_records, or a record
+        # older than since by more than the slack), found by reading each
+        # file backwards as far as that; then forward from there. So the
+        # same rows come out, reversed, and only those are read.
+        left = self.max_records
+        plan: list[tuple[_Snapshot, int, int]] = []
+        for snap in snaps:
+            if left == 0:
+                break
+            offset, drop, taken, stopped = self._begin(snap, window.stop_before, left, decode)
+            plan.append((snap, offset, drop))
+            if left is not None:
+                left -= taken
+            if stopped:
+                break
+        stop_after = window.stop_after
+        for snap, offset, drop in reversed(plan):
+            for block in _blocks_forward(snap.fd, offset, snap.size, quoted):
                 rows = decode(block, snap.header)
-                if left_out:
-                    taken = min(left_out, len(rows))
+                if drop:
+                    # Forward blocks do not line up with backward ones.
+                    taken = min(drop, len(rows))
                     rows = rows[taken:]
-                    left_out -= taken
+                    drop -= taken
                 if stop_after is not None:
                     cut = _first_dated(rows, lambda date: date >= stop_after)
                     if cut is not None:
                         yield rows[:cut]
                         return
                 yield rows
+
+    def _begin(
+        self,
+        snap: _Snapshot,
+        stop_before: str | None,
+        left: int | None,
+        decode: Callable[[bytes, bytes], list[t.Any]],
+    ) -> tuple[int, int, int, bool]:
+        """Where a file's part of a newest-first scan begins: ``(offset,
+        records to drop at offset, records in the part, whether the scan
+        stops in this file)``."""
+        quoted = self._quoted_records
+        if stop_before is None:
+            if left is None:
+                return snap.start, 0, 0, False
+            count = self._count(snap)
+            if count <= left:
+                return snap.start, 0, count, False
+            # Only counting: no record is decoded to find the newest `left`.
+            seen = 0
+            for offset, block in _placed_blocks_backwards(snap.fd, snap.start, snap.size, quoted):
+                number = _count_records(block, quoted)
+                if seen + number >= left:
+                    return offset, number - (left - seen), left, True
+                seen += number
+            return snap.start, 0, seen, False
+        seen = 0
+        for offset, block in _placed_blocks_backwards(snap.fd, snap.start, snap.size, quoted):
+            rows = decode(block, snap.header)
+            number = len(rows)
+            within = number if left is None else min(number, left - seen)
+            for back in range(within):
+                row = rows[number - 1 - back]
+                if row is not None:
+                    date = row.get("request_date")
+                    if date is not None and date < stop_before:
+                        return offset, number - back, seen + back, True
+            if left is not None and seen + number >= left:
+                return offset, number - (left - seen), left, True
+            seen += number
+        return snap.start, 0, seen, False
 
     def _count(self, snap: _Snapshot) -> int:
         """How many records ``snap`` holds, counting only what was appended
