@@ -736,15 +736,20 @@ class FileStore(Store):
         from the live file and the rotated ones.
 
         Newest first, the files are read backwards and the scan stops at the
-        first record older than ``since`` minus :data:`LATE_WRITE_SLACK`;
-        oldest first, files whose last record is that old are skipped and the
-        scan stops at the first record ``LATE_WRITE_SLACK`` past ``until``.
+        first record older than ``since`` minus :data:`LATE_WRITE_SLACK`, or
+        after the newest ``max_records``. Oldest first gives the same rows
+        reversed: each file is read backwards only to find where that scan
+        would stop, then forwards from there, stopping at the first record
+        ``LATE_WRITE_SLACK`` past ``until``. Either way the cost follows the
+        records read, not the size of the files.
+
         Records are appended in the order they are written, which is the
         order of their dates give or take the time a record waits in the
         queue (a second, or the retries of a failing store): a record written
         more than ``LATE_WRITE_SLACK`` after its request may be missed by a
-        query with ``since``/``until``. Records outside ``max_age`` and
-        ``max_records`` are left out even before retention deletes them.
+        query with ``since``/``until`` (retention never relies on this).
+        Records outside ``max_records`` are left out even before retention
+        deletes them; :meth:`Store.query` starts the window ``max_age`` ago.
         """
         keep = self._keep(query, self._window(query))
         for rows in self._row_blocks(query, oldest_first=oldest_first):
