@@ -22,6 +22,7 @@ import typing as t
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from flask_traffic.query import Query
 from flask_traffic.stores import CSVStore, JSONStore
 from flask_traffic.stores._files import FileStore, encode_lines, field_encoders
 from flask_traffic.stores.csvfile import _ENCODERS as CSV_ENCODERS
@@ -123,8 +124,13 @@ def write(store: FileStore, encoders: dict[t.Any, Callable[[t.Any], str]], args:
 def timed(what: str, call: Callable[..., t.Any], *args: t.Any, **kwargs: t.Any) -> t.Any:
     start = time.perf_counter()
     result = call(*args, **kwargs)
-    print(f"  {what}: {time.perf_counter() - start:.2f} s")
+    took = time.perf_counter() - start
+    print(f"  {what}: " + (f"{took:.2f} s" if took >= 1 else f"{took * 1000:.1f} ms"))
     return result
+
+
+def _oldest_first(store: FileStore, query: Query) -> int:
+    return sum(1 for _ in store.scan(query, oldest_first=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             last_day = timed("summary(since=24 h ago)", store.summary, since=day_ago)
             print(f"    ({last_day['total']:,} records in the last 24 h)")
             timed("read(100, since=24 h ago)", store.read, 100, since=day_ago)
+            timed(
+                "scan(since=24 h ago, oldest_first=True), all of it",
+                _oldest_first,
+                store,
+                store.query(since=day_ago),
+            )
             timed("read(100, where=500)", store.read, 100, where={"response_status_code": 500})
             store.shutdown()
     return 0
