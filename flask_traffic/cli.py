@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import typing as t
 import uuid
@@ -280,7 +281,7 @@ _TOP_TITLES = {
 
 
 def _bars() -> str:
-    encoding = getattr(click.get_text_stream("stdout"), "encoding", None) or "ascii"
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
     try:
         _BARS.encode(encoding)
     except (UnicodeEncodeError, LookupError):
@@ -671,7 +672,9 @@ class _Destination:
 
     def open(self) -> io.TextIOWrapper:
         if self.output == "-":
-            return _open_text(click.get_binary_stream("stdout"))
+            # sys.stdout rather than click.get_binary_stream(), which Click
+            # 8.5 deprecates; CliRunner swaps sys.stdout too.
+            return _open_text(sys.stdout.buffer)
         path = Path(self.output)
         if path.exists() and not path.is_file():
             # A device or a pipe (/dev/stdout, a FIFO): nothing to rename.
@@ -747,7 +750,7 @@ def export_command(
             raise click.UsageError("Say which format to write: --format csv or --format jsonl.")
     _check_window(since, until)
     store, note = _pick_store(store_name)
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     if note:
         click.echo(f"Exporting {store.name}: {note}.", err=True)
     write = _write_csv if fmt == "csv" else _write_jsonl
