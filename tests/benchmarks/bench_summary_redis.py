@@ -16,78 +16,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import redis
 
+# Run as a script, this folder is on sys.path.
+from bench_summary_files import UTC, rows
+
+from flask_traffic import FIELD_NAMES
 from flask_traffic.stores import RedisStore
 from flask_traffic.stores.redisstream import _CODECS
 
-UTC = timezone.utc
-AGENTS = [
-    (
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-        "Chrome/131.0.0.0 Safari/537.36",
-        "Chrome 131",
-        "Windows",
-    ),
-    (
-        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-        "Firefox 133",
-        "Linux",
-    ),
-    (
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-        "Mobile Safari 18.1",
-        "iOS",
-    ),
-    ("curl/8.5.0", "curl 8.5.0", None),
-]
-REFERRERS = [None, None, None, "https://www.google.com/", "https://example.com/blog?a=1"]
 PIPELINE = 10_000
 
 
-def entries(count: int, days: int, seed: int = 7) -> Iterator[tuple[str, dict[str, t.Any]]]:
-    """(stream id, field values) for each record, oldest first."""
-    rng = random.Random(seed)
-    now = datetime.now(UTC)
-    start = now - timedelta(days=days)
-    step = (now - start) / count
-    routes = [f"/api/r{k}/<int:id>" for k in range(50)]
-    addresses = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(50_000)]
-    for i in range(count):
-        moment = start + step * i
-        k = min(int(rng.expovariate(0.1)), 49)
-        agent, browser, platform = AGENTS[rng.randrange(len(AGENTS))]
-        roll = rng.random()
-        status = 500 if roll < 0.01 else 404 if roll < 0.04 else 302 if roll < 0.08 else 200
-        values = {
-            "request_date": moment.isoformat(timespec="microseconds"),
-            "request_method": "GET" if roll > 0.1 else "POST",
-            "request_host_url": "https://example.com/",
-            "request_path": f"/api/r{k}/{rng.randrange(1000)}",
-            "request_endpoint": f"r{k}",
-            "request_route": routes[k],
-            "request_remote_address": addresses[rng.randrange(len(addresses))],
-            "request_referrer": REFERRERS[rng.randrange(len(REFERRERS))],
-            "request_user_agent": agent,
-            "request_browser": browser,
-            "request_platform": platform,
-            "response_time": round(rng.lognormvariate(3, 1), 3),
-            "response_size": rng.randrange(100, 50_000),
-            "response_status_code": status,
-            "response_exception": "ValueError('boom')" if status == 500 else None,
-            "response_mimetype": "application/json",
-        }
-        # The id a store writing right after the request would have got.
-        yield f"{int(moment.timestamp() * 1000)}-*", values
+def entries(count: int, days: int) -> Iterator[tuple[str, dict[str, t.Any]]]:
+    """(stream id, field values) for each record, oldest first: the records of
+    bench_summary_files.py, so the two benchmarks measure the same traffic."""
+    for chunk in rows(count, days):
+        for values in chunk:
+            moment = datetime.fromisoformat(values[0])
+            # The id a store writing right after the request would have got.
+            yield f"{int(moment.timestamp() * 1000)}-*", dict(zip(FIELD_NAMES, values, strict=True))
 
 
 def write(client: redis.Redis, key: str, args: argparse.Namespace) -> float:
