@@ -165,6 +165,8 @@ class LogPolicy:
     skip_paths: tuple[str, ...]
     skip_bots: bool
     _fields: dict[str, bool]
+    _passes_all: bool
+    _skip_path: re.Pattern[str] | None
 
     def __init__(
         self,
@@ -209,9 +211,9 @@ class LogPolicy:
         self.anonymize_ip = _check_bool(anonymize_ip, "anonymize_ip")
         self.sample_rate = _check_rate(sample_rate)
         self.only_sampled = _check_bool(only_sampled, "only_sampled")
-        self._skip_path = _path_pattern(skip_paths)
-        self.skip_paths = tuple(skip_paths or ())
+        self.skip_paths = skip_paths  # type: ignore[assignment]  # kept as a tuple
         self.skip_bots = _check_bool(skip_bots, "skip_bots")
+        object.__setattr__(self, "_passes_all", self._filters_nothing())
 
     # Field switches live in one dict keyed by FIELD_NAMES, so there is no
     # attribute per field to keep in step with the schema.
@@ -225,8 +227,28 @@ class LogPolicy:
         if name in _FIELD_SET:
             self._fields[name] = _check_bool(value, name)
         else:
+            if name == "skip_paths":
+                # Checked and compiled into one expression whenever set.
+                object.__setattr__(self, "_skip_path", _path_pattern(value))
+                value = tuple(value or ())
             object.__setattr__(self, name, value)
+            if "_passes_all" in self.__dict__:  # set up: a filter may have changed
+                object.__setattr__(self, "_passes_all", self._filters_nothing())
         self.__dict__.pop("_row_plan", None)
+
+    def _filters_nothing(self) -> bool:
+        # The default policy records every request; accepts() then returns
+        # at once, which every request of every store pays for.
+        return not (
+            self.on_endpoints
+            or self.skip_endpoints
+            or self.on_status_codes
+            or self.skip_status_codes
+            or self.only_on_exception
+            or self.skip_on_exception
+            or self._skip_path is not None
+            or self.sample_rate < 1.0
+        )
 
     def __repr__(self) -> str:
         return f"<LogPolicy fields={list(self.enabled_fields)}>"
@@ -269,6 +291,8 @@ class LogPolicy:
 
         Runs on the request thread for every request, so it only compares.
         """
+        if self._passes_all:
+            return True
         endpoint = record.request_endpoint
         if self.on_endpoints and endpoint not in self.on_endpoints:
             return False

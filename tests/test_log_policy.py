@@ -245,3 +245,19 @@ def test_skip_bots(app: Flask) -> None:
 def test_bad_sampling_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
         LogPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_filters_changed_after_the_store_is_set_up(app: Flask) -> None:
+    policy = LogPolicy()
+    store = MemoryStore(log_policy=policy)
+    Traffic(app, stores=store)
+    client = app.test_client()
+    client.get("/")
+    policy.skip_paths = ["/x*"]
+    client.get("/xyz")
+    policy.skip_paths = []
+    policy.on_status_codes = frozenset({404})
+    client.get("/")
+    client.get("/missing")
+    assert paths(store.read()) == ["/", "/missing"]
+    store.shutdown()
