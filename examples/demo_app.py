@@ -4,16 +4,20 @@
     flask --app examples/demo_app.py run
 
 Open http://127.0.0.1:5000/, a few of the other pages, then
-http://127.0.0.1:5000/traffic for what was recorded, newest first. The files
-are examples/instance/traffic.json (JSON Lines) and traffic.csv.
+http://127.0.0.1:5000/traffic for what was recorded, newest first, and
+http://127.0.0.1:5000/traffic/summary for the last hour's summary. The
+`flask traffic` commands work on it too: `cd examples && flask --app demo_app
+traffic stats`. The files are examples/instance/traffic.json (JSON Lines) and
+traffic.csv.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort
+from flask import Flask, abort, request
 
 from flask_traffic import LogPolicy, Traffic
 from flask_traffic.stores import CSVStore, JSONStore
@@ -26,9 +30,9 @@ def create_app(instance_path: str | None = None) -> Flask:
 
     # Every field of every request, as JSON Lines in the instance folder.
     json_store = JSONStore()
-    # A slimmer CSV file that leaves out the /traffic page itself.
+    # A slimmer CSV file that leaves out the /traffic pages themselves.
     csv_store = CSVStore(
-        log_policy=LogPolicy(skip_endpoints=["show_traffic"]).set_from_false(
+        log_policy=LogPolicy(skip_endpoints=["show_traffic", "traffic_summary"]).set_from_false(
             request_date=True,
             request_method=True,
             request_path=True,
@@ -43,7 +47,8 @@ def create_app(instance_path: str | None = None) -> Flask:
         return (
             "<h1>flask-traffic demo</h1>"
             '<p><a href="/item/1">an item</a> · <a href="/missing">a 404</a> · '
-            '<a href="/error">an error</a> · <a href="/traffic">the traffic</a></p>'
+            '<a href="/error">an error</a> · <a href="/traffic">the traffic</a> · '
+            '<a href="/traffic/summary">its summary</a></p>'
         )
 
     @app.route("/item/<int:n>")
@@ -61,6 +66,12 @@ def create_app(instance_path: str | None = None) -> Flask:
     @app.route("/traffic")
     def show_traffic() -> list[dict[str, Any]]:
         return json_store.read()
+
+    @app.route("/traffic/summary")
+    def traffic_summary() -> dict[str, Any]:
+        # The last hour, or ?since=2026-11-25T08:00:00Z (ISO 8601).
+        since = request.args.get("since") or datetime.now(timezone.utc) - timedelta(hours=1)
+        return json_store.summary(since=since)
 
     return app
 

@@ -134,6 +134,21 @@ def test_traffic_page_is_recorded_too(client: FlaskClient) -> None:
     assert rows[0]["request_endpoint"] == "show_traffic"
 
 
+def test_summary_page(client: FlaskClient) -> None:
+    for path in ("/", "/item/1", "/item/2", "/missing", "/error"):
+        client.get(path)
+    summary = client.get("/traffic/summary").get_json()
+    assert summary["total"] == 5
+    assert summary["status_classes"] == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1}
+    assert summary["error_rate"] == 0.2
+    routes = {entry["route"]: entry["count"] for entry in summary["routes"]}
+    assert routes == {"/item/<int:n>": 2, "/": 1, "/missing": 1, "/error": 1}
+    assert summary["top_browsers"] == [{"value": "Firefox 133", "count": 5}]
+    assert summary["unique_visitors"] == 1
+    later = client.get("/traffic/summary?since=2100-01-01T00:00:00Z").get_json()
+    assert later["total"] == 0
+
+
 def test_files(demo: ModuleType, demo_app: Flask, client: FlaskClient, tmp_path: Path) -> None:
     client.get("/item/1")
     client.get("/traffic")
