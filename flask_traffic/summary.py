@@ -29,6 +29,8 @@ __all__ = [
     "HISTOGRAM_MAX_INDEX",
     "HISTOGRAM_RATIO",
     "TOP",
+    "TOP_FIELDS",
+    "VISITOR_FIELDS",
     "SummaryBuilder",
     "bucket_unit",
     "histogram_index",
@@ -49,12 +51,15 @@ _LOG_RATIO = math.log(HISTOGRAM_RATIO)
 #: How many entries the ``top_*`` lists hold.
 TOP = 10
 _PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-_TOP_FIELDS = {
+#: The ``top_*`` lists of a summary and the field each counts.
+TOP_FIELDS = {
     "top_paths": "request_path",
     "top_referrers": "request_referrer",
     "top_browsers": "request_browser",
     "top_platforms": "request_platform",
 }
+#: The fields unique visitors are counted from.
+VISITOR_FIELDS = frozenset({"request_date", "request_remote_address", "request_user_agent"})
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Spans up to these lengths are counted per minute, per hour; longer, per day.
 _MINUTES_UP_TO = timedelta(hours=2)
@@ -139,7 +144,7 @@ class SummaryBuilder:
             lambda: defaultdict(float)
         )
         self.tops: dict[str, defaultdict[str, float]] = {
-            name: defaultdict(float) for name in _TOP_FIELDS
+            name: defaultdict(float) for name in TOP_FIELDS
         }
         self.visitors: set[bytes] = set()
         self.visitor_count: int | None = None
@@ -150,11 +155,11 @@ class SummaryBuilder:
 
     def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
         """Count rows as ``read()`` gives them (the query already applied)."""
-        tops = [(self.tops[name], field) for name, field in _TOP_FIELDS.items()]
+        tops = [(self.tops[name], field) for name, field in TOP_FIELDS.items()]
         statuses, minutes = self.statuses, self.minutes
         route_counts, route_times = self.route_counts, self.route_times
         visitors = self.visitors
-        count_visitors = {"request_remote_address", "request_user_agent"} <= self.fields
+        count_visitors = self.fields >= VISITOR_FIELDS
         total = 0.0
         first, last = self.first, self.last
         for row in rows:
@@ -289,11 +294,7 @@ class SummaryBuilder:
             "top_referrers": self._top("top_referrers"),
             "top_browsers": self._top("top_browsers"),
             "top_platforms": self._top("top_platforms"),
-            "unique_visitors": (
-                visitors
-                if {"request_date", "request_remote_address", "request_user_agent"} <= fields
-                else None
-            ),
+            "unique_visitors": (visitors if fields >= VISITOR_FIELDS else None),
             "percentiles": (
                 "from a histogram of response_time with 8 logarithmic buckets per "
                 "doubling: within about 4.5% of the exact value"
@@ -322,7 +323,7 @@ class SummaryBuilder:
         return rows
 
     def _top(self, name: str) -> list[dict[str, t.Any]] | None:
-        if _TOP_FIELDS[name] not in self.fields:
+        if TOP_FIELDS[name] not in self.fields:
             return None
         ranked = sorted(self.tops[name].items(), key=lambda item: (-item[1], item[0]))
         return [{"value": value, "count": round(weight)} for value, weight in ranked[:TOP]]

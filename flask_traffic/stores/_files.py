@@ -23,10 +23,11 @@ from ..policy import LogPolicy
 from ..query import Query, iso_text
 from ..record import FIELDS, FieldType, TrafficRecord
 from ..summary import (
-    _TOP_FIELDS,
     HISTOGRAM_BASE_MS,
     HISTOGRAM_MAX_INDEX,
     HISTOGRAM_RATIO,
+    TOP_FIELDS,
+    VISITOR_FIELDS,
     SummaryBuilder,
     histogram_index,
     visitor_key,
@@ -332,7 +333,7 @@ SUMMARY_FIELDS = frozenset(
         "request_sample_rate",
         "response_status_code",
         "response_time",
-        *_TOP_FIELDS.values(),
+        *TOP_FIELDS.values(),
     }
 )
 
@@ -361,17 +362,13 @@ class _Tally:
         self.minutes: Counter[str] = Counter()
         self.routes: Counter[t.Any] = Counter()
         self.route_times: Counter[tuple[t.Any, int]] = Counter()
-        self.tops = {name: Counter[t.Any]() for name in _TOP_FIELDS}
+        self.tops = {name: Counter[t.Any]() for name in TOP_FIELDS}
         self.visitors: set[tuple[str, t.Any, t.Any]] = set()
         self.first: str | None = None
         self.last: str | None = None
         # Whether a visitor's address or user agent is None or holds a NUL.
         self.ambiguous = False
-        self.count_visitors = {
-            "request_date",
-            "request_remote_address",
-            "request_user_agent",
-        } <= set(fields)
+        self.count_visitors = set(fields) >= VISITOR_FIELDS
 
     def column(self, rows: list[dict[str, t.Any]], name: str) -> list[t.Any]:
         if name not in self.fields:
@@ -417,7 +414,7 @@ class _Tally:
         self.routes.update(routes)
         if timed:
             self.route_times.update(zip(routes, _histogram_indexes(times), strict=True))
-        for name, field in _TOP_FIELDS.items():
+        for name, field in TOP_FIELDS.items():
             self.tops[name].update(self.column(rows, field))
         if "request_date" in self.fields:
             self.minutes.update(map(_MINUTE, dates))

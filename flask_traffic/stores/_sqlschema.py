@@ -34,7 +34,15 @@ from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord
-from ..summary import HISTOGRAM_BASE_MS, HISTOGRAM_MAX_INDEX, HISTOGRAM_RATIO, TOP, SummaryBuilder
+from ..summary import (
+    HISTOGRAM_BASE_MS,
+    HISTOGRAM_MAX_INDEX,
+    HISTOGRAM_RATIO,
+    TOP,
+    TOP_FIELDS,
+    VISITOR_FIELDS,
+    SummaryBuilder,
+)
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -70,14 +78,6 @@ SCAN_CHUNK = 2000
 #: waiting for the table are not held up for long.
 RETAIN_BATCH = 10_000
 
-# The summary's top lists and the field each counts.
-_TOP_FIELDS = {
-    "top_paths": "request_path",
-    "top_referrers": "request_referrer",
-    "top_browsers": "request_browser",
-    "top_platforms": "request_platform",
-}
-_VISITOR_FIELDS = frozenset({"request_date", "request_remote_address", "request_user_agent"})
 _decode_json = json.JSONDecoder().decode
 
 
@@ -557,10 +557,10 @@ class _SummarySQL:
         parts: list[_Part] = [self._dimensions]
         if "request_date" in self.columns:
             parts.append(self._minutes)
-        if self.fields >= _VISITOR_FIELDS:
+        if self.fields >= VISITOR_FIELDS:
             parts.append(self._visitors)
         for name in ("top_paths", "top_referrers"):
-            if _TOP_FIELDS[name] in self.fields and _TOP_FIELDS[name] in self.columns:
+            if TOP_FIELDS[name] in self.fields and TOP_FIELDS[name] in self.columns:
                 parts.append(functools.partial(self._ranked_top, name))
         parts.append(self._span)
         return parts
@@ -651,7 +651,7 @@ class _SummarySQL:
             keys["bucket"] = self._bucket(self.columns["response_time"])
         tops = []
         for name in ("top_browsers", "top_platforms"):
-            field = _TOP_FIELDS[name]
+            field = TOP_FIELDS[name]
             if field in self.fields and field in self.columns:
                 keys[name] = exact_text(self.columns[field], self.dialect)
                 tops.append(name)
@@ -745,7 +745,7 @@ class _SummarySQL:
         # stored text), and every value tied with them whose stored text may
         # not sort as its value does (escaped text starts with U+FFFE). The
         # builder sorts them all by (-weight, value) and keeps TOP.
-        value = exact_text(self.columns[_TOP_FIELDS[name]], self.dialect)
+        value = exact_text(self.columns[TOP_FIELDS[name]], self.dialect)
         digests = self.digests({"value": value})
         inner = (
             sa.select(value.label("value"), *digests, self.weight.label("w"))
