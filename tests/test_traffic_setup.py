@@ -95,6 +95,29 @@ def test_module_level_store_serves_every_app_of_a_factory(tmp_path: Path) -> Non
     store.shutdown()
 
 
+@pytest.mark.parametrize("kind", ["json", "sqlite"])
+def test_a_store_serving_another_instance_folder_says_so(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_traffic.stores import SQLStore
+
+    store = JSONStore() if kind == "json" else SQLStore()
+    Traffic(make_app(tmp_path / "a"), stores=store)
+    with caplog.at_level(logging.WARNING, logger="flask_traffic"):
+        Traffic(make_app(tmp_path / "a", "same"), stores=store)
+        assert not caplog.records  # same folder: nothing to say
+        Traffic(make_app(tmp_path / "b", "other"), stores=store)
+    store.shutdown()
+    if kind == "sqlite":
+        assert isinstance(store, SQLStore)
+        assert store.database_engine is not None
+        store.database_engine.dispose()
+    [message] = [r.getMessage() for r in caplog.records]
+    assert "the requests of app 'other' go there too" in message
+    assert str(tmp_path / "a") in message
+    assert str(tmp_path / "b") in message
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

@@ -569,17 +569,8 @@ class FileStore(Store):
         self._path = path
 
     def also_serve(self, app: Flask) -> None:
-        if self.location is None and self._path is not None:
-            folder = Path(app.instance_path)
-            if folder != self._path.parent:
-                logger.warning(
-                    "%s already writes to %s; the requests of app %r go there too, not "
-                    "to its instance folder %s. Create one store per app, or pass location=.",
-                    self.name,
-                    self._path,
-                    app.name,
-                    folder,
-                )
+        if self.location is None:
+            self._warn_if_outside_instance_folder(app, self._path)
 
     def check_existing(self, fd: int, path: Path) -> None:
         """Raise if an existing file has a layout this store cannot append to."""

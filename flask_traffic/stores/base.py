@@ -12,6 +12,7 @@ import time
 import typing as t
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from ..policy import LogPolicy
 from ..processors import BatchProcessor, Processor, SyncProcessor
@@ -181,6 +182,22 @@ class Store(abc.ABC):
 
     def also_serve(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
         """Called when the store, already set up, is attached to another app."""
+
+    def _warn_if_outside_instance_folder(self, app: Flask, path: Path | None) -> None:
+        """For :meth:`also_serve` of a store whose file defaulted to the first
+        app's instance folder: say that ``app``'s requests go there too."""
+        if path is None:
+            return
+        folder = Path(app.instance_path)
+        if folder != path.parent:
+            logger.warning(
+                "%s already writes to %s; the requests of app %r go there too, not "
+                "to its instance folder %s. Create one store per app, or pass location=.",
+                self.name,
+                path,
+                app.name,
+                folder,
+            )
 
     @abc.abstractmethod
     def export(self, records: Sequence[TrafficRecord]) -> None:

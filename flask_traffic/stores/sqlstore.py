@@ -329,14 +329,5 @@ class SQLStore(_SQLTableStore):
         self._io = TableIO(table, self.fields, columns)
 
     def also_serve(self, app: Flask) -> None:
-        if self._sqlite_path is not None and self.location is None:
-            folder = Path(app.instance_path)
-            if folder != self._sqlite_path.parent:
-                logger.warning(
-                    "%s already writes to %s; the requests of app %r go there too, not "
-                    "to its instance folder %s. Create one store per app, or pass location=.",
-                    self.name,
-                    self._sqlite_path,
-                    app.name,
-                    folder,
-                )
+        if self.location is None:
+            self._warn_if_outside_instance_folder(app, self._sqlite_path)
