@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import inspect
 import json
+import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -210,3 +211,11 @@ def test_readme_lists_every_config_key(readme: str) -> None:
 def test_readme_lists_every_log_policy_option(readme: str) -> None:
     for name in [*inspect.signature(LogPolicy).parameters, "set_from_true", "set_from_false"]:
         assert f"| `{name}` |" in readme or f"| `{name}(**fields)` |" in readme
+
+
+def test_readme_summary_index_snippet_has_the_summary_index_columns(readme: str) -> None:
+    from flask_traffic.stores._sqlschema import SUMMARY_INDEX_COLUMNS
+
+    start = readme.index('"ix_hit_summary",')
+    snippet = readme[start : readme.index(")", start)]
+    assert tuple(re.findall(r'"(\w+)"', snippet)[1:]) == SUMMARY_INDEX_COLUMNS

@@ -3,13 +3,16 @@
     python tests/benchmarks/bench_summary_sql.py [--records 1000000]
         [--postgresql URL] [--mariadb URL] [--server-records 200000]
 
-Fills a SQLite table (and optionally a PostgreSQL and a MariaDB one) with
+Fills a SQLite table twice, with and without the summary index that
+SQLStore gives SQLite tables (``summary_index=``), and optionally a
+PostgreSQL and a MariaDB one, with
 realistic rows straight through the store's table, in big executemany
 transactions: 30 days of traffic, 50 routes, some 5xx, a few user agents,
 many addresses, a few sampled records. Then times ``summary()``,
 ``summary(since=24 hours ago)``, ``read(100, since=...)``, ``read(100,
-where=...)``, and ``retain`` of the oldest week. A benchmark, not a test: it
-prints figures and asserts nothing.
+where=...)``, the rate of 100 inserts of 500 rows (what the worker writes)
+into the full table, and ``retain`` of the oldest week. A benchmark, not a test: it prints
+figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -130,10 +133,21 @@ def timed(label: str, action: Callable[[], t.Any], repeat: int = 3) -> t.Any:
     return result
 
 
-def bench(url: str | None, count: int, folder: Path, label: str) -> None:
+def insert_rate(engine: sa.Engine, table: sa.Table, end: datetime) -> float:
+    """Rows per second written in 100 transactions of 500 rows, as the worker writes."""
+    batch: list[dict[str, t.Any]] = list(rows(50_000, end, seed=9))
+    insert = table.insert()
+    started = time.perf_counter()
+    for start in range(0, len(batch), 500):
+        with engine.begin() as connection:
+            connection.execute(insert, batch[start : start + 500])
+    return len(batch) / (time.perf_counter() - started)
+
+
+def bench(url: str | None, count: int, folder: Path, label: str, **options: t.Any) -> None:
     app = Flask("bench", instance_path=str(folder))
     table_name = f"bench_{int(time.time() * 1000)}"
-    store = SQLStore(database_url=url, database_table_name=table_name, location=folder)
+    store = SQLStore(database_url=url, database_table_name=table_name, location=folder, **options)
     Traffic(app, stores=store)
     engine = store.database_engine
     assert engine is not None
@@ -163,6 +177,8 @@ def bench(url: str | None, count: int, folder: Path, label: str) -> None:
             repeat=1,
         )
         print(f"    {exported:,} rows streamed")
+        rate = insert_rate(engine, store.database_log_table, end)
+        print(f"  50,000 more rows in batches of 500: {rate:,.0f} rows/s")
         removed = timed(
             "retain(cutoff=23 days ago): removes a week",
             lambda: store.retain(end - timedelta(days=DAYS - 7), None),
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         bench(None, args.records, Path(folder), "SQLite")
+    with tempfile.TemporaryDirectory() as folder:
+        bench(None, args.records, Path(folder), "SQLite, summary_index=False", summary_index=False)
     for url in (args.postgresql, args.mariadb):
         if url:
             with tempfile.TemporaryDirectory() as folder:
