@@ -958,8 +958,8 @@ class _SummarySQL:
         browser and platform) and ``times`` (per route and bucket)."""
         routes = "request_route" in self.fields
         tops = [
-            (position, name)
-            for position, name in ((2, "top_browsers"), (3, "top_platforms"))
+            name
+            for name in ("top_browsers", "top_platforms")
             if TOP_FIELDS[name] in self.fields and TOP_FIELDS[name] in self.columns
         ]
 
@@ -967,16 +967,14 @@ class _SummarySQL:
             statuses: defaultdict[int | None, float] = defaultdict(float)
             route_counts: defaultdict[str | None, float] = defaultdict(float)
             buckets: defaultdict[tuple[str | None, int], float] = defaultdict(float)
-            top_counts: dict[str, defaultdict[str, float]] = {
-                n: defaultdict(float) for _, n in tops
-            }
-            for route, code, *values, weight in counts:
+            top_counts: dict[str, defaultdict[str, float]] = {n: defaultdict(float) for n in tops}
+            for route, code, browser, platform, weight in counts:
                 statuses[None if code is None else int(code)] += weight
                 route_counts[route] += weight
-                for position, name in tops:
-                    value = values[position - 2]
-                    if value is not None:
+                for name, value in (("top_browsers", browser), ("top_platforms", platform)):
+                    if name in top_counts and value is not None:
                         top_counts[name][value] += weight
+
             for route, index, weight in times:
                 if index is not None:
                     buckets[route, min(int(index), HISTOGRAM_MAX_INDEX)] += weight
