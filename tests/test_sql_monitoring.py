@@ -9,6 +9,7 @@ import logging
 import math
 import multiprocessing
 import random
+import sqlite3
 import threading
 import time
 import typing as t
@@ -420,6 +421,31 @@ def test_sqlite_summary_index_is_added_to_an_older_table_once(
     assert index_columns(oldest) == [["request_date"]]
     oldest.export(dataset()[0])
     assert oldest.summary() == row_summary(oldest)
+
+
+def test_app_starts_when_the_summary_index_cannot_be_added(
+    stores: list[Store], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process holds the write lock for longer than the busy timeout
+    # (building the index of a huge table, say): init_app still succeeds.
+    path = tmp_path / "db.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    sa.Table("older", sa.MetaData(), *_sqlschema.table_columns()).create(engine)
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        store = SQLStore(database_engine=engine, database_table_name="older")
+        stores.append(store)
+        with caplog.at_level(logging.WARNING, logger="flask_traffic"):
+            Traffic(Flask("site", instance_path=str(tmp_path)), stores=store)
+    finally:
+        locker.close()
+    assert "could not add the index ix_older_summary to the table older" in caplog.text
+    assert "database is locked" in caplog.text
+    assert index_columns(store) == [["request_date"]]
+    store.export(dataset()[0])
+    assert store.summary() == row_summary(store)
+    engine.dispose()
 
 
 def test_sqlite_summary_index_can_be_left_out(stores: list[Store], tmp_path: Path) -> None:

@@ -365,11 +365,21 @@ class SQLStore(_SQLTableStore):
         try:
             with engine.begin() as connection:
                 index.create(connection, checkfirst=True)
-        except sa.exc.OperationalError:
-            # Another worker starting at the same time made it first.
+        except sa.exc.OperationalError as exc:
             with engine.connect() as connection:
-                if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS) is None:
-                    raise
+                if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS):
+                    return  # another worker starting at the same time made it first
+            # The table was locked for longer than the busy timeout (another
+            # process building the index of a huge table, say): the app
+            # starts anyway, and summary() works without the index.
+            logger.warning(
+                "%s: could not add the index %s to the table %s (%s); summary() works "
+                "without it, more slowly. It is added when the app next starts.",
+                self.name,
+                index.name,
+                self.database_log_table.name,
+                " ".join(str(exc.orig).split()),
+            )
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
