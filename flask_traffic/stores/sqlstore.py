@@ -166,7 +166,7 @@ class SQLStore(_SQLTableStore):
         ``response_status_code``, ``request_browser``, ``request_platform``,
         ``response_time``, ``request_sample_rate`` and ``request_date``. It
         makes a summary of a million rows about 1.6 times as fast, and costs
-        every write: a large table takes rows a third to half as fast, and 28 %
+        every write: a large table takes rows a quarter to half as fast, and 28 %
         more disk. Pass ``False`` for a table written much more often than
         summarized. Other databases do not get it (PostgreSQL groups without
         sorting; MariaDB cannot index whole ``TEXT`` columns).
