@@ -820,6 +820,18 @@ class _SummarySQL:
         # No GROUP BY and no row gives one row of NULL or 0: dropped.
         return [row for row in connection.execute(statement) if row[-1]]
 
+    def through(
+        self, index: str | None, name: str
+    ) -> tuple[_IndexedBy, list[sa.ColumnElement[bool]], sa.ColumnElement[t.Any]]:
+        """The table read through ``index`` under the name ``name``, for the
+        index walks: the query's conditions on it, and the weight of a
+        group of its rows (see :meth:`total`)."""
+        source = _IndexedBy.of(self.table, index, name)
+        adapter = ClauseAdapter(source)
+        conditions = [adapter.traverse(condition) for condition in self.conditions]
+        weight = sa.func.sum(adapter.traverse(self.weight)) if self.weighted else sa.func.count()
+        return source, conditions, weight
+
     def total(self, inner: sa.Subquery) -> sa.ColumnElement[t.Any]:
         """The weight of a group of ``inner``'s rows: their count when no row
         in the window was sampled, which spares computing 1,000,000 weights."""
@@ -870,21 +882,10 @@ class _SummarySQL:
         # little (2e-12) below the next bucket's start; if rounding puts a
         # row of the same bucket past that bound, it starts a range of its
         # own, whose bucket is again computed from its first time.
-        index = t.cast(str, self.index)
+        index = self.index
         base = _double(HISTOGRAM_BASE_MS, self.dialect)
         log_ratio = _double(math.log(HISTOGRAM_RATIO), self.dialect)
         below = _double(1 - 2e-12, self.dialect)
-
-        def reading(
-            name: str,
-        ) -> tuple[_IndexedBy, list[sa.ColumnElement[bool]], sa.ColumnElement[t.Any]]:
-            source = _IndexedBy.of(self.table, index, name)
-            adapter = ClauseAdapter(source)
-            conditions = [adapter.traverse(condition) for condition in self.conditions]
-            weight = (
-                sa.func.sum(adapter.traverse(self.weight)) if self.weighted else sa.func.count()
-            )
-            return source, conditions, weight
 
         def bucket_end(first: sa.ColumnElement[t.Any]) -> sa.ColumnElement[t.Any]:
             start = base * sa.func.exp(self._bucket(first) * log_ratio)
@@ -893,7 +894,7 @@ class _SummarySQL:
         def same_group(source: _IndexedBy, group: t.Any) -> list[sa.ColumnElement[bool]]:
             return [source.c[name].is_(group.c[name]) for name in _DIMENSIONS]
 
-        source, conditions, weight = reading(self.table.name)
+        source, conditions, weight = self.through(index, self.table.name)
         keys = [source.c[name] for name in _DIMENSIONS]
         groups = (
             sa.select(
@@ -905,7 +906,7 @@ class _SummarySQL:
         )
         steps = sa.select(groups).cte("steps", recursive=True)
         step = steps.alias("step")
-        source, conditions, _ = reading("following")
+        source, conditions, _ = self.through(index, "following")
         following = (
             sa.select(sa.func.min(source.c.response_time))
             .where(
@@ -920,7 +921,7 @@ class _SummarySQL:
                 step.c.lo.is_not(None)
             )
         )
-        source, conditions, weight = reading("ranged")
+        source, conditions, weight = self.through(index, "ranged")
         ranged = (
             sa.select(weight)
             .where(
@@ -1028,34 +1029,24 @@ class _SummarySQL:
         # index a minute at a time instead of sorting every row by minute.
         # The stored text is "YYYY-MM-DD HH:MM:SS.ffffff": a minute's rows
         # come before its "YYYY-MM-DD HH:MM" followed by ";" (after ":").
-        def reading(name: str) -> tuple[_IndexedBy, list[sa.ColumnElement[bool]]]:
-            source = _IndexedBy.of(self.table, self.date_index, name)
-            adapter = ClauseAdapter(source)
-            return source, [adapter.traverse(condition) for condition in self.conditions]
-
         def minute(date: sa.ColumnElement[t.Any]) -> sa.ColumnElement[str]:
             return sa.func.substr(date, 1, 16, type_=sa.String)
 
-        source, conditions = reading(self.table.name)
+        source, conditions, _ = self.through(self.date_index, self.table.name)
         steps = (
             sa.select(sa.func.min(source.c.request_date, type_=sa.String).label("first"))
             .where(*conditions)
             .cte("minutes", recursive=True)
         )
         step = steps.alias("step")
-        source, conditions = reading("following")
+        source, conditions, _ = self.through(self.date_index, "following")
         following = (
             sa.select(sa.func.min(source.c.request_date, type_=sa.String))
             .where(source.c.request_date >= minute(step.c.first) + ";", *conditions)
             .scalar_subquery()
         )
         steps = steps.union_all(sa.select(following).where(step.c.first.is_not(None)))
-        source, conditions = reading("counted")
-        weight = (
-            sa.func.sum(ClauseAdapter(source).traverse(self.weight))
-            if self.weighted
-            else sa.func.count()
-        )
+        source, conditions, weight = self.through(self.date_index, "counted")
         counted = (
             sa.select(weight)
             .where(
