@@ -19,6 +19,8 @@ from types import ModuleType
 
 import pytest
 
+from flask_traffic.stores import Store
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -106,3 +108,13 @@ def load_example() -> Iterator[Callable[[str], ModuleType]]:
     yield load
     for name in loaded:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def stores() -> Iterator[list[Store]]:
+    """Stores a test makes (append them); each is shut down afterwards,
+    disposing of the engines SQL stores made."""
+    made: list[Store] = []
+    yield made
+    for store in made:
+        store.shutdown()

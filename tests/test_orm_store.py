@@ -49,14 +49,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     )
 
 
-@pytest.fixture
-def stores() -> Iterator[list[Store]]:
-    made: list[Store] = []
-    yield made
-    for store in made:
-        store.shutdown()
-
-
 def _make_site(url: str, tmp_path: Path, name: str) -> Site:
     app = Flask("site", instance_path=str(tmp_path / "instance"))
     app.config["SQLALCHEMY_DATABASE_URI"] = url

@@ -71,15 +71,6 @@ class CountingRedis(redis.Redis):
 
 
 @pytest.fixture
-def stores() -> Iterator[list[Store]]:
-    """Stores a test makes; each is shut down afterwards."""
-    made: list[Store] = []
-    yield made
-    for store in made:
-        store.shutdown()
-
-
-@pytest.fixture
 def server(redis_url: str) -> Iterator[redis.Redis]:
     """A client of the shared Redis, to write raw entries and look at the stream."""
     with redis.Redis.from_url(redis_url) as client:

@@ -76,15 +76,6 @@ def make_app(instance: Path) -> Flask:
 
 
 @pytest.fixture
-def stores() -> Iterator[list[Store]]:
-    """Stores a test makes; each is shut down afterwards."""
-    made: list[Store] = []
-    yield made
-    for store in made:
-        store.shutdown()
-
-
-@pytest.fixture
 def stream(redis_url: str, unique_name: str) -> Iterator[str]:
     """A stream key on the shared Redis, deleted afterwards with its writers' fence keys."""
     yield unique_name

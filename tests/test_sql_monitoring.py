@@ -85,15 +85,6 @@ def database(
         engine.dispose()
 
 
-@pytest.fixture
-def stores() -> Iterator[list[Store]]:
-    """Stores a test made; shut down (engines disposed) afterwards."""
-    made: list[Store] = []
-    yield made
-    for store in made:
-        store.shutdown()
-
-
 def sql_store(
     database: Database, stores: list[Store], tmp_path: Path, **options: t.Any
 ) -> SQLStore:

@@ -75,15 +75,6 @@ def database(
 
 
 @pytest.fixture
-def stores() -> Iterator[list[Store]]:
-    """Stores a test made; shut down (and their engines disposed) afterwards."""
-    made: list[Store] = []
-    yield made
-    for store in made:
-        store.shutdown()
-
-
-@pytest.fixture
 def sql_store(database: Database, stores: list[Store]) -> Callable[..., SQLStore]:
     """Makes SQLStores on ``database``'s table."""
 
