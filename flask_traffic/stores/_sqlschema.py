@@ -733,13 +733,7 @@ class _SummarySQL:
     def _window_share(self, connection: sa.Connection) -> float:
         # The share of the table's time span that the window covers: about
         # the share of its rows, as traffic is spread over time.
-        date = self.table.c["request_date"]
-        first, last = connection.execute(
-            sa.select(
-                sa.select(sa.func.min(date)).scalar_subquery(),
-                sa.select(sa.func.max(date)).scalar_subquery(),
-            )
-        ).one()
+        first, last = self._date_range(connection, self.table.c["request_date"])
         if first is None or last is None or last <= first:
             return 1.0
         start = first if self.since is None else max(first, self.since)
@@ -1066,17 +1060,26 @@ class _SummarySQL:
 
         return feed
 
+    @staticmethod
+    def _date_range(
+        connection: sa.Connection, date: sa.ColumnElement[t.Any], *conditions: t.Any
+    ) -> tuple[t.Any, t.Any]:
+        # The first and last request_date of the rows ``conditions`` select:
+        # two scalar subqueries, as each MIN or MAX alone is one index lookup.
+        first, last = connection.execute(
+            sa.select(
+                sa.select(sa.func.min(date)).where(*conditions).scalar_subquery(),
+                sa.select(sa.func.max(date)).where(*conditions).scalar_subquery(),
+            )
+        ).one()
+        return first, last
+
     def _span(self, connection: sa.Connection) -> _Feed:
+
         date = self.columns.get("request_date")
         if date is None:
             return lambda builder: None
-        # Two scalar subqueries: each MIN or MAX alone is one index lookup.
-        first, last = connection.execute(
-            sa.select(
-                sa.select(sa.func.min(date)).where(*self.conditions).scalar_subquery(),
-                sa.select(sa.func.max(date)).where(*self.conditions).scalar_subquery(),
-            )
-        ).one()
+        first, last = self._date_range(connection, date, *self.conditions)
 
         def feed(builder: SummaryBuilder) -> None:
             builder.set_span(_iso(first), _iso(last), builder.sampled)
