@@ -43,9 +43,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .query import iso_text, parse_time
-from .stores.base import Store
-from .stores.csvfile import _ESCAPE, _RISKY_FIRST
+from .extension import TrafficState, get_state
+from .query import iso_text, parse_moment
+from .stores.base import Sink, Store
+from .stores.csvfile import escape_formula
 
 __all__ = ["traffic_cli"]
 
@@ -64,33 +65,12 @@ traffic_cli = AppGroup(
 
 # -- --since / --until -----------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.ASCII)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def _moment(text: str | None, param: str) -> datetime | None:
-    """``30m``/``24h``/``7d``/``2w`` back from now, a date, ISO 8601 text
-    (naive is UTC), or ``all`` for no bound."""
-    if text is None or text.strip().lower() == "all":
-        return None
-    text = text.strip()
-    match = _DURATION.fullmatch(text)
-    if match is not None:
-        amount, unit = match.groups()
-        try:
-            return datetime.now(_UTC) - timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
-        except OverflowError:
-            raise click.BadParameter(
-                f"{text!r} reaches back before the year 1.", param_hint=param
-            ) from None
     try:
-        return parse_time(text, param)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration (30m, 24h, 7d, 2w), a date (2026-11-25), "
-            f"ISO 8601 text (2026-11-25T08:00:00Z) nor 'all'.",
-            param_hint=param,
-        ) from None
+        return parse_moment(text, param)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
 
 
 def _window_options(since_default: str | None) -> Callable[[t.Any], t.Any]:
@@ -142,30 +122,29 @@ _READ_DEFAULT = "the first store that can be read"
 # -- finding the app's stores ---------------------------------------------------------
 
 
-def _app_stores() -> list[Store]:
-    # Imported here: extension.py imports this module to register the group.
-    from .extension import _EXTENSION_KEY, _TrafficState
-
+def _app_state() -> TrafficState:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(_EXTENSION_KEY)
-    if not isinstance(state, _TrafficState):
-        raise click.ClickException(
-            f"The app {app.name!r} does not record its traffic: set it up with "
-            f"Traffic(app, stores=[...]) or traffic.init_app(app, stores=[...]) first."
-        )
-    if not state.stores:
+    try:
+        state = get_state(app)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not state.sinks:
         raise click.ClickException(
             f"The app {app.name!r} has no traffic stores: pass stores=[JSONStore(), ...] "
             f"to init_app."
         )
-    return list(state.stores)
+    return state
 
 
-def _names(stores: Sequence[Store]) -> str:
+def _app_stores() -> list[Sink]:
+    return list(_app_state().sinks)
+
+
+def _names(stores: Sequence[Sink]) -> str:
     return ", ".join(store.name for store in stores)
 
 
-def _named(stores: Sequence[Store], name: str) -> Store:
+def _named(stores: Sequence[Sink], name: str) -> Sink:
     for store in stores:
         if store.name == name:
             return store
@@ -175,22 +154,19 @@ def _named(stores: Sequence[Store], name: str) -> Store:
     )
 
 
-def _can_read(store: Store) -> bool:
-    # An exporter (the OpenTelemetry bridge) keeps nothing and says so.
-    try:
-        store.fetch(1)
-    except NotImplementedError:
-        return False
-    return True
-
-
 def _pick_store(name: str | None) -> tuple[Store, str | None]:
     """The store to read and, when it was chosen among several, a note saying so."""
     stores = _app_stores()
     if name is not None:
-        return _named(stores, name), None
+        named = _named(stores, name)
+        if not isinstance(named, Store):
+            raise click.ClickException(
+                f"{named.name}: {named.name} keeps no records to read back. It only sends "
+                f"them on; name a store with --store NAME."
+            )
+        return named, None
     for store in stores:
-        if _can_read(store):
+        if isinstance(store, Store):
             if len(stores) == 1:
                 return store, None
             return store, (
@@ -201,15 +177,6 @@ def _pick_store(name: str | None) -> tuple[Store, str | None]:
         f"None of this app's stores ({_names(stores)}) keeps records to read back: "
         f"add a JSONStore, CSVStore or SQLStore to stores=."
     )
-
-
-@contextlib.contextmanager
-def _readable(store: Store) -> Iterator[None]:
-    """Turns a store's "cannot read" (an exporter's) into a one-line error."""
-    try:
-        yield
-    except NotImplementedError as exc:
-        raise click.ClickException(f"{store.name}: {exc}") from None
 
 
 # -- text for terminals -----------------------------------------------------------------
@@ -436,8 +403,7 @@ def stats_command(
     --since says otherwise)."""
     _check_window(since, until)
     store, note = _pick_store(store_name)
-    with _readable(store):
-        summary = store.summary(since, until)
+    summary = store.summary(since, until)
     if as_json:
         # ASCII: lone surrogates from undecodable headers stay valid JSON.
         click.echo(json.dumps(summary, indent=2, ensure_ascii=True))
@@ -555,27 +521,26 @@ def tail_command(
         )
     if note:
         click.echo(f"==> {store.name} <== ({note})", err=True)
-    with _readable(store):
-        # Started before the first lines are read, so that a request
-        # recorded in between is printed once: with them or after them.
-        follower = _Follower(store) if follow else None
+    # Started before the first lines are read, so that a request
+    # recorded in between is printed once: with them or after them.
+    follower = _Follower(store) if follow else None
+    if follower is not None:
+        follower.start()
+    for row in reversed(store.read(count) if count else []):
+        click.echo(_log_line(row))
         if follower is not None:
-            follower.start()
-        for row in reversed(store.read(count) if count else []):
-            click.echo(_log_line(row))
-            if follower is not None:
-                follower.mark(row)
-        if follower is None:
-            return
-        polls = 0
-        try:
-            while max_polls is None or polls < max_polls:
-                _sleep(interval)
-                polls += 1
-                for row in follower.poll():
-                    click.echo(_log_line(row))  # echo flushes: lines show at once
-        except KeyboardInterrupt:
-            pass
+            follower.mark(row)
+    if follower is None:
+        return
+    polls = 0
+    try:
+        while max_polls is None or polls < max_polls:
+            _sleep(interval)
+            polls += 1
+            for row in follower.poll():
+                click.echo(_log_line(row))  # echo flushes: lines show at once
+    except KeyboardInterrupt:
+        pass
 
 
 # -- flask traffic export -----------------------------------------------------------------
@@ -591,8 +556,8 @@ def _csv_cell(value: t.Any) -> t.Any:
     # empty string is a lone "'" so that it differs from a missing value.
     if value is None:
         return ""
-    if isinstance(value, str) and (not value or value[0] in _RISKY_FIRST):
-        return _ESCAPE + value
+    if isinstance(value, str):
+        return escape_formula(value)
     return value
 
 
@@ -757,22 +722,21 @@ def export_command(
     destination = _Destination(output)
     text: io.TextIOWrapper | None = None
     try:
-        with _readable(store):
-            query = store.query(None, since=since, until=until)
-            store.flush(_FLUSH_TIMEOUT)
-            rows = _reading(store.scan(query, oldest_first=True))
-            text = destination.open()
-            if output != "-" and _is_terminal(err):
-                # The bar is advanced by _counted, a step per thousand
-                # records, rather than iterated: redrawing it per record
-                # would cost more than writing the record.
-                with click.progressbar(
-                    rows, label=f"Exporting {store.name}", file=err, show_pos=True
-                ) as bar:
-                    written = write(text, store.fields, _counted(rows, bar.update))
-            else:
-                written = write(text, store.fields, rows)
-            destination.finish(text)
+        query = store.query(None, since=since, until=until)
+        store.flush(_FLUSH_TIMEOUT)
+        rows = _reading(store.scan(query, oldest_first=True))
+        text = destination.open()
+        if output != "-" and _is_terminal(err):
+            # The bar is advanced by _counted, a step per thousand
+            # records, rather than iterated: redrawing it per record
+            # would cost more than writing the record.
+            with click.progressbar(
+                rows, label=f"Exporting {store.name}", file=err, show_pos=True
+            ) as bar:
+                written = write(text, store.fields, _counted(rows, bar.update))
+        else:
+            written = write(text, store.fields, rows)
+        destination.finish(text)
     except _ReadFailed as exc:
         destination.abandon(text)
         raise click.ClickException(f"{store.name} could not be read: {exc}") from None
@@ -813,6 +777,9 @@ def prune_command(store_name: str | None) -> None:
     failed = 0
     for store in chosen:
         limits = []
+        if not isinstance(store, Store):
+            click.echo(f"{store.name}: keeps no records, nothing to prune.")
+            continue
         if store.max_age is not None:
             limits.append(f"max_age {_duration(store.max_age)}")
         if store.max_records is not None:

@@ -224,6 +224,7 @@ class LogPolicy:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: t.Any) -> None:
+        self._check_not_frozen(name)
         if name in _FIELD_SET:
             self._fields[name] = _check_bool(value, name)
         else:
@@ -253,7 +254,36 @@ class LogPolicy:
     def __repr__(self) -> str:
         return f"<LogPolicy fields={list(self.enabled_fields)}>"
 
+    def _check_not_frozen(self, what: str) -> None:
+        owner = self.__dict__.get("_frozen_by")
+        if owner is not None:
+            raise RuntimeError(
+                f"This LogPolicy is in use by {owner} since init_app, so {what} cannot "
+                f"change: what is already stored and queued would no longer match it. "
+                f"Set the policy up before passing it to the store, or give a new store "
+                f"a new LogPolicy."
+            )
+
+    def freeze(self, owner: str) -> None:
+        """Refuse every later change; called when a store using this policy is
+        attached to an app (``owner`` names the store in the error).
+
+        A store decides its columns, header and encoders from the policy once;
+        a change after that would break what it writes, so it raises a
+        :class:`RuntimeError` instead.
+
+        .. versionadded:: 1.0
+        """
+        if "_frozen_by" not in self.__dict__:
+            object.__setattr__(self, "_frozen_by", owner)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether a store in use holds this policy (see :meth:`freeze`)."""
+        return "_frozen_by" in self.__dict__
+
     def _set(self, default: bool, where: str, fields: dict[str, bool]) -> LogPolicy:
+        self._check_not_frozen(where)
         _check_field_names(fields, where)
         for name, value in fields.items():
             _check_bool(value, name)

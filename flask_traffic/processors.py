@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import typing as t
@@ -18,9 +17,20 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from ._fork import after_fork_in_child
 from .record import TrafficRecord
 
-__all__ = ["BatchProcessor", "ExportFunction", "MaintenanceFunction", "Processor", "SyncProcessor"]
+__all__ = [
+    "BatchProcessor",
+    "ExportFunction",
+    "MaintenanceFunction",
+    "Processor",
+    "ProcessorOptions",
+    "SyncProcessor",
+    "check_positive_int",
+    "check_positive_seconds",
+    "make_processor",
+]
 
 logger = logging.getLogger("flask_traffic")
 
@@ -31,6 +41,32 @@ MaintenanceFunction = Callable[[], None]
 
 _DROP_WARNING_INTERVAL = 60.0
 _SHUTDOWN_TIMEOUT = 10.0
+
+
+class ProcessorOptions(t.TypedDict):
+    """The ``TRAFFIC_*`` settings a store's processor is built from."""
+
+    sync: bool
+    max_queue_size: int
+    max_batch_size: int
+    schedule_delay: float
+    retention_interval: float
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` if it is a positive ``int`` (not a bool), else a ``ValueError``
+    naming ``name``: the one rule for sizes, in config and in arguments."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def check_positive_seconds(value: object, name: str) -> float:
+    """``value`` as a float if it is a positive number, else a ``ValueError``
+    naming ``name``: the one rule for durations, in config and in arguments."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+    return float(value)
 
 
 class Processor(t.Protocol):
@@ -55,12 +91,8 @@ class _Maintenance:
     __slots__ = ("due", "function", "interval", "name")
 
     def __init__(self, function: MaintenanceFunction | None, interval: float, name: str) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-            raise ValueError(
-                f"maintenance_interval must be a positive number of seconds, got {interval!r}."
-            )
         self.function = function
-        self.interval = float(interval)
+        self.interval = check_positive_seconds(interval, "maintenance_interval")
         self.name = name
         # Due at once: an app that starts after a long stop prunes right away.
         self.due = time.monotonic()
@@ -215,25 +247,17 @@ class BatchProcessor:
         maintenance: MaintenanceFunction | None = None,
         maintenance_interval: float = 60.0,
     ) -> None:
-        for arg, value in (("max_queue_size", max_queue_size), ("max_batch_size", max_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
-        for arg, number in (("schedule_delay", schedule_delay), ("max_backoff", max_backoff)):
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
-                raise ValueError(f"{arg} must be a positive number of seconds, got {number!r}.")
         self._export = export
-        self._max_queue_size = max_queue_size
-        self._max_batch_size = max_batch_size
-        self._schedule_delay = float(schedule_delay)
-        self._max_backoff = float(max_backoff)
+        self._max_queue_size = check_positive_int(max_queue_size, "max_queue_size")
+        self._max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
+        self._schedule_delay = check_positive_seconds(schedule_delay, "schedule_delay")
+        self._max_backoff = check_positive_seconds(max_backoff, "max_backoff")
         self._counters = _Counters(name)
         self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
         self._is_shut_down = False
         self._init_worker()
         _live_processors.add(self)
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._at_fork_reinit)
-            os.register_at_fork(after_in_child=lambda: _call_if_alive(ref))
+        after_fork_in_child(self._at_fork_reinit)
 
     def _at_fork_reinit(self) -> None:
         # The child gets fresh locks and a thread of its own (threads do not
@@ -423,7 +447,29 @@ class BatchProcessor:
             marker.done.set()
 
 
-def _call_if_alive(ref: weakref.WeakMethod[t.Callable[[], None]]) -> None:
-    method = ref()
-    if method is not None:
-        method()
+def make_processor(
+    export: ExportFunction,
+    *,
+    name: str,
+    options: ProcessorOptions,
+    sync: bool,
+    maintenance: MaintenanceFunction | None = None,
+) -> SyncProcessor | BatchProcessor:
+    """The processor a sink gets from ``init_app``: a :class:`SyncProcessor`
+    when ``sync``, else a :class:`BatchProcessor` sized by ``options``."""
+    if sync:
+        return SyncProcessor(
+            export,
+            name=name,
+            maintenance=maintenance,
+            maintenance_interval=options["retention_interval"],
+        )
+    return BatchProcessor(
+        export,
+        name=name,
+        max_queue_size=options["max_queue_size"],
+        max_batch_size=options["max_batch_size"],
+        schedule_delay=options["schedule_delay"],
+        maintenance=maintenance,
+        maintenance_interval=options["retention_interval"],
+    )

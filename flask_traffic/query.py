@@ -5,29 +5,21 @@ window and equality tests on fields."""
 from __future__ import annotations
 
 import functools
+import re
 import typing as t
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from .record import FIELD_NAMES
+from .record import FIELD_NAMES, iso_text
 
-__all__ = ["Query", "TimeArg", "iso_text", "parse_time"]
+__all__ = ["Query", "TimeArg", "iso_text", "parse_moment", "parse_time"]
 
 _UTC = timezone.utc
 _FIELD_SET = frozenset(FIELD_NAMES)
 
 #: What ``since=`` and ``until=`` take.
 TimeArg = datetime | str | None
-
-
-def iso_text(moment: datetime) -> str:
-    """``moment`` as stores keep ``request_date``: UTC, microseconds, ``+00:00``.
-
-    Text in this one format sorts as the moments do, so stores that keep dates
-    as text compare them as text.
-    """
-    return moment.astimezone(_UTC).isoformat(timespec="microseconds")
 
 
 def parse_time(value: TimeArg, name: str) -> datetime | None:
@@ -57,6 +49,41 @@ def parse_time(value: TimeArg, name: str) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=_UTC)
     return value.astimezone(_UTC)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.ASCII)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_moment(text: str | None, name: str) -> datetime | None:
+    """What the ``flask traffic`` commands and the dashboard take for
+    ``since``/``until``: a duration back from now (``30m``, ``24h``, ``7d``,
+    ``2w``), a date, ISO 8601 text (naive is UTC), or ``all`` (and ``None``)
+    for no bound.
+
+    :param name: what the value is called where it came from (``--since``),
+        for the messages of a parser that wraps this one; the
+        :class:`ValueError` says what is wrong with ``text`` only, so a
+        caller can put the name where its own errors put it.
+    :raises ValueError: for text of none of these forms.
+    """
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    text = text.strip()
+    match = _DURATION.fullmatch(text)
+    if match is not None:
+        amount, unit = match.groups()
+        try:
+            return datetime.now(_UTC) - timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches back before the year 1.") from None
+    try:
+        return parse_time(text, name)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 24h, 7d, 2w), a date (2026-11-25), "
+            f"ISO 8601 text (2026-11-25T08:00:00Z) nor 'all'."
+        ) from None
 
 
 _WHERE_TYPES = (str, int, float, type(None))

@@ -17,7 +17,7 @@ from werkzeug.sansio.utils import get_current_url, get_host
 
 from ._useragent import parse_user_agent
 
-__all__ = ["FIELDS", "FIELD_NAMES", "Field", "FieldType", "TrafficRecord"]
+__all__ = ["FIELDS", "FIELD_NAMES", "Field", "FieldType", "TrafficRecord", "iso_text"]
 
 FieldType = t.Literal["datetime", "str", "int", "float"]
 
@@ -107,6 +107,16 @@ def _server_address(
 @functools.lru_cache(maxsize=256)
 def _mimetype(content_type: str) -> str | None:
     return parse_options_header(content_type)[0].lower() or None
+
+
+def iso_text(moment: datetime) -> str:
+    """``moment`` as stores keep ``request_date``: UTC, microseconds, ``+00:00``
+    (what :attr:`TrafficRecord.request_date_iso` gives, faster, for a record).
+
+    Text in this one format sorts as the moments do, so stores that keep dates
+    as text compare them as text.
+    """
+    return moment.astimezone(_UTC).isoformat(timespec="microseconds")
 
 
 @functools.lru_cache(maxsize=64)

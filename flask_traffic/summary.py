@@ -15,7 +15,9 @@ and are the same from every store.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import operator
 import secrets
 import typing as t
 from collections import defaultdict
@@ -26,6 +28,7 @@ from .query import iso_text
 
 __all__ = [
     "HISTOGRAM_BASE_MS",
+    "HISTOGRAM_LOG_RATIO",
     "HISTOGRAM_MAX_INDEX",
     "HISTOGRAM_RATIO",
     "TOP",
@@ -34,6 +37,7 @@ __all__ = [
     "SummaryBuilder",
     "bucket_unit",
     "histogram_index",
+    "histogram_indexes",
     "histogram_value",
     "visitor_key",
 ]
@@ -46,7 +50,8 @@ HISTOGRAM_BASE_MS = 0.01
 HISTOGRAM_RATIO = 2.0**0.125
 #: The last bucket, which also holds everything slower (~1.3 hours and up).
 HISTOGRAM_MAX_INDEX = 240
-_LOG_RATIO = math.log(HISTOGRAM_RATIO)
+#: ``ln(HISTOGRAM_RATIO)``, the step between bucket edges on a log scale.
+HISTOGRAM_LOG_RATIO = math.log(HISTOGRAM_RATIO)
 
 #: How many entries the ``top_*`` lists hold.
 TOP = 10
@@ -82,8 +87,18 @@ def histogram_index(ms: float) -> int:
     """
     if ms < HISTOGRAM_BASE_MS:
         return 0
-    index = math.floor(math.log(ms / HISTOGRAM_BASE_MS) / _LOG_RATIO) + 1
+    index = math.floor(math.log(ms / HISTOGRAM_BASE_MS) / HISTOGRAM_LOG_RATIO) + 1
     return min(index, HISTOGRAM_MAX_INDEX)
+
+
+def histogram_indexes(times: list[float]) -> t.Iterable[int]:
+    """``map(histogram_index, times)``: the same arithmetic, a step at a time
+    over the whole column (each step a ``map`` in C), for column-wise tallies."""
+    if not times or min(times) < HISTOGRAM_BASE_MS:
+        return map(histogram_index, times)
+    logs = map(math.log, map(operator.truediv, times, itertools.repeat(HISTOGRAM_BASE_MS)))
+    steps = map(math.floor, map(operator.truediv, logs, itertools.repeat(HISTOGRAM_LOG_RATIO)))
+    return map(min, map((1).__add__, steps), itertools.repeat(HISTOGRAM_MAX_INDEX))
 
 
 def histogram_value(index: int) -> float:

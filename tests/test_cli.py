@@ -29,7 +29,7 @@ from flask_traffic import FIELDS, LogPolicy, Traffic, TrafficRecord
 from flask_traffic import cli as traffic_cli_module
 from flask_traffic.cli import traffic_cli
 from flask_traffic.query import Query
-from flask_traffic.stores import CSVStore, JSONStore, MemoryStore, SQLStore, Store
+from flask_traffic.stores import CSVStore, JSONStore, MemoryStore, Sink, SQLStore, Store
 
 UTC = timezone.utc
 CHROME = (
@@ -476,9 +476,6 @@ class GeneratedStore(Store):
     def export(self, records: Sequence[TrafficRecord]) -> None:
         pass
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        return []
-
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
         self.scans.append((query, oldest_first))
         start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -660,10 +657,11 @@ class ListStore(Store):
         self.fail = fail
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
-        self.kept.extend(self.rows(records))
+        self.kept.extend(self.log_policy.row(record) for record in records)
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        return list(reversed(self.kept))[:limit]
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        rows = self.kept if oldest_first else list(reversed(self.kept))
+        return (row for row in rows if query.matches(row))
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         if self.fail:
@@ -724,14 +722,11 @@ def test_prune_goes_on_past_a_failing_store(tmp_path: Path) -> None:
 # -- choosing a store, apps without traffic, several apps ----------------------------------
 
 
-class SendOnlyStore(Store):
+class SendOnlyStore(Sink):
     """Like an exporter (the OpenTelemetry bridge): sends records on, keeps none."""
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
         pass
-
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        raise NotImplementedError("SendOnlyStore keeps no records to read back.")
 
 
 def test_the_first_store_that_reads_is_used_and_named(tmp_path: Path) -> None:

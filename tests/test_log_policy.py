@@ -247,17 +247,27 @@ def test_bad_sampling_arguments(kwargs: dict[str, object], message: str) -> None
         LogPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def test_filters_changed_after_the_store_is_set_up(app: Flask) -> None:
-    policy = LogPolicy()
+def test_a_policy_in_use_is_frozen(app: Flask) -> None:
+    policy = LogPolicy(skip_paths=["/x*"])
     store = MemoryStore(log_policy=policy)
+    assert not policy.frozen
     Traffic(app, stores=store)
+    assert policy.frozen
     client = app.test_client()
     client.get("/")
-    policy.skip_paths = ["/x*"]
     client.get("/xyz")
-    policy.skip_paths = []
-    policy.on_status_codes = frozenset({404})
-    client.get("/")
+    message = r"^This LogPolicy is in use by MemoryStore since init_app, so skip_paths cannot"
+    with pytest.raises(RuntimeError, match=message):
+        policy.skip_paths = []
+    with pytest.raises(RuntimeError, match="so on_status_codes cannot change"):
+        policy.on_status_codes = frozenset({404})
+    with pytest.raises(RuntimeError, match="so request_path cannot change"):
+        policy.request_path = False
+    with pytest.raises(RuntimeError, match=r"so set_from_false\(\) cannot change"):
+        policy.set_from_false(request_path=True)
+    client.get("/xyz")
     client.get("/missing")
+    # The policy as it was at init_app still applies, fields and filters alike.
     assert paths(store.read()) == ["/", "/missing"]
+    assert set(store.read()[0]) == set(FIELD_NAMES)
     store.shutdown()

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_receiver import OTLPReceiver, ReceivedSpan, attributes
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
-from flask_traffic.stores import MemoryStore
+from flask_traffic.stores import MemoryStore, Sink, Store
 
 CHROME = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
@@ -399,16 +399,17 @@ def test_policy_anonymizes_and_cuts(
     assert len(attrs["url.path"]) == 16
 
 
-def test_policy_change_after_init_is_followed(
+def test_policy_is_frozen_after_init(
     app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
 ) -> None:
     client = app.test_client()
     client.get("/", headers={"User-Agent": CHROME})
     assert "user_agent.original" in only_span(exporter, receiver).attributes
-    exporter.log_policy.request_user_agent = False
+    with pytest.raises(RuntimeError, match="in use by OTelExporter since init_app"):
+        exporter.log_policy.request_user_agent = False
     client.get("/item/1", headers={"User-Agent": CHROME})
     spans = by_name(sent(exporter, receiver))
-    assert "user_agent.original" not in spans["GET /item/<int:n>"].attributes
+    assert "user_agent.original" in spans["GET /item/<int:n>"].attributes
 
 
 def test_policy_without_status_or_exception(
@@ -743,10 +744,14 @@ def test_bad_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         OTelExporter()
 
 
-def test_read_says_where_to_look(app: Flask, exporter: OTelExporter) -> None:
+def test_the_exporter_is_a_sink_not_a_store(app: Flask, exporter: OTelExporter) -> None:
     app.test_client().get("/")
-    with pytest.raises(NotImplementedError, match="keeps no records to read back"):
-        exporter.read()
+    assert isinstance(exporter, Sink)
+    assert not isinstance(exporter, Store)
+    assert not hasattr(exporter, "read")
+    result = app.test_cli_runner().invoke(args=["traffic", "stats", "--store", "OTelExporter"])
+    assert result.exit_code == 1
+    assert "OTelExporter keeps no records to read back" in result.stderr
 
 
 def test_flush_and_shutdown_are_safe(

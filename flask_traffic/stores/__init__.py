@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import typing as t
 
-from .base import ProcessorOptions, Store
+from .base import ProcessorOptions, Sink, Store
 from .csvfile import CSVStore
 from .jsonlines import JSONStore
 from .memory import MemoryStore
@@ -30,6 +30,7 @@ __all__ = [
     "SQLORMModelMixin",
     "SQLORMStore",
     "SQLStore",
+    "Sink",
     "Store",
 ]
 

@@ -8,7 +8,6 @@ import abc
 import contextlib
 import itertools
 import logging
-import math
 import operator
 import os
 import re
@@ -23,16 +22,13 @@ from ..policy import LogPolicy
 from ..query import Query, iso_text
 from ..record import FIELDS, FieldType, TrafficRecord
 from ..summary import (
-    HISTOGRAM_BASE_MS,
-    HISTOGRAM_MAX_INDEX,
-    HISTOGRAM_RATIO,
     TOP_FIELDS,
     VISITOR_FIELDS,
     SummaryBuilder,
-    histogram_index,
+    histogram_indexes,
     visitor_key,
 )
-from .base import Store
+from .base import Store, warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -321,8 +317,6 @@ def _first_dated(rows: list[t.Any], test: Callable[[str], bool]) -> int | None:
     return None
 
 
-_LOG_RATIO = math.log(HISTOGRAM_RATIO)
-
 #: The fields a summary reads.
 SUMMARY_FIELDS = frozenset(
     {
@@ -336,16 +330,6 @@ SUMMARY_FIELDS = frozenset(
         *TOP_FIELDS.values(),
     }
 )
-
-
-def _histogram_indexes(times: list[float]) -> t.Iterable[int]:
-    """``map(histogram_index, times)``, the same arithmetic a step at a time
-    over the whole column (each step a ``map`` in C)."""
-    if not times or min(times) < HISTOGRAM_BASE_MS:
-        return map(histogram_index, times)
-    logs = map(math.log, map(operator.truediv, times, itertools.repeat(HISTOGRAM_BASE_MS)))
-    steps = map(math.floor, map(operator.truediv, logs, itertools.repeat(_LOG_RATIO)))
-    return map(min, map((1).__add__, steps), itertools.repeat(HISTOGRAM_MAX_INDEX))
 
 
 class _Tally:
@@ -413,7 +397,7 @@ class _Tally:
         routes = self.column(rows, "request_route")
         self.routes.update(routes)
         if timed:
-            self.route_times.update(zip(routes, _histogram_indexes(times), strict=True))
+            self.route_times.update(zip(routes, histogram_indexes(times), strict=True))
         for name, field in TOP_FIELDS.items():
             self.tops[name].update(self.column(rows, field))
         if "request_date" in self.fields:
@@ -570,7 +554,7 @@ class FileStore(Store):
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
-            self._warn_if_outside_instance_folder(app, self._path)
+            warn_if_outside_instance_folder(self, app, self._path)
 
     def check_existing(self, fd: int, path: Path) -> None:
         """Raise if an existing file has a layout this store cannot append to."""

@@ -6,16 +6,20 @@ import abc
 import dataclasses
 import itertools
 import logging
-import sys
 import threading
-import time
 import typing as t
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..policy import LogPolicy
-from ..processors import BatchProcessor, Processor, SyncProcessor
+from ..processors import (
+    MaintenanceFunction,
+    Processor,
+    ProcessorOptions,
+    check_positive_int,
+    make_processor,
+)
 from ..query import Query, TimeArg
 from ..record import TrafficRecord
 from ..summary import SummaryBuilder
@@ -23,7 +27,7 @@ from ..summary import SummaryBuilder
 if t.TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["ProcessorOptions", "Store"]
+__all__ = ["ProcessorOptions", "Sink", "Store", "warn_if_outside_instance_folder"]
 
 logger = logging.getLogger("flask_traffic")
 
@@ -31,36 +35,30 @@ _READ_FLUSH_TIMEOUT = 10.0
 _UTC = timezone.utc
 
 
-class ProcessorOptions(t.TypedDict):
-    """The ``TRAFFIC_*`` settings a store's processor is built from."""
+class Sink(abc.ABC):
+    """Something that receives traffic records: the write side of a store.
 
-    sync: bool
-    max_queue_size: int
-    max_batch_size: int
-    schedule_delay: float
-    retention_interval: float
+    A sink implements :meth:`export` (write a batch, raise on failure) and
+    may override :meth:`setup` to open files, tables or connections once it
+    knows its app. Queueing, threads, retries and filtering are not its
+    business: :class:`~flask_traffic.Traffic` puts a processor in front of it
+    and subscribes it to :data:`~flask_traffic.request_traffic` through its
+    :class:`LogPolicy`, which is frozen from then on.
 
-
-class Store(abc.ABC):
-    """A place traffic records are written to and read back from.
-
-    A store implements :meth:`export` (write a batch, raise on failure) and
-    :meth:`fetch` (the newest rows); it may override :meth:`setup` to open
-    files or tables once it knows its app. Queueing, threads, retries and
-    filtering are not its business: :class:`~flask_traffic.Traffic` puts a
-    processor in front of it and subscribes it to
-    :data:`~flask_traffic.request_traffic` through its :class:`LogPolicy`.
+    A sink that keeps nothing to read back (an exporter to another system,
+    such as the OpenTelemetry bridge) subclasses :class:`Sink`; one that can
+    be read subclasses :class:`Store`. The ``flask traffic`` commands read
+    only from :class:`Store` instances.
 
     :param log_policy: which fields and requests to keep; a fresh
         all-fields :class:`LogPolicy` when ``None``.
     :param sync: write in the request thread instead of a worker thread;
         ``None`` follows the app's ``TRAFFIC_SYNC``.
     :param name: how the ``flask traffic`` commands and log messages name the
-        store; by default its class name, numbered when an app has several
+        sink; by default its class name, numbered when an app has several
         (``JSONStore``, ``JSONStore-2``).
-    :param max_age: keep records for this long; older ones are removed by
-        the worker, at most once every ``TRAFFIC_RETENTION_INTERVAL`` seconds.
-    :param max_records: keep at most about this many records, the newest.
+
+    .. versionadded:: 1.0
     """
 
     log_policy: LogPolicy
@@ -72,8 +70,6 @@ class Store(abc.ABC):
         *,
         sync: bool | None = None,
         name: str | None = None,
-        max_age: timedelta | None = None,
-        max_records: int | None = None,
     ) -> None:
         if log_policy is None:
             log_policy = LogPolicy()
@@ -85,33 +81,17 @@ class Store(abc.ABC):
             raise TypeError(f"sync must be True, False or None, got {sync!r}.")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"name must be a non-empty str, got {name!r}.")
-        if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
-            raise ValueError(f"max_age must be a positive datetime.timedelta, got {max_age!r}.")
-        if max_records is not None and (
-            isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1
-        ):
-            raise ValueError(f"max_records must be a positive integer, got {max_records!r}.")
-        if (max_age is not None or max_records is not None) and not self.supports_retention:
-            raise TypeError(
-                f"{type(self).__name__} does not implement retain(), so it cannot take "
-                f"max_age or max_records."
-            )
         self.log_policy = log_policy
         self.sync = sync
         self.processor = None
-        self.max_age = max_age
-        self.max_records = max_records
         self._name = name
-        self._last_retention = 0.0
-        # prune() holds it while it runs; the worker's pass skips meanwhile.
-        self._retention_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} fields={len(self.log_policy.enabled_fields)}>"
 
     @property
     def name(self) -> str:
-        """How log messages and the ``flask traffic`` commands name this store:
+        """How log messages and the ``flask traffic`` commands name this sink:
         the ``name=`` given, else the class name, numbered by ``init_app``
         when an app has several of one class."""
         return self._name if self._name is not None else type(self).__name__
@@ -121,48 +101,45 @@ class Store(abc.ABC):
         self._name = value
 
     @property
-    def supports_retention(self) -> bool:
-        """Whether this store implements :meth:`retain` (``max_age``, ``max_records``)."""
-        return type(self).retain is not Store.retain
+    def has_default_name(self) -> bool:
+        """Whether no ``name=`` was given (``init_app`` may then number it)."""
+        return self._name is None
 
     @property
     def fields(self) -> tuple[str, ...]:
-        """The field names this store keeps: its policy's enabled fields."""
+        """The field names this sink keeps: its policy's enabled fields."""
         return self.log_policy.enabled_fields
 
     def attach(self, app: Flask, options: ProcessorOptions) -> None:
-        """Prepare the store for ``app`` and start its processor.
+        """Prepare the sink for ``app`` and start its processor.
 
-        Called by :meth:`Traffic.init_app <flask_traffic.Traffic.init_app>`.
-        A store attached to several apps (a module-level store and an app
+        Plumbing, not a hook: :meth:`Traffic.init_app
+        <flask_traffic.Traffic.init_app>` calls it; subclasses override
+        :meth:`setup` instead. It freezes the sink's :class:`LogPolicy`. A
+        sink attached to several apps (a module-level store and an app
         factory called more than once, as test suites do) keeps the place and
         the processor it got from the first one, and records every app's
         requests there.
+
+        :meta private:
         """
         if self.processor is not None:
             self.also_serve(app)
             return
         self.setup(app)
-        sync = options["sync"] if self.sync is None else self.sync
-        has_limits = self.max_age is not None or self.max_records is not None
-        maintenance = self._maintain if has_limits else None
-        if sync:
-            self.processor = SyncProcessor(
-                self._export_kept,
-                name=self.name,
-                maintenance=maintenance,
-                maintenance_interval=options["retention_interval"],
-            )
-        else:
-            self.processor = BatchProcessor(
-                self._export_kept,
-                name=self.name,
-                max_queue_size=options["max_queue_size"],
-                max_batch_size=options["max_batch_size"],
-                schedule_delay=options["schedule_delay"],
-                maintenance=maintenance,
-                maintenance_interval=options["retention_interval"],
-            )
+        self.log_policy.freeze(self.name)
+        self.processor = make_processor(
+            self._export_kept,
+            name=self.name,
+            options=options,
+            sync=options["sync"] if self.sync is None else self.sync,
+            maintenance=self._maintenance(),
+        )
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        # What the processor runs between batches; stores with retention
+        # limits return their retention pass.
+        return None
 
     def _export_kept(self, records: Sequence[TrafficRecord]) -> None:
         # The policy's costly filters (skip_bots) run here, in the worker.
@@ -174,30 +151,19 @@ class Store(abc.ABC):
         self.export(records)
 
     def setup(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
-        """Open what the store writes to; runs once, in ``init_app``.
+        """Open what the sink writes to; runs once, in ``init_app``, for the
+        first app it is attached to.
 
         Raise here, with a sentence that says the fix, for anything that is
         misconfigured: it is better than failing at the first request.
         """
 
     def also_serve(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
-        """Called when the store, already set up, is attached to another app."""
+        """Called instead of :meth:`setup` when the sink, already set up, is
+        attached to another app (to warn that its records go to the same place).
 
-    def _warn_if_outside_instance_folder(self, app: Flask, path: Path | None) -> None:
-        """For :meth:`also_serve` of a store whose file defaulted to the first
-        app's instance folder: say that ``app``'s requests go there too."""
-        if path is None:
-            return
-        folder = Path(app.instance_path)
-        if folder != path.parent:
-            logger.warning(
-                "%s already writes to %s; the requests of app %r go there too, not "
-                "to its instance folder %s. Create one store per app, or pass location=.",
-                self.name,
-                path,
-                app.name,
-                folder,
-            )
+        :meta private:
+        """
 
     @abc.abstractmethod
     def export(self, records: Sequence[TrafficRecord]) -> None:
@@ -207,27 +173,103 @@ class Store(abc.ABC):
         request threads one at a time).
         """
 
-    @abc.abstractmethod
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        """The newest ``limit`` rows, newest first, as :meth:`read` returns them."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything queued for this sink.
 
-    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
-        """The rows ``query`` selects, newest first (or oldest first), lazily.
-
-        ``query.limit`` is a hint: callers stop iterating when they have
-        enough. Stores override this to push the query down (a SQL
-        ``WHERE``, a Redis id range, reading a file backwards and stopping
-        early); this default filters :meth:`fetch` of every row, which is
-        right for any store and fast for small ones. It does not flush.
+        :return: ``False`` if that did not finish within ``timeout`` seconds.
         """
-        if query.is_everything and query.limit is not None and not oldest_first:
-            rows = self.fetch(query.limit) if query.limit else []
-        else:
-            rows = self.fetch(sys.maxsize)
-        selected = (row for row in rows if query.matches(row))
-        if oldest_first:
-            return iter(list(selected)[::-1])
-        return selected
+        if self.processor is None:
+            return True
+        return self.processor.force_flush(timeout)
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Flush and stop the worker; safe to call twice. Also runs at exit.
+
+        Subclasses that hold connections close them after calling this.
+        """
+        if self.processor is not None:
+            self.processor.shutdown(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the sink's processor.
+
+        ``queued`` (waiting now), ``exported``, ``dropped`` (queue full, or
+        still failing at shutdown) and ``failed_exports`` (write attempts
+        that raised and were retried).
+        """
+        if self.processor is None:
+            return {"queued": 0, "exported": 0, "dropped": 0, "failed_exports": 0}
+        return self.processor.stats()
+
+
+class Store(Sink):
+    """A sink that can be read back: every store shipped with flask-traffic.
+
+    Besides :meth:`~Sink.export`, a store implements :meth:`scan` (the rows a
+    :class:`~flask_traffic.query.Query` selects, newest or oldest first);
+    :meth:`read`, :meth:`fetch` and :meth:`summary` are built on it. It may
+    override :meth:`summarize` to count in its backend, and :meth:`retain`
+    to support ``max_age`` and ``max_records``.
+
+    :param log_policy: which fields and requests to keep.
+    :param sync: write in the request thread instead of a worker thread.
+    :param name: how the ``flask traffic`` commands and log messages name it.
+    :param max_age: keep records for this long; older ones are removed by
+        the worker, at most once every ``TRAFFIC_RETENTION_INTERVAL`` seconds,
+        and are never read back, even before they are removed.
+    :param max_records: keep at most about this many records, the newest.
+    """
+
+    def __init__(
+        self,
+        log_policy: LogPolicy | None = None,
+        *,
+        sync: bool | None = None,
+        name: str | None = None,
+        max_age: timedelta | None = None,
+        max_records: int | None = None,
+    ) -> None:
+        super().__init__(log_policy, sync=sync, name=name)
+        if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
+            raise ValueError(f"max_age must be a positive datetime.timedelta, got {max_age!r}.")
+        if max_records is not None:
+            check_positive_int(max_records, "max_records")
+        if (max_age is not None or max_records is not None) and not self.supports_retention:
+            raise TypeError(
+                f"{type(self).__name__} does not implement retain(), so it cannot take "
+                f"max_age or max_records."
+            )
+        self.max_age = max_age
+        self.max_records = max_records
+        # prune() holds it while it runs; the worker's pass skips meanwhile.
+        self._retention_lock = threading.Lock()
+
+    @property
+    def supports_retention(self) -> bool:
+        """Whether this store implements :meth:`retain` (``max_age``, ``max_records``)."""
+        return type(self).retain is not Store.retain
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        if self.max_age is None and self.max_records is None:
+            return None
+        return self._maintain
+
+    @abc.abstractmethod
+    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
+        """The rows ``query`` selects, newest first (or oldest first), lazily,
+        as :meth:`read` returns them.
+
+        ``query`` comes from :meth:`query`, so its window already starts no
+        earlier than ``max_age`` ago. ``query.limit`` is a hint: callers stop
+        iterating when they have enough. Push the query down where the
+        backend can (a SQL ``WHERE``, a Redis id range, reading a file
+        backwards and stopping early). It does not flush.
+        """
+
+    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
+        """The newest ``limit`` rows, newest first, without flushing the queue."""
+        query = self.query(limit)
+        return list(itertools.islice(self.scan(query), limit)) if limit else []
 
     def query(
         self,
@@ -240,7 +282,8 @@ class Store(abc.ABC):
         """A :class:`~flask_traffic.query.Query` for this store, arguments checked.
 
         With ``max_age``, the window starts no earlier than ``max_age`` ago:
-        records retention has not removed yet are not given either.
+        records retention has not removed yet are not given either. This is
+        the one place that rule is applied.
         """
         query = Query.make(self.fields, limit, since, until, where)
         if self.max_age is not None and "request_date" in self.fields:
@@ -275,8 +318,6 @@ class Store(abc.ABC):
         self.flush(_READ_FLUSH_TIMEOUT)
         if limit == 0:
             return []
-        if query.is_everything:
-            return self.fetch(limit)
         return list(itertools.islice(self.scan(query), limit))
 
     def summary(self, since: TimeArg = None, until: TimeArg = None) -> dict[str, t.Any]:
@@ -330,7 +371,6 @@ class Store(abc.ABC):
     def _retain_now(self) -> int:
         cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
         removed = self.retain(cutoff, self.max_records)
-        self._last_retention = time.monotonic()
         if removed:
             logger.info("%s: retention removed %d record(s).", self.name, removed)
         return removed
@@ -345,32 +385,19 @@ class Store(abc.ABC):
         finally:
             self._retention_lock.release()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Write everything queued for this store.
 
-        :return: ``False`` if that did not finish within ``timeout`` seconds.
-        """
-        if self.processor is None:
-            return True
-        return self.processor.force_flush(timeout)
-
-    def shutdown(self, timeout: float | None = 10.0) -> None:
-        """Flush and stop the worker; safe to call twice. Also runs at exit."""
-        if self.processor is not None:
-            self.processor.shutdown(timeout)
-
-    def stats(self) -> dict[str, int]:
-        """Counters of the store's processor.
-
-        ``queued`` (waiting now), ``exported``, ``dropped`` (queue full, or
-        still failing at shutdown) and ``failed_exports`` (write attempts
-        that raised and were retried).
-        """
-        if self.processor is None:
-            return {"queued": 0, "exported": 0, "dropped": 0, "failed_exports": 0}
-        return self.processor.stats()
-
-    def rows(self, records: Sequence[TrafficRecord]) -> list[dict[str, t.Any]]:
-        """``records`` as rows of this store's enabled fields, JSON-ready."""
-        row = self.log_policy.row
-        return [row(record) for record in records]
+def warn_if_outside_instance_folder(sink: Sink, app: Flask, path: Path | None) -> None:
+    """For :meth:`Sink.also_serve` of a sink whose file defaulted to the first
+    app's instance folder: say that ``app``'s requests go there too."""
+    if path is None:
+        return
+    folder = Path(app.instance_path)
+    if folder != path.parent:
+        logger.warning(
+            "%s already writes to %s; the requests of app %r go there too, not "
+            "to its instance folder %s. Create one store per app, or pass location=.",
+            sink.name,
+            path,
+            app.name,
+            folder,
+        )

@@ -16,7 +16,7 @@ from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
 from ._files import SUMMARY_FIELDS, FileStore, encode_lines, field_encoders, split_records
 
-__all__ = ["CSVStore"]
+__all__ = ["CSVStore", "escape_formula", "unescape_formula"]
 
 logger = logging.getLogger("flask_traffic")
 
@@ -29,14 +29,27 @@ _RISKY_FIRST = frozenset("=+-@\t\r" + _ESCAPE)
 _NEEDS_QUOTES = frozenset(',"\r\n')
 
 
+def escape_formula(value: str) -> str:
+    """``value`` as a CSV cell that no spreadsheet runs: the one rule for
+    :class:`CSVStore` and ``flask traffic export``. :func:`unescape_formula`
+    undoes it exactly."""
+    if not value or value[0] in _RISKY_FIRST:
+        return _ESCAPE + value
+    return value
+
+
+def unescape_formula(cell: str) -> str:
+    """The text :func:`escape_formula` was given."""
+    return cell[1:] if cell.startswith(_ESCAPE) else cell
+
+
 @functools.lru_cache(maxsize=8192)
 def _text_cell(value: str | None) -> str:
     # Cached: text values repeat from request to request (user agents,
     # hosts, routes), and this is the costly part of writing a row.
     if value is None:
         return ""
-    if not value or value[0] in _RISKY_FIRST:
-        value = _ESCAPE + value
+    value = escape_formula(value)
     if not _NEEDS_QUOTES.isdisjoint(value):
         return '"' + value.replace('"', '""') + '"'
     return value
@@ -59,15 +72,11 @@ _ENCODERS: dict[FieldType, Callable[[t.Any], str]] = {
 }
 
 
-def _text(cell: str) -> str:
-    return cell[1:] if cell.startswith(_ESCAPE) else cell
-
-
 _PARSERS: dict[str, Callable[[str], t.Any]] = {
     "int": int,
     "float": float,
-    "str": _text,
-    "datetime": _text,
+    "str": unescape_formula,
+    "datetime": unescape_formula,
 }
 _PARSER_FOR_FIELD = {field.name: _PARSERS[field.type] for field in FIELDS}
 
@@ -257,7 +266,7 @@ class CSVStore(FileStore):
 
 def _parse_column(column: tuple[str, ...], parse: Callable[[str], t.Any]) -> list[t.Any]:
     """The cells of one column as values: an empty cell is ``None``."""
-    if parse is _text:
+    if parse is unescape_formula:
         return [(cell[1:] if cell[0] == _ESCAPE else cell) if cell else None for cell in column]
     try:
         return [parse(cell) if cell else None for cell in column]

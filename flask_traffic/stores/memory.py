@@ -57,43 +57,23 @@ class MemoryStore(Store):
             )
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
-        rows = self.rows(records)
+        row = self.log_policy.row
+        rows = [row(record) for record in records]
         with self._lock:
             self._rows.extend(rows)
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        if self.max_age is not None:
-            return list(self._select(Query(limit=limit), oldest_first=False))[:limit]
-        with self._lock:
-            newest = list(self._rows)[-limit:] if limit else []
-        newest.reverse()
-        return [dict(row) for row in newest]
-
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
         """The rows ``query`` selects, newest first (or oldest first), from a
-        copy of the list taken at the call; rows older than ``max_age`` are
-        left out."""
-        return iter(self._select(query, oldest_first=oldest_first))
-
-    def _select(self, query: Query, *, oldest_first: bool) -> list[dict[str, t.Any]]:
+        copy of the list taken at the call."""
         with self._lock:
             rows = list(self._rows)
         if not oldest_first:
             rows.reverse()
-        # Store.query() already starts the window max_age ago; a Query made
-        # without it (fetch()) gets the same floor here.
-        cutoff = self._cutoff() if query.since is None else None
+        if query.is_everything:
+            limit = len(rows) if query.limit is None else query.limit
+            return (dict(row) for row in rows[:limit])
         matches = query.matches
-        return [
-            dict(row)
-            for row in rows
-            if (cutoff is None or (row.get("request_date") or "") >= cutoff) and matches(row)
-        ]
-
-    def _cutoff(self) -> str | None:
-        if self.max_age is None:
-            return None
-        return iso_text(datetime.now(_UTC) - self.max_age)
+        return (dict(row) for row in rows if matches(row))
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Forget rows older than ``cutoff``; the list itself holds at most

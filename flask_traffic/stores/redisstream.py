@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import operator
 import os
@@ -400,9 +399,6 @@ class RedisStore(Store):
         except self._unsure_errors:
             self._unsure = (records, number)
             raise
-
-    def fetch(self, limit: int) -> list[_Row]:
-        return list(itertools.islice(self.scan(Query(limit=limit)), limit))
 
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[_Row]:
         """The entries ``query`` selects, newest first (``XREVRANGE``) or

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import typing as t
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from .._fork import after_fork_in_child
 from .._optional import require
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord
 from ..summary import SummaryBuilder
-from .base import Store
+from .base import Store, warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -32,12 +32,6 @@ _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Drivers SQLAlchemy names in its URLs -> the flask-traffic extra installing one.
 _DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
-
-
-def _call_if_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
-    method = ref()
-    if method is not None:
-        method()
 
 
 class _SQLTableStore(Store):
@@ -66,11 +60,7 @@ class _SQLTableStore(Store):
         self._engine = None
         self._io = None
         self._owns_engine = False
-        if hasattr(os, "register_at_fork"):
-            # Held weakly, as the processors do: a store that is gone must
-            # not be kept alive by the fork hook.
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-            os.register_at_fork(after_in_child=lambda: _call_if_alive(ref))
+        after_fork_in_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
         # A pooled connection's socket is shared with the parent after fork
@@ -383,4 +373,4 @@ class SQLStore(_SQLTableStore):
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
-            self._warn_if_outside_instance_folder(app, self._sqlite_path)
+            warn_if_outside_instance_folder(self, app, self._sqlite_path)

@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from flask_traffic import LogPolicy, TrafficRecord
-from flask_traffic.stores import Store
+from flask_traffic.stores import Sink
 
 from ._semconv import DURATION_BUCKETS, SpanMapper, known_methods
 from ._version import __version__
@@ -95,7 +95,7 @@ def _shutdown_at_exit(ref: weakref.ref[OTelExporter]) -> None:
         exporter.shutdown()
 
 
-class OTelExporter(Store):
+class OTelExporter(Sink):
     """Sends each recorded request to an OpenTelemetry collector as an HTTP
     server span, over OTLP/HTTP; optionally also the
     ``http.server.request.duration`` histogram.
@@ -114,7 +114,9 @@ class OTelExporter(Store):
     The exporter builds its own ``TracerProvider`` (and ``MeterProvider``)
     with a batch processor; it never touches OpenTelemetry's global
     providers, so it works beside ``opentelemetry-instrument`` or your own
-    set-up. It keeps nothing to read back: :meth:`read` raises.
+    set-up. It is a :class:`~flask_traffic.stores.Sink`: it keeps nothing
+    to read back, so it has no ``read()``, and the ``flask traffic`` commands
+    skip it.
 
     :param endpoint: full URL of the collector's OTLP/HTTP traces endpoint.
         Default: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
@@ -331,22 +333,6 @@ class OTelExporter(Store):
                 if data.exception_event is not None:
                     span.add_event("exception", data.exception_event, timestamp=end)
             span.end(end_time=end)
-
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        """Not supported, so neither are ``read()`` and ``summary()``: they
-        raise :class:`NotImplementedError`.
-
-        The exporter sends records on and keeps none; read them in your
-        tracing backend, or add a :class:`~flask_traffic.stores.MemoryStore`
-        or :class:`~flask_traffic.stores.JSONStore` to ``stores=``.
-        """
-        raise NotImplementedError(self._no_read_message())
-
-    def _no_read_message(self) -> str:
-        return (
-            f"{type(self).__name__} keeps no records to read back: query your tracing "
-            f"backend, or add a MemoryStore or JSONStore to stores= and read() that."
-        )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Turn every queued record into a span and send what is waiting.
