@@ -8,8 +8,11 @@ traffic repeats a small set of user agents.
 from __future__ import annotations
 
 import functools
+import threading
+import typing as t
 
-from ua_parser import Domain, parser
+import ua_parser
+from ua_parser import Domain
 
 __all__ = ["is_bot", "parse_user_agent"]
 
@@ -17,6 +20,23 @@ _DOMAINS = Domain.USER_AGENT | Domain.OS
 # Longer strings are not user agents a parser has rules for; cutting them
 # keeps hostile 10 kB headers from costing regex time.
 _MAX_PARSED_LENGTH = 1024
+
+
+_build_lock = threading.Lock()
+_parse: t.Callable[[str, Domain], ua_parser.PartialResult] | None = None
+
+
+def _parser() -> t.Callable[[str, Domain], ua_parser.PartialResult]:
+    # ua-parser compiles its rules when its default parser is first asked
+    # for (~100 ms): that happens here, in the first worker that parses a
+    # user agent, not at import on the app's main thread. The lock keeps
+    # two workers from building it twice.
+    global _parse
+    if _parse is None:
+        with _build_lock:
+            if _parse is None:
+                _parse = ua_parser.parser
+    return _parse
 
 
 @functools.lru_cache(maxsize=4096)
@@ -32,7 +52,7 @@ def parse_user_agent(user_agent: str | None) -> tuple[str | None, str | None]:
     # The parser takes valid Unicode only; a header a server decoded with
     # surrogateescape may hold lone surrogates.
     text = user_agent[:_MAX_PARSED_LENGTH].encode("utf-8", "replace").decode("utf-8")
-    result = parser(text, _DOMAINS)
+    result = _parser()(text, _DOMAINS)
     browser = None
     if result.user_agent is not None and result.user_agent.family != "Other":
         ua = result.user_agent
@@ -53,5 +73,5 @@ def is_bot(user_agent: str | None) -> bool:
     if not user_agent:
         return False
     text = user_agent[:_MAX_PARSED_LENGTH].encode("utf-8", "replace").decode("utf-8")
-    device = parser(text, Domain.DEVICE).device
+    device = _parser()(text, Domain.DEVICE).device
     return device is not None and device.family == "Spider"

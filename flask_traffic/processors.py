@@ -27,6 +27,7 @@ __all__ = [
     "Processor",
     "ProcessorOptions",
     "SyncProcessor",
+    "backoff_delay",
     "check_positive_int",
     "check_positive_seconds",
     "make_processor",
@@ -269,7 +270,9 @@ class BatchProcessor:
     def _init_worker(self) -> None:
         self._queue: deque[TrafficRecord | _FlushMarker] = deque()
         self._in_flight = 0
-        self._flush_requested = False
+        # Flush markers queued and not yet released; changed under the lock.
+        self._pending_flushes = 0
+        self._flush_lock = threading.Lock()
         self._backing_off = False
         self._wake = threading.Event()
         self._stopping = False
@@ -302,8 +305,9 @@ class BatchProcessor:
         if not self._worker.is_alive():
             return not self._queue
         marker = _FlushMarker()
-        self._queue.append(marker)
-        self._flush_requested = True
+        with self._flush_lock:
+            self._pending_flushes += 1
+            self._queue.append(marker)
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -344,19 +348,17 @@ class BatchProcessor:
             "failed_exports": c.failed_exports,
         }
 
-    def _take(self) -> tuple[list[TrafficRecord], list[_FlushMarker]]:
-        batch: list[TrafficRecord] = []
-        markers: list[_FlushMarker] = []
+    def _take(self, pending: _Pending) -> None:
         queue = self._queue
         limit = self._max_batch_size
+        batch = pending.batch
         while queue and len(batch) < limit:
             item = queue.popleft()
             if isinstance(item, _FlushMarker):
-                markers.append(item)
+                pending.markers.append(item)
             else:
                 batch.append(item)
         self._in_flight = len(batch)
-        return batch, markers
 
     def _write(self, batch: list[TrafficRecord], attempt: int) -> bool:
         try:
@@ -376,75 +378,110 @@ class BatchProcessor:
         return True
 
     def _run(self) -> None:
-        batch: list[TrafficRecord] = []
-        markers: list[_FlushMarker] = []
-        attempt = 0
-        retry_at = 0.0
+        pending = _Pending()
         while True:
-            now = time.monotonic()
-            wait = max(0.0, retry_at - now) if batch else self._schedule_delay
-            if self._stopping:
-                wait = min(wait, max(0.0, self._deadline - now))
-            timed_out = not self._wake.wait(wait)
-            self._wake.clear()
-            stopping = self._stopping
-            now = time.monotonic()
-            if stopping and now >= self._deadline and (batch or self._queue):
-                self._give_up(batch, markers)
+            timed_out = self._sleep(pending)
+            stopped = self._stopping and time.monotonic() >= self._deadline
+            if stopped and (pending.batch or self._queue):
+                self._give_up(pending)
                 return
-            if batch and now < retry_at:
+            if pending.batch and time.monotonic() < pending.retry_at:
                 # Backing off: neither a full queue nor a flush brings the
                 # retry forward, or a store that is down would be retried at
                 # the request rate.
                 continue
             # The timer, a flush, shutdown or a due retry write everything; a
             # full batch wakes the worker for full batches only, so that
-            # writes stay large while requests keep coming.
-            drain_all = timed_out or stopping or self._flush_requested or bool(batch)
-            self._flush_requested = False
-            while True:
-                if not batch:
-                    if not drain_all and len(self._queue) < self._max_batch_size:
-                        break
-                    batch, new_markers = self._take()
-                    markers.extend(new_markers)
-                if batch:
-                    attempt += 1
-                    if not self._write(batch, attempt):
-                        # 0.5 s, 1 s, 2 s ... up to max_backoff; the exponent
-                        # is capped so a long outage cannot overflow it.
-                        delay = min(self._max_backoff, 0.5 * 2.0 ** min(attempt - 1, 30))
-                        retry_at = time.monotonic() + delay
-                        self._backing_off = True
-                        break
-                    batch, attempt = [], 0
-                    self._in_flight = 0
-                    self._backing_off = False
-                    # Between batches too: under a steady flow this loop may
-                    # never see an empty queue, and retention must still run.
-                    self._maintenance.run_if_due()
-                for marker in markers:
-                    marker.done.set()
-                markers = []
-                if not self._queue:
-                    break
-            if stopping and not batch and not self._queue:
+            # writes stay large while requests keep coming. A flush is seen
+            # as long as its marker waits: the count only drops when a
+            # marker is released, so no flag can be reset under a new one.
+            drain_all = (
+                timed_out or self._stopping or self._pending_flushes > 0 or bool(pending.batch)
+            )
+            self._write_queued(pending, drain_all)
+            if self._stopping and not pending.batch and not self._queue:
                 return
-            if not batch:
+            if not pending.batch:
                 self._maintenance.run_if_due()
 
-    def _give_up(self, batch: list[TrafficRecord], markers: list[_FlushMarker]) -> None:
-        lost = len(batch)
+    def _sleep(self, pending: _Pending) -> bool:
+        """Wait for a wake-up, the timer or a due retry; ``True`` on the timer."""
+        now = time.monotonic()
+        wait = max(0.0, pending.retry_at - now) if pending.batch else self._schedule_delay
+        if self._stopping:
+            wait = min(wait, max(0.0, self._deadline - now))
+        timed_out = not self._wake.wait(wait)
+        self._wake.clear()
+        return timed_out
+
+    def _write_queued(self, pending: _Pending, drain_all: bool) -> None:
+        """Write batches until the queue is empty (``drain_all``) or holds
+        less than a full batch, or a write fails and backs off."""
+        while True:
+            if not pending.batch:
+                if not drain_all and len(self._queue) < self._max_batch_size:
+                    return
+                self._take(pending)
+            if pending.batch and not self._write_pending(pending):
+                return
+            self._release(pending.markers)
+            if not self._queue:
+                return
+
+    def _write_pending(self, pending: _Pending) -> bool:
+        pending.attempt += 1
+        if not self._write(pending.batch, pending.attempt):
+            pending.retry_at = time.monotonic() + backoff_delay(pending.attempt, self._max_backoff)
+            self._backing_off = True
+            return False
+        pending.batch, pending.attempt = [], 0
+        self._in_flight = 0
+        self._backing_off = False
+        # Between batches too: under a steady flow the worker may never see
+        # an empty queue, and retention must still run.
+        self._maintenance.run_if_due()
+        return True
+
+    def _release(self, markers: list[_FlushMarker]) -> None:
+        if not markers:
+            return
+        for marker in markers:
+            marker.done.set()
+        with self._flush_lock:
+            self._pending_flushes -= len(markers)
+        markers.clear()
+
+    def _give_up(self, pending: _Pending) -> None:
+        lost = len(pending.batch)
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, _FlushMarker):
-                markers.append(item)
+                pending.markers.append(item)
             else:
                 lost += 1
+        pending.batch = []
         self._in_flight = 0
         self._counters.drop(lost, "store still failing at shutdown")
-        for marker in markers:
-            marker.done.set()
+        self._release(pending.markers)
+
+
+class _Pending:
+    """The worker's batch in hand: records being written or retried, the
+    flush markers taken with them, and its retry state."""
+
+    __slots__ = ("attempt", "batch", "markers", "retry_at")
+
+    def __init__(self) -> None:
+        self.batch: list[TrafficRecord] = []
+        self.markers: list[_FlushMarker] = []
+        self.attempt = 0
+        self.retry_at = 0.0
+
+
+def backoff_delay(attempt: int, max_backoff: float) -> float:
+    """Seconds to wait before retry ``attempt + 1``: 0.5 s, 1 s, 2 s ... up to
+    ``max_backoff``; the exponent is capped so a long outage cannot overflow."""
+    return min(max_backoff, 0.5 * 2.0 ** min(attempt - 1, 30))
 
 
 def make_processor(

@@ -6,13 +6,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+import typing as t
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from flask import Flask
 
-from flask_traffic import Traffic, TrafficRecord
+from flask_traffic import Traffic, TrafficRecord, processors
 from flask_traffic.processors import BatchProcessor, SyncProcessor
 from flask_traffic.stores import MemoryStore
 
@@ -215,3 +217,83 @@ def test_failing_store_never_fails_requests_and_recovers(
     assert store.flush(10)
     assert len(store.read()) == 20
     store.shutdown()
+
+
+def _worker_lines(run: Callable[[BatchProcessor], None]) -> set[int]:
+    """The lines of processors.py the worker thread runs during ``run``."""
+    seen: set[int] = set()
+
+    def trace(frame: FrameType, event: str, arg: object) -> t.Any:
+        if frame.f_code.co_filename != processors.__file__:
+            return None
+        if event == "line":
+            seen.add(frame.f_lineno)
+        return trace
+
+    threading.settrace(trace)
+    try:
+        processor = BatchProcessor(Sink(), max_batch_size=4, schedule_delay=30.0)
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    run(processor)
+    processor.shutdown()
+    return seen
+
+
+def _full_batches(processor: BatchProcessor) -> None:
+    for n in range(9):  # two full batches and one record over
+        processor.emit(record(n))
+    assert processor.force_flush(5)
+
+
+def _flush_landing_at(line: int) -> list[bool]:
+    """Wake the worker with a full batch and let a flush land just before it
+    runs ``line`` (the tracer holds the worker there until the flush is
+    queued); what that flush returned, or nothing if the line never ran."""
+    results: list[bool] = []
+    flushers: list[threading.Thread] = []
+    armed = threading.Event()
+    processor: BatchProcessor | None = None
+
+    def trace(frame: FrameType, event: str, arg: object) -> t.Any:
+        if frame.f_code.co_filename != processors.__file__:
+            return None
+        if event == "line" and frame.f_lineno == line and armed.is_set() and not flushers:
+            assert processor is not None
+            target = processor
+            flusher = threading.Thread(target=lambda: results.append(target.force_flush(5)))
+            flushers.append(flusher)
+            flusher.start()
+            time.sleep(0.02)  # the flusher queues its marker meanwhile
+        return trace
+
+    threading.settrace(trace)
+    try:
+        processor = BatchProcessor(Sink(), max_batch_size=4, schedule_delay=30.0)
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    armed.set()
+    for n in range(5):  # a full batch wakes the worker, one record stays
+        processor.emit(record(n))
+    deadline = time.monotonic() + 0.3
+    while not flushers and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for flusher in flushers:
+        flusher.join(10)
+    processor.shutdown()
+    return results
+
+
+def test_a_flush_landing_anywhere_in_the_worker_is_never_missed() -> None:
+    # A flush requested while the worker handles a full batch must not wait
+    # for the 30 s timer, wherever in its loop the worker is when the flush
+    # lands: each run lets one flush land just before one line the worker
+    # runs, so every interleaving of a flush with the loop is tried once.
+    lines = _worker_lines(_full_batches)
+    assert lines
+    landed = 0
+    for line in sorted(lines):
+        results = _flush_landing_at(line)
+        assert results in ([], [True]), f"a flush landing at line {line} was missed"
+        landed += len(results)
+    assert landed >= 10  # most lines the worker runs were tried
