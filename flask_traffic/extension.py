@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import typing as t
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import Flask
 
 from . import middleware
-from .processors import ProcessorOptions, check_positive_int, check_positive_seconds
+from ._deadletter import DEAD_LETTER_FILE, DeadLetterFile
+from .processors import (
+    ProcessorOptions,
+    check_positive_int,
+    check_positive_seconds,
+    shutdown_in_parallel,
+)
 from .record import TrafficRecord
 from .signals import request_traffic
 from .stores.base import Sink, Store
@@ -29,6 +37,9 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     "TRAFFIC_MAX_BATCH_SIZE": 512,
     "TRAFFIC_SCHEDULE_DELAY": 1.0,
     "TRAFFIC_RETENTION_INTERVAL": 60.0,
+    # None: the app's instance folder.
+    "TRAFFIC_DEAD_LETTER_DIR": None,
+    "TRAFFIC_DEAD_LETTER_MAX_BYTES": 64 * 1024 * 1024,
 }
 
 StoresArg = Sink | Iterable[Sink] | None
@@ -156,6 +167,16 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
     for key in ("TRAFFIC_ENABLED", "TRAFFIC_SYNC"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False, got {config[key]!r}.")
+    folder = config["TRAFFIC_DEAD_LETTER_DIR"]
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"TRAFFIC_DEAD_LETTER_DIR must be a folder path or None, got {folder!r}.")
+    max_bytes = config["TRAFFIC_DEAD_LETTER_MAX_BYTES"]
+    if max_bytes != 0:
+        check_positive_int(max_bytes, "TRAFFIC_DEAD_LETTER_MAX_BYTES")
+    dead_letters = None
+    if max_bytes:
+        path = Path(app.instance_path if folder is None else folder) / DEAD_LETTER_FILE
+        dead_letters = DeadLetterFile(path, max_bytes)
     options: ProcessorOptions = {
         "sync": config["TRAFFIC_SYNC"],
         "max_queue_size": check_positive_int(
@@ -170,6 +191,7 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
         "retention_interval": check_positive_seconds(
             config["TRAFFIC_RETENTION_INTERVAL"], "TRAFFIC_RETENTION_INTERVAL"
         ),
+        "dead_letters": dead_letters,
     }
     return config["TRAFFIC_ENABLED"], options
 
@@ -250,11 +272,14 @@ class Traffic:
     def shutdown(self, app: Flask, timeout: float | None = 10.0) -> None:
         """Flush and stop ``app``'s stores and stop recording its requests.
 
-        Safe to call twice. Stores are also shut down at interpreter exit.
+        The stores shut down at once, each in a thread, within ``timeout``
+        seconds in all. Safe to call twice. Stores are also shut down at
+        interpreter exit.
         """
         state = get_state(app)
         if state._receiver is not None:
             request_traffic.disconnect(state._receiver, sender=app)
             state._receiver = None
-        for store in state.sinks:
-            store.shutdown(timeout)
+        # Together, within one budget: a server's graceful timeout is for the
+        # whole app, and each store may be waiting on its own server.
+        shutdown_in_parallel([sink.shutdown for sink in state.sinks], timeout)

@@ -9,6 +9,7 @@ prefer that cost to a queue.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -17,7 +18,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from ._deadletter import DeadLetterFile
 from ._fork import after_fork_in_child
+from ._health import Health
+from ._isolation import IsTransient, PendingBatch, backoff_delay, is_transient_default, isolate
 from .record import TrafficRecord
 
 __all__ = [
@@ -27,10 +31,10 @@ __all__ = [
     "Processor",
     "ProcessorOptions",
     "SyncProcessor",
-    "backoff_delay",
     "check_positive_int",
     "check_positive_seconds",
     "make_processor",
+    "shutdown_in_parallel",
 ]
 
 logger = logging.getLogger("flask_traffic")
@@ -40,8 +44,10 @@ ExportFunction = Callable[[Sequence[TrafficRecord]], None]
 #: What a processor calls now and then between batches (retention).
 MaintenanceFunction = Callable[[], None]
 
-_DROP_WARNING_INTERVAL = 60.0
 _SHUTDOWN_TIMEOUT = 10.0
+#: Records set aside: a function given them with their errors, returning how
+#: many it kept (the rest are counted as dropped).
+DeadLetterFunction = Callable[[list[tuple[TrafficRecord, BaseException]]], int]
 
 
 class ProcessorOptions(t.TypedDict):
@@ -52,6 +58,8 @@ class ProcessorOptions(t.TypedDict):
     max_batch_size: int
     schedule_delay: float
     retention_interval: float
+    #: Where records no retry can write are set aside; ``None``: dropped.
+    dead_letters: DeadLetterFile | None
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -82,8 +90,10 @@ class Processor(t.Protocol):
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush and stop; safe to call more than once."""
 
-    def stats(self) -> dict[str, int]:
-        """Counters: ``queued``, ``exported``, ``dropped``, ``failed_exports``."""
+    def stats(self) -> dict[str, t.Any]:
+        """Counters and health: ``queued``, ``exported``, ``dropped``,
+        ``failed_exports``, ``dead_lettered``, ``last_error``,
+        ``last_error_at``, ``last_export_at``."""
 
 
 class _Maintenance:
@@ -109,44 +119,18 @@ class _Maintenance:
             logger.warning("%s: retention failed; trying again later.", self.name, exc_info=True)
 
 
-class _Counters:
-    """Counters shared by both processors; the drop path takes a lock."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.exported = 0
-        self.dropped = 0
-        self.failed_exports = 0
-        self._lock = threading.Lock()
-        self._last_drop_warning = -_DROP_WARNING_INTERVAL
-        self._dropped_since_warning = 0
-
-    def drop(self, count: int, reason: str) -> None:
-        with self._lock:
-            self.dropped += count
-            self._dropped_since_warning += count
-            now = time.monotonic()
-            if now - self._last_drop_warning < _DROP_WARNING_INTERVAL:
-                return
-            dropped, self._dropped_since_warning = self._dropped_since_warning, 0
-            self._last_drop_warning = now
-        logger.warning(
-            "%s: dropped %d traffic record(s) (%s); %d dropped in all.",
-            self.name,
-            dropped,
-            reason,
-            self.dropped,
-        )
-
-
 class SyncProcessor:
     """Writes each record in the request that made it.
 
-    A failed write is logged and counted, and that record is dropped: the
-    request neither waits for retries nor sees the error.
+    A failed write is logged and counted: the request neither waits for
+    retries nor sees the error. A record that fails with an error no retry
+    mends is set aside (``dead_letter``); one that fails while the store is
+    away is dropped.
 
     :param export: the store's ``export`` method.
     :param name: how log messages name the store.
+    :param is_transient: whether an error of ``export`` may pass by itself.
+    :param dead_letter: where records no retry can write are set aside.
     :param maintenance: called after a write at most once per
         ``maintenance_interval`` seconds (retention), in the request.
     :param maintenance_interval: seconds between maintenance runs.
@@ -159,10 +143,14 @@ class SyncProcessor:
         name: str = "store",
         maintenance: MaintenanceFunction | None = None,
         maintenance_interval: float = 60.0,
+        is_transient: IsTransient = is_transient_default,
+        dead_letter: DeadLetterFunction | None = None,
     ) -> None:
         self._export = export
-        self._counters = _Counters(name)
+        self._health = Health(name)
         self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
+        self._transient = is_transient
+        self._dead_letter = dead_letter
         # export() of a file store is not safe to run in two threads at once.
         self._lock = threading.Lock()
 
@@ -171,12 +159,19 @@ class SyncProcessor:
             with self._lock:
                 self._export((record,))
                 self._maintenance.run_if_due()
-        except Exception:
-            self._counters.failed_exports += 1
-            logger.exception("%s: writing a traffic record failed.", self._counters.name)
-            self._counters.drop(1, "write failed in sync mode")
+        except Exception as exc:
+            health = self._health
+            transient = self._transient(exc)
+            health.failed(exc, 1, retrying=False)
+            if transient or self._dead_letter is None:
+                health.drop(1, "write failed in sync mode")
+            else:
+                kept = self._dead_letter([(record, exc)])
+                if kept:
+                    health.set_aside(kept, exc, "the dead-letter file")
+                health.drop(1 - kept, "dead-letter file full")
         else:
-            self._counters.exported += 1
+            self._health.exported_batch(1)
 
     def force_flush(self, timeout: float | None = None) -> bool:
         return True
@@ -184,14 +179,8 @@ class SyncProcessor:
     def shutdown(self, timeout: float | None = None) -> None:
         return None
 
-    def stats(self) -> dict[str, int]:
-        c = self._counters
-        return {
-            "queued": 0,
-            "exported": c.exported,
-            "dropped": c.dropped,
-            "failed_exports": c.failed_exports,
-        }
+    def stats(self) -> dict[str, t.Any]:
+        return self._health.stats(0)
 
 
 class _FlushMarker:
@@ -206,10 +195,29 @@ class _FlushMarker:
 _live_processors: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
 
 
+def shutdown_in_parallel(
+    shutdowns: t.Iterable[t.Callable[[float | None], None]], timeout: float | None
+) -> None:
+    """Call every ``shutdown(timeout)`` at once, each in a thread of its own,
+    and wait for them within one budget of ``timeout`` seconds in all: an
+    app's stores stop together, within a server's graceful timeout, rather
+    than one after another."""
+    threads = [
+        threading.Thread(target=shutdown, args=(timeout,), name="flask-traffic shutdown")
+        for shutdown in shutdowns
+    ]
+    for thread in threads:
+        thread.start()
+    # Each processor gives up at its deadline itself; the margin lets it
+    # count and report what it drops.
+    deadline = None if timeout is None else time.monotonic() + timeout + 1.0
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
 @atexit.register
 def _shutdown_all() -> None:
-    for processor in list(_live_processors):
-        processor.shutdown(timeout=_SHUTDOWN_TIMEOUT)
+    shutdown_in_parallel([p.shutdown for p in list(_live_processors)], _SHUTDOWN_TIMEOUT)
 
 
 class BatchProcessor:
@@ -217,12 +225,24 @@ class BatchProcessor:
 
     The request thread only appends to the queue. The worker writes a batch
     when ``max_batch_size`` records are waiting, or every ``schedule_delay``
-    seconds, or on :meth:`force_flush`. A failed write is logged, counted and
-    retried with exponential back-off up to ``max_backoff`` seconds; the
-    records wait meanwhile. When ``max_queue_size`` records are waiting, new
-    ones are dropped and counted, with a warning at most once a minute, so a
-    request never blocks. After ``os.fork`` the child starts a worker of its
-    own with an empty queue (the parent writes what it had queued).
+    seconds, or on :meth:`force_flush`.
+
+    A write that fails with an error that may pass (``is_transient``: a
+    connection refused, a time-out, a locked database) is logged, counted and
+    retried unchanged with exponential back-off up to ``max_backoff``
+    seconds; the records wait meanwhile. A write that fails with an error no
+    retry mends (bad data, an encoding error, a value out of range) is split
+    in halves until the records that fail on their own are found: those are
+    set aside (``dead_letter``) and every other record is written, in order.
+    When even single records all fail, the sink itself is broken: the batch
+    backs off and takes queued records in at the next attempt, so that a bad
+    record is found beside good ones.
+
+    When ``max_queue_size`` records are waiting, new ones are dropped and
+    counted, with one line a minute saying how many, so a request never
+    blocks. At shutdown a batch backing off is tried once more at once.
+    After ``os.fork`` the child starts a worker of its own with an empty
+    queue (the parent writes what it had queued).
 
     :param export: the store's ``export`` method.
     :param name: how log messages name the store.
@@ -234,6 +254,10 @@ class BatchProcessor:
         per ``maintenance_interval`` seconds (retention); its failures are
         logged and it is tried again at the next interval.
     :param maintenance_interval: seconds between maintenance runs.
+    :param is_transient: whether an error of ``export`` may pass by itself;
+        by default operating-system errors (``OSError``) do.
+    :param dead_letter: given the records no retry can write, with their
+        errors; returns how many it kept. ``None`` drops (and counts) them.
     """
 
     def __init__(
@@ -247,14 +271,18 @@ class BatchProcessor:
         max_backoff: float = 30.0,
         maintenance: MaintenanceFunction | None = None,
         maintenance_interval: float = 60.0,
+        is_transient: IsTransient = is_transient_default,
+        dead_letter: DeadLetterFunction | None = None,
     ) -> None:
         self._export = export
         self._max_queue_size = check_positive_int(max_queue_size, "max_queue_size")
         self._max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
         self._schedule_delay = check_positive_seconds(schedule_delay, "schedule_delay")
         self._max_backoff = check_positive_seconds(max_backoff, "max_backoff")
-        self._counters = _Counters(name)
+        self._health = Health(name)
         self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
+        self._transient = is_transient
+        self._dead_letter = dead_letter
         self._is_shut_down = False
         self._init_worker()
         _live_processors.add(self)
@@ -264,7 +292,7 @@ class BatchProcessor:
         # The child gets fresh locks and a thread of its own (threads do not
         # survive fork); what the parent had queued is the parent's to write.
         if not self._is_shut_down:
-            self._counters = _Counters(self._counters.name)
+            self._health = Health(self._health.name)
             self._init_worker()
 
     def _init_worker(self) -> None:
@@ -279,17 +307,21 @@ class BatchProcessor:
         self._deadline = float("inf")
         self._shutdown_lock = threading.Lock()
         self._worker = threading.Thread(
-            target=self._run, name=f"flask-traffic {self._counters.name}", daemon=True
+            target=self._run, name=f"flask-traffic {self._health.name}", daemon=True
         )
         self._worker.start()
 
     def emit(self, record: TrafficRecord) -> None:
         queue = self._queue
         if self._stopping:
-            self._counters.drop(1, "processor is shut down")
+            self._health.drop(1, "processor is shut down")
             return
         if len(queue) + self._in_flight >= self._max_queue_size:
-            self._counters.drop(1, f"queue full at {self._max_queue_size}")
+            self._health.drop(
+                1,
+                f"queue full at {self._max_queue_size}: a larger TRAFFIC_MAX_QUEUE_SIZE "
+                f"holds more during an outage",
+            )
             return
         queue.append(record)
         if len(queue) >= self._max_batch_size and not self._backing_off:
@@ -316,8 +348,10 @@ class BatchProcessor:
     def shutdown(self, timeout: float | None = _SHUTDOWN_TIMEOUT) -> None:
         """Write what is queued and stop the worker. Safe to call twice.
 
-        Records that still cannot be written when ``timeout`` runs out are
-        counted as dropped and reported on the ``flask_traffic`` logger.
+        A batch that is backing off is tried once more at once (the store may
+        be back), then with back-off until ``timeout``; records that still
+        cannot be written then are counted as dropped and reported on the
+        ``flask_traffic`` logger with their number.
         """
         with self._shutdown_lock:
             if self._is_shut_down:
@@ -332,23 +366,18 @@ class BatchProcessor:
         if self._worker.is_alive():
             logger.warning(
                 "%s: shutdown timed out after %ss with %d record(s) unwritten.",
-                self._counters.name,
+                self._health.name,
                 timeout,
                 len(self._queue) + self._in_flight,
             )
+        self._health.report_drops(now=True)
         _live_processors.discard(self)
 
-    def stats(self) -> dict[str, int]:
-        c = self._counters
+    def stats(self) -> dict[str, t.Any]:
         queued = sum(1 for item in list(self._queue) if not isinstance(item, _FlushMarker))
-        return {
-            "queued": queued + self._in_flight,
-            "exported": c.exported,
-            "dropped": c.dropped,
-            "failed_exports": c.failed_exports,
-        }
+        return self._health.stats(queued + self._in_flight)
 
-    def _take(self, pending: _Pending) -> None:
+    def _take(self, pending: PendingBatch) -> None:
         queue = self._queue
         limit = self._max_batch_size
         batch = pending.batch
@@ -360,27 +389,11 @@ class BatchProcessor:
                 batch.append(item)
         self._in_flight = len(batch)
 
-    def _write(self, batch: list[TrafficRecord], attempt: int) -> bool:
-        try:
-            self._export(batch)
-        except Exception:
-            self._counters.failed_exports += 1
-            # The traceback once per outage; the retries only say they failed.
-            logger.warning(
-                "%s: writing %d traffic record(s) failed (attempt %d); retrying.",
-                self._counters.name,
-                len(batch),
-                attempt,
-                exc_info=attempt == 1,
-            )
-            return False
-        self._counters.exported += len(batch)
-        return True
-
     def _run(self) -> None:
-        pending = _Pending()
+        pending = PendingBatch()
         while True:
             timed_out = self._sleep(pending)
+            self._health.report_drops()
             stopped = self._stopping and time.monotonic() >= self._deadline
             if stopped and (pending.batch or self._queue):
                 self._give_up(pending)
@@ -404,9 +417,13 @@ class BatchProcessor:
             if not pending.batch:
                 self._maintenance.run_if_due()
 
-    def _sleep(self, pending: _Pending) -> bool:
+    def _sleep(self, pending: PendingBatch) -> bool:
         """Wait for a wake-up, the timer or a due retry; ``True`` on the timer."""
         now = time.monotonic()
+        if self._stopping and pending.batch and not pending.retried_at_stop:
+            # Shutting down while backing off: the store may be back.
+            pending.retried_at_stop = True
+            pending.retry_at = now
         wait = max(0.0, pending.retry_at - now) if pending.batch else self._schedule_delay
         if self._stopping:
             wait = min(wait, max(0.0, self._deadline - now))
@@ -414,13 +431,14 @@ class BatchProcessor:
         self._wake.clear()
         return timed_out
 
-    def _write_queued(self, pending: _Pending, drain_all: bool) -> None:
+    def _write_queued(self, pending: PendingBatch, drain_all: bool) -> None:
         """Write batches until the queue is empty (``drain_all``) or holds
         less than a full batch, or a write fails and backs off."""
         while True:
-            if not pending.batch:
-                if not drain_all and len(self._queue) < self._max_batch_size:
+            if not pending.batch or pending.may_grow:
+                if not pending.batch and not drain_all and len(self._queue) < self._max_batch_size:
                     return
+                pending.may_grow = False
                 self._take(pending)
             if pending.batch and not self._write_pending(pending):
                 return
@@ -428,12 +446,30 @@ class BatchProcessor:
             if not self._queue:
                 return
 
-    def _write_pending(self, pending: _Pending) -> bool:
+    def _write_pending(self, pending: PendingBatch) -> bool:
+        """Write the batch in hand; ``False`` when it backs off."""
+        batch = pending.batch
         pending.attempt += 1
-        if not self._write(pending.batch, pending.attempt):
-            pending.retry_at = time.monotonic() + backoff_delay(pending.attempt, self._max_backoff)
-            self._backing_off = True
-            return False
+        try:
+            self._export(batch)
+        except Exception as exc:
+            if self._transient(exc):
+                self._health.failed(exc, len(batch), retrying=True)
+                return self._back_off(pending)
+            self._health.failed(exc, len(batch), retrying=False)
+            found = isolate(self._export, batch, self._transient, self._health)
+            self._set_aside(found.poison)
+            if found.unwritten:
+                pending.batch = found.unwritten
+                self._in_flight = len(found.unwritten)
+                # Nothing could be written: take more records in next time,
+                # unless the store went away (then retry it unchanged).
+                pending.may_grow = found.written == 0 and not (
+                    found.error is not None and self._transient(found.error)
+                )
+                return self._back_off(pending)
+        else:
+            self._health.exported_batch(len(batch))
         pending.batch, pending.attempt = [], 0
         self._in_flight = 0
         self._backing_off = False
@@ -441,6 +477,23 @@ class BatchProcessor:
         # an empty queue, and retention must still run.
         self._maintenance.run_if_due()
         return True
+
+    def _back_off(self, pending: PendingBatch) -> bool:
+        pending.retry_at = time.monotonic() + backoff_delay(pending.attempt, self._max_backoff)
+        self._backing_off = True
+        return False
+
+    def _set_aside(self, poison: list[tuple[TrafficRecord, BaseException]]) -> None:
+        if not poison:
+            return
+        kept = 0 if self._dead_letter is None else self._dead_letter(poison)
+        if kept:
+            self._health.set_aside(kept, poison[0][1], "the dead-letter file")
+        self._health.drop(
+            len(poison) - kept,
+            "no retry can write them and the dead-letter file is full or off: see "
+            "TRAFFIC_DEAD_LETTER_MAX_BYTES",
+        )
 
     def _release(self, markers: list[_FlushMarker]) -> None:
         if not markers:
@@ -451,7 +504,7 @@ class BatchProcessor:
             self._pending_flushes -= len(markers)
         markers.clear()
 
-    def _give_up(self, pending: _Pending) -> None:
+    def _give_up(self, pending: PendingBatch) -> None:
         lost = len(pending.batch)
         while self._queue:
             item = self._queue.popleft()
@@ -461,27 +514,10 @@ class BatchProcessor:
                 lost += 1
         pending.batch = []
         self._in_flight = 0
-        self._counters.drop(lost, "store still failing at shutdown")
+        self._health.drop(lost, "store still failing at shutdown")
+
+        self._health.report_drops(now=True)
         self._release(pending.markers)
-
-
-class _Pending:
-    """The worker's batch in hand: records being written or retried, the
-    flush markers taken with them, and its retry state."""
-
-    __slots__ = ("attempt", "batch", "markers", "retry_at")
-
-    def __init__(self) -> None:
-        self.batch: list[TrafficRecord] = []
-        self.markers: list[_FlushMarker] = []
-        self.attempt = 0
-        self.retry_at = 0.0
-
-
-def backoff_delay(attempt: int, max_backoff: float) -> float:
-    """Seconds to wait before retry ``attempt + 1``: 0.5 s, 1 s, 2 s ... up to
-    ``max_backoff``; the exponent is capped so a long outage cannot overflow."""
-    return min(max_backoff, 0.5 * 2.0 ** min(attempt - 1, 30))
 
 
 def make_processor(
@@ -491,15 +527,21 @@ def make_processor(
     options: ProcessorOptions,
     sync: bool,
     maintenance: MaintenanceFunction | None = None,
+    is_transient: IsTransient = is_transient_default,
 ) -> SyncProcessor | BatchProcessor:
     """The processor a sink gets from ``init_app``: a :class:`SyncProcessor`
-    when ``sync``, else a :class:`BatchProcessor` sized by ``options``."""
+    when ``sync``, else a :class:`BatchProcessor` sized by ``options``; both
+    set records no retry can write aside in ``options["dead_letters"]``."""
+    dead_letters = options["dead_letters"]
+    dead_letter = None if dead_letters is None else functools.partial(dead_letters.write, name)
     if sync:
         return SyncProcessor(
             export,
             name=name,
             maintenance=maintenance,
             maintenance_interval=options["retention_interval"],
+            is_transient=is_transient,
+            dead_letter=dead_letter,
         )
     return BatchProcessor(
         export,
@@ -509,4 +551,6 @@ def make_processor(
         schedule_delay=options["schedule_delay"],
         maintenance=maintenance,
         maintenance_interval=options["retention_interval"],
+        is_transient=is_transient,
+        dead_letter=dead_letter,
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .._health import Health
+from .._isolation import is_transient_default
 from ..policy import LogPolicy
 from ..processors import (
     MaintenanceFunction,
@@ -134,6 +136,7 @@ class Sink(abc.ABC):
             options=options,
             sync=options["sync"] if self.sync is None else self.sync,
             maintenance=self._maintenance(),
+            is_transient=self.is_transient,
         )
 
     def _maintenance(self) -> MaintenanceFunction | None:
@@ -167,11 +170,26 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def export(self, records: Sequence[TrafficRecord]) -> None:
-        """Write a batch of records; raise on failure so it is retried.
+        """Write a batch of records; raise on failure.
 
         Called from one worker thread at a time (or, in sync mode, from
-        request threads one at a time).
+        request threads one at a time). After a failure that
+        :meth:`is_transient` calls transient, the same batch is retried,
+        unchanged, with back-off; after any other failure it is written in
+        halves to find the records that fail alone, which are set aside in
+        the dead-letter file. So a write must either happen whole or raise
+        having written nothing (a transaction), or be safe to repeat.
         """
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether a failure of :meth:`export` may pass by itself, so the
+        batch is retried as it is (a server down or restarting, a time-out, a
+        locked database) rather than searched for bad records.
+
+        Override it with the backend's own exception classes; this default
+        says so of every ``OSError`` (connections, time-outs, a full disk).
+        """
+        return is_transient_default(error)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued for this sink.
@@ -190,15 +208,18 @@ class Sink(abc.ABC):
         if self.processor is not None:
             self.processor.shutdown(timeout)
 
-    def stats(self) -> dict[str, int]:
-        """Counters of the sink's processor.
+    def stats(self) -> dict[str, t.Any]:
+        """The health of the sink's pipeline.
 
         ``queued`` (waiting now), ``exported``, ``dropped`` (queue full, or
-        still failing at shutdown) and ``failed_exports`` (write attempts
-        that raised and were retried).
+        still failing at shutdown), ``failed_exports`` (write attempts that
+        raised), ``dead_lettered`` (records set aside because no retry could
+        write them), ``last_error`` (``"Type: message"`` of the last failure,
+        or ``None``), ``last_error_at`` and ``last_export_at`` (ISO 8601 UTC,
+        or ``None``).
         """
         if self.processor is None:
-            return {"queued": 0, "exported": 0, "dropped": 0, "failed_exports": 0}
+            return Health(self.name).stats(0)
         return self.processor.stats()
 
 

@@ -254,6 +254,18 @@ class RedisStore(Store):
             redis_module.ConnectionError,
             redis_module.TimeoutError,
         )
+        # Errors that pass by themselves: the server away, slow, loading its
+        # data set, busy with a script, or a replica without its primary.
+        exceptions = redis_module.exceptions
+        self._transient_errors: tuple[type[BaseException], ...] = (
+            OSError,
+            redis_module.ConnectionError,
+            redis_module.TimeoutError,
+            exceptions.BusyLoadingError,
+            exceptions.TryAgainError,
+            exceptions.MasterDownError,
+            exceptions.ReadOnlyError,
+        )
         self._pid = -1
         self._fence_key = ""
         self._batch_number = 0
@@ -347,6 +359,12 @@ class RedisStore(Store):
                 f"max_age needs Redis 6.2 or later (XTRIM MINID) and this server runs "
                 f"{version}: upgrade Redis, or use max_records= instead."
             )
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Connection errors, time-outs and a server loading, busy or without
+        its primary pass by themselves; other Redis errors (a wrong type at the
+        key, an out-of-memory refusal) are not retried as they are."""
+        return isinstance(error, self._transient_errors)
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
         """Write ``records`` as one ``MULTI``/``EXEC`` transaction of ``XADD``.
