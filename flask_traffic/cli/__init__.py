@@ -43,10 +43,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .extension import TrafficState, get_state
-from .query import iso_text, parse_moment
-from .stores.base import Sink, Store
-from .stores.csvfile import escape_formula
+from ..extension import TrafficState, get_state
+from ..query import iso_text, parse_moment
+from ..stores.base import Sink, Store
+from ..stores.csvfile import escape_formula
 
 __all__ = ["traffic_cli"]
 
