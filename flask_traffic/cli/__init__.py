@@ -28,9 +28,7 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
-import re
 import sys
 import time
 import typing as t
@@ -47,6 +45,7 @@ from ..extension import TrafficState, get_state
 from ..query import iso_text, parse_moment
 from ..stores.base import Sink, Store
 from ..stores.csvfile import escape_formula
+from .render import duration_text, log_line, summary_lines
 
 __all__ = ["traffic_cli"]
 
@@ -179,217 +178,6 @@ def _pick_store(name: str | None) -> tuple[Store, str | None]:
     )
 
 
-# -- text for terminals -----------------------------------------------------------------
-
-# Request paths, referrers and user agents come from clients: control
-# characters (escape sequences), line breaks and lone surrogates (undecodable
-# bytes) are shown escaped, never sent to the terminal.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _safe(value: t.Any, width: int | None = None) -> str:
-    if value is None:
-        return "-"
-    text = _UNSAFE.sub(
-        lambda found: found.group().encode("unicode_escape", "backslashreplace").decode("ascii"),
-        str(value),
-    )
-    if width is not None and len(text) > width:
-        text = text[: width - 1] + "…"
-    return text
-
-
-def _count(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
-
-
-def _short_date(text: str | None) -> str:
-    """ISO text as ``2026-11-25 08:00:00`` (UTC)."""
-    if not text:
-        return "-"
-    return f"{text[:10]} {text[11:19]}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [len(title) for title in header]
-    for row in rows:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
-    lines = []
-    for row in (header, *rows):
-        cells = [
-            cell.rjust(width) if index in right else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  " + "  ".join(cells).rstrip())
-    return lines
-
-
-# -- flask traffic stats ------------------------------------------------------------------
-
-_BARS = "▁▂▃▄▅▆▇█"
-_ASCII_BARS = "_.-=+*#@"
-_SPARK_WIDTH = 60
-_UNIT_STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-_LIST_BUCKETS = 12
-_LIST_ROUTES = 15
-_LIST_TOP = 5
-_TOP_TITLES = {
-    "top_paths": "Top paths",
-    "top_referrers": "Top referrers",
-    "top_browsers": "Top browsers",
-    "top_platforms": "Top platforms",
-}
-
-
-def _bars() -> str:
-    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-    try:
-        _BARS.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return _ASCII_BARS
-    return _BARS
-
-
-def _floor(moment: datetime, unit: str) -> datetime:
-    if unit == "day":
-        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if unit == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    return moment.replace(second=0, microsecond=0)
-
-
-def _bucket_label(start: str, unit: str) -> str:
-    return start[:10] if unit == "day" else f"{start[:10]} {start[11:16]}"
-
-
-def _sparkline(summary: Mapping[str, t.Any]) -> list[str]:
-    """Requests per bucket across the window, empty buckets included, as one line."""
-    buckets = summary["requests_per_bucket"]
-    unit = summary["bucket"]
-    step = _UNIT_STEP[unit]
-    counts = {datetime.fromisoformat(item["start"]): item["count"] for item in buckets}
-    first, last = min(counts), max(counts)
-    if summary["since"] is not None:
-        first = min(first, _floor(datetime.fromisoformat(summary["since"]), unit))
-    if summary["until"] is not None:
-        end = datetime.fromisoformat(summary["until"]) - timedelta(microseconds=1)
-        last = max(last, _floor(end, unit))
-    slots = int((last - first) / step) + 1
-    # Several buckets share a mark when the window has more than fit a line.
-    group = math.ceil(slots / _SPARK_WIDTH)
-    columns = [0] * math.ceil(slots / group)
-    for start, count in counts.items():
-        columns[int((start - first) / step) // group] += count
-    peak = max(columns)
-    bars = _bars()
-    line = "".join(
-        " " if not count else bars[max(1, math.ceil(count / peak * len(bars))) - 1]
-        for count in columns
-    )
-    busiest = max(buckets, key=lambda item: (item["count"], item["start"]))
-    per = f"{group} {unit}s" if group > 1 else unit
-    return [
-        f"  |{line}|",
-        f"  {_bucket_label(iso_text(first), unit)} to {_bucket_label(iso_text(last), unit)}, "
-        f"a mark per {per}",
-        f"  busiest {unit}: {_bucket_label(busiest['start'], unit)}, "
-        f"{_count(busiest['count'])} requests",
-    ]
-
-
-def _summary_lines(summary: Mapping[str, t.Any], store: Store, note: str | None) -> list[str]:
-    since, until = summary["since"], summary["until"]
-    if since is None and until is None:
-        window = "all recorded requests"
-    else:
-        start = f"{_short_date(since)} UTC" if since else "the first request"
-        end = f"{_short_date(until)} UTC" if until else "now"
-        window = f"from {start} to {end}"
-    lines = [f"Traffic of {store.name}, {window}"]
-    if note:
-        lines.append(f"{store.name} is {note}.")
-    lines.append("")
-    total = summary["total"]
-    if not total:
-        lines.append("No requests recorded in this window.")
-        return lines
-    facts = [("Requests", _count(total) + (" (sampled: estimates)" if summary["sampled"] else ""))]
-    if summary["errors"] is not None:
-        facts.append(("Errors (5xx)", f"{_count(summary['errors'])} ({summary['error_rate']:.2%})"))
-    if summary["status_classes"] is not None:
-        facts.append(
-            (
-                "Status",
-                "  ".join(
-                    f"{name} {_count(count)}" for name, count in summary["status_classes"].items()
-                ),
-            )
-        )
-    if summary["first"] is not None:
-        facts.append(
-            ("First, last", f"{_short_date(summary['first'])}, {_short_date(summary['last'])}")
-        )
-    if summary["unique_visitors"] is not None:
-        facts.append(("Unique visitors", _count(summary["unique_visitors"])))
-    width = max(len(title) for title, _ in facts)
-    lines.extend(f"{title.ljust(width)}  {value}" for title, value in facts)
-
-    buckets = summary["requests_per_bucket"]
-    if buckets:
-        lines += ["", f"Requests per {summary['bucket']}", *_sparkline(summary)]
-        if 1 < len(buckets) <= _LIST_BUCKETS:
-            lines += _table(
-                ["Start", "Requests"],
-                [
-                    [_bucket_label(b["start"], summary["bucket"]), _count(b["count"])]
-                    for b in buckets
-                ],
-                right={1},
-            )
-
-    routes = summary["routes"]
-    if routes:
-        shown = routes[:_LIST_ROUTES]
-        lines += ["", "Routes (response time in ms)"]
-        lines += _table(
-            ["Route", "Requests", "p50", "p95", "p99"],
-            [
-                [
-                    "(no route)" if item["route"] is None else _safe(item["route"], 60),
-                    _count(item["count"]),
-                    _ms(item["p50"]),
-                    _ms(item["p95"]),
-                    _ms(item["p99"]),
-                ]
-                for item in shown
-            ],
-            right={1, 2, 3, 4},
-        )
-        if len(routes) > len(shown):
-            lines.append(f"  ... and {len(routes) - len(shown)} more (--json has them all)")
-
-    for key, title in _TOP_TITLES.items():
-        top = summary[key]
-        if not top:
-            continue
-        lines += ["", title]
-        lines += _table(
-            ["Value", "Requests"],
-            [
-                [_safe(item["value"], 70) if item["value"] else "(empty)", _count(item["count"])]
-                for item in top[:_LIST_TOP]
-            ],
-            right={1},
-        )
-    return lines
-
-
 @traffic_cli.command("stats")
 @_window_options("24h")
 @_store_option(_READ_DEFAULT)
@@ -408,7 +196,7 @@ def stats_command(
         # ASCII: lone surrogates from undecodable headers stay valid JSON.
         click.echo(json.dumps(summary, indent=2, ensure_ascii=True))
     else:
-        click.echo("\n".join(_summary_lines(summary, store, note)))
+        click.echo("\n".join(summary_lines(summary, store.name, note)))
 
 
 # -- flask traffic tail -------------------------------------------------------------------
@@ -419,21 +207,6 @@ def stats_command(
 _FOLLOW_LOOKBACK = timedelta(seconds=30)
 # Module-level so a test can run the polls without waiting.
 _sleep = time.sleep
-
-
-def _log_line(row: Mapping[str, t.Any]) -> str:
-    date = row.get("request_date")
-    stamp = f"{date[:10]}T{date[11:23]}Z" if isinstance(date, str) else "-"
-    status = row.get("response_status_code")
-    ms = row.get("response_time")
-    line = (
-        f"{stamp}  {_safe(row.get('request_method')):<7} {_safe(status):>3} "
-        f"{(_ms(ms) + ' ms') if ms is not None else '-':>11}  {_safe(row.get('request_path'))}"
-    )
-    exception = row.get("response_exception")
-    if exception:
-        line += f"  ! {_safe(exception, 120)}"
-    return line
 
 
 def _row_key(row: Mapping[str, t.Any]) -> bytes:
@@ -527,7 +300,7 @@ def tail_command(
     if follower is not None:
         follower.start()
     for row in reversed(store.read(count) if count else []):
-        click.echo(_log_line(row))
+        click.echo(log_line(row))
         if follower is not None:
             follower.mark(row)
     if follower is None:
@@ -538,7 +311,7 @@ def tail_command(
             _sleep(interval)
             polls += 1
             for row in follower.poll():
-                click.echo(_log_line(row))  # echo flushes: lines show at once
+                click.echo(log_line(row))  # echo flushes: lines show at once
     except KeyboardInterrupt:
         pass
 
@@ -759,14 +532,6 @@ def export_command(
 # -- flask traffic prune ------------------------------------------------------------------
 
 
-def _duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:.0f}{unit}"
-    return str(value)
-
-
 @traffic_cli.command("prune")
 @_store_option("every store")
 def prune_command(store_name: str | None) -> None:
@@ -781,7 +546,7 @@ def prune_command(store_name: str | None) -> None:
             click.echo(f"{store.name}: keeps no records, nothing to prune.")
             continue
         if store.max_age is not None:
-            limits.append(f"max_age {_duration(store.max_age)}")
+            limits.append(f"max_age {duration_text(store.max_age)}")
         if store.max_records is not None:
             limits.append(f"max_records {store.max_records:,}")
         if not limits:
