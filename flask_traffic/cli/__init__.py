@@ -34,23 +34,28 @@ import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
-from ..extension import TrafficState, get_state
-from ..query import iso_text, parse_moment
-from ..stores.base import Sink, Store
+from ..query import iso_text
+from ..stores.base import Store
 from ..stores.csvfile import escape_formula
+from ._options import (
+    FLUSH_TIMEOUT,
+    READ_DEFAULT,
+    app_sinks,
+    check_window,
+    named_sink,
+    pick_store,
+    store_option,
+    window_options,
+)
 from .render import duration_text, log_line, summary_lines
 
 __all__ = ["traffic_cli"]
-
-_UTC = timezone.utc
-_FLUSH_TIMEOUT = 10.0
 
 traffic_cli = AppGroup(
     "traffic",
@@ -62,125 +67,9 @@ traffic_cli = AppGroup(
 )
 
 
-# -- --since / --until -----------------------------------------------------------
-
-
-def _moment(text: str | None, param: str) -> datetime | None:
-    try:
-        return parse_moment(text, param)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=param) from None
-
-
-def _window_options(since_default: str | None) -> Callable[[t.Any], t.Any]:
-    since_help = "Only requests at or after this moment"
-    if since_default is not None:
-        since_help += f" ('all' for every one) [default: {since_default}]"
-
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-        return _moment(value, f"'--{param.name}'")
-
-    def add(function: t.Any) -> t.Any:
-        function = click.option(
-            "--until",
-            metavar="WHEN",
-            callback=convert,
-            help="Only requests before this moment.",
-        )(function)
-        return click.option(
-            "--since",
-            metavar="WHEN",
-            default=since_default,
-            callback=convert,
-            help=since_help + ".",
-        )(function)
-
-    return add
-
-
-def _check_window(since: datetime | None, until: datetime | None) -> None:
-    if since is not None and until is not None and since > until:
-        raise click.UsageError(
-            f"--since ({iso_text(since)}) is after --until ({iso_text(until)}); swap them."
-        )
-
-
-def _store_option(default: str) -> Callable[[t.Any], t.Any]:
-    return click.option(
-        "--store",
-        "store_name",
-        metavar="NAME",
-        default=None,
-        help=f"The store to use, by name (an unknown name lists them) [default: {default}].",
-    )
-
-
-_READ_DEFAULT = "the first store that can be read"
-
-
-# -- finding the app's stores ---------------------------------------------------------
-
-
-def _app_state() -> TrafficState:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    try:
-        state = get_state(app)
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not state.sinks:
-        raise click.ClickException(
-            f"The app {app.name!r} has no traffic stores: pass stores=[JSONStore(), ...] "
-            f"to init_app."
-        )
-    return state
-
-
-def _app_stores() -> list[Sink]:
-    return list(_app_state().sinks)
-
-
-def _names(stores: Sequence[Sink]) -> str:
-    return ", ".join(store.name for store in stores)
-
-
-def _named(stores: Sequence[Sink], name: str) -> Sink:
-    for store in stores:
-        if store.name == name:
-            return store
-    raise click.BadParameter(
-        f"no store is named {name!r}; this app's stores are: {_names(stores)}.",
-        param_hint="'--store'",
-    )
-
-
-def _pick_store(name: str | None) -> tuple[Store, str | None]:
-    """The store to read and, when it was chosen among several, a note saying so."""
-    stores = _app_stores()
-    if name is not None:
-        named = _named(stores, name)
-        if not isinstance(named, Store):
-            raise click.ClickException(
-                f"{named.name}: {named.name} keeps no records to read back. It only sends "
-                f"them on; name a store with --store NAME."
-            )
-        return named, None
-    for store in stores:
-        if isinstance(store, Store):
-            if len(stores) == 1:
-                return store, None
-            return store, (
-                f"the first of this app's stores that can be read ({_names(stores)}); "
-                f"choose another with --store NAME"
-            )
-    raise click.ClickException(
-        f"None of this app's stores ({_names(stores)}) keeps records to read back: "
-        f"add a JSONStore, CSVStore or SQLStore to stores=."
-    )
-
-
 @traffic_cli.command("stats")
-@_window_options("24h")
-@_store_option(_READ_DEFAULT)
+@window_options("24h")
+@store_option(READ_DEFAULT)
 @click.option("--json", "as_json", is_flag=True, help="Print store.summary() as JSON instead.")
 def stats_command(
     since: datetime | None, until: datetime | None, store_name: str | None, as_json: bool
@@ -189,8 +78,8 @@ def stats_command(
     percentiles, top paths, referrers, browsers and platforms, and unique
     visitors: the store's summary() of the window (the last 24 hours unless
     --since says otherwise)."""
-    _check_window(since, until)
-    store, note = _pick_store(store_name)
+    check_window(since, until)
+    store, note = pick_store(store_name)
     summary = store.summary(since, until)
     if as_json:
         # ASCII: lone surrogates from undecodable headers stay valid JSON.
@@ -230,7 +119,7 @@ class _Follower:
 
     def _rows(self) -> Iterator[dict[str, t.Any]]:
         store = self.store
-        store.flush(_FLUSH_TIMEOUT)
+        store.flush(FLUSH_TIMEOUT)
         return store.scan(store.query(None, since=self._since()), oldest_first=True)
 
     def start(self) -> None:
@@ -280,14 +169,14 @@ class _Follower:
     help="Seconds between looks at the store with --follow.",
 )
 @click.option("--max-polls", type=click.IntRange(min=0), default=None, hidden=True)
-@_store_option(_READ_DEFAULT)
+@store_option(READ_DEFAULT)
 def tail_command(
     count: int, follow: bool, interval: float, max_polls: int | None, store_name: str | None
 ) -> None:
     """The newest requests, oldest of them first, one per line: start time
     (UTC), method, status, response time, path, and the exception if one was
     raised."""
-    store, note = _pick_store(store_name)
+    store, note = pick_store(store_name)
     if follow and "request_date" not in store.fields:
         raise click.UsageError(
             f"--follow needs the request_date field, which {store.name} leaves out."
@@ -458,8 +347,8 @@ class _Destination:
     help="csv (RFC 4180, a header of the store's fields) or jsonl (an object per line); "
     "by default from the file's suffix (.csv; .jsonl, .ndjson or .json).",
 )
-@_window_options(None)
-@_store_option(_READ_DEFAULT)
+@window_options(None)
+@store_option(READ_DEFAULT)
 @click.option(
     "-o",
     "--output",
@@ -486,8 +375,8 @@ def export_command(
         fmt = _FORMATS.get(Path(output).suffix.lower()) if output != "-" else None
         if fmt is None:
             raise click.UsageError("Say which format to write: --format csv or --format jsonl.")
-    _check_window(since, until)
-    store, note = _pick_store(store_name)
+    check_window(since, until)
+    store, note = pick_store(store_name)
     err = sys.stderr
     if note:
         click.echo(f"Exporting {store.name}: {note}.", err=True)
@@ -496,7 +385,7 @@ def export_command(
     text: io.TextIOWrapper | None = None
     try:
         query = store.query(None, since=since, until=until)
-        store.flush(_FLUSH_TIMEOUT)
+        store.flush(FLUSH_TIMEOUT)
         rows = _reading(store.scan(query, oldest_first=True))
         text = destination.open()
         if output != "-" and _is_terminal(err):
@@ -533,12 +422,12 @@ def export_command(
 
 
 @traffic_cli.command("prune")
-@_store_option("every store")
+@store_option("every store")
 def prune_command(store_name: str | None) -> None:
     """Apply the stores' max_age and max_records now, rather than at the
     worker's next retention pass; print how many records each removed."""
-    stores = _app_stores()
-    chosen = [_named(stores, store_name)] if store_name is not None else stores
+    stores = app_sinks()
+    chosen = [named_sink(stores, store_name)] if store_name is not None else stores
     failed = 0
     for store in chosen:
         limits = []
