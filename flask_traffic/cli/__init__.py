@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
 import sys
-import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import click
 from flask.cli import AppGroup
 
-from ..query import iso_text
 from ..stores.base import Store
 from ..stores.csvfile import escape_formula
 from ._options import (
@@ -53,6 +50,7 @@ from ._options import (
     store_option,
     window_options,
 )
+from .follow import Follower
 from .render import duration_text, log_line, summary_lines
 
 __all__ = ["traffic_cli"]
@@ -90,65 +88,6 @@ def stats_command(
 
 # -- flask traffic tail -------------------------------------------------------------------
 
-# How far back --follow looks again at each poll: a request is dated when it
-# starts and written when it ends (or when another process's batch lands), so
-# it can arrive after newer ones.
-_FOLLOW_LOOKBACK = timedelta(seconds=30)
-# Module-level so a test can run the polls without waiting.
-_sleep = time.sleep
-
-
-def _row_key(row: Mapping[str, t.Any]) -> bytes:
-    text = json.dumps(row, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode("ascii"), digest_size=16).digest()
-
-
-class _Follower:
-    """Prints the records that show up in a store, each once."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        # Rows already seen within the look-back window: key -> request_date.
-        self.seen: dict[bytes, str] = {}
-        self.newest: str | None = None
-
-    def _since(self) -> str | None:
-        if self.newest is None:
-            return None
-        return iso_text(datetime.fromisoformat(self.newest) - _FOLLOW_LOOKBACK)
-
-    def _rows(self) -> Iterator[dict[str, t.Any]]:
-        store = self.store
-        store.flush(FLUSH_TIMEOUT)
-        return store.scan(store.query(None, since=self._since()), oldest_first=True)
-
-    def start(self) -> None:
-        """Take what is there now as seen."""
-        newest = self.store.read(1)
-        self.newest = newest[0].get("request_date") if newest else None
-        for row in self._rows():
-            self.mark(row)
-
-    def mark(self, row: Mapping[str, t.Any]) -> bool:
-        """Take ``row`` as seen; ``False`` if it already was."""
-        key = _row_key(row)
-        if key in self.seen:
-            return False
-        # A row without a date ("" sorts first) is forgotten at the next poll.
-        date = row.get("request_date") or ""
-        self.seen[key] = date
-        if date and (self.newest is None or date > self.newest):
-            self.newest = date
-        return True
-
-    def poll(self) -> list[dict[str, t.Any]]:
-        """The rows not seen before, in the order the store gives them."""
-        fresh = [row for row in self._rows() if self.mark(row)]
-        cutoff = self._since()
-        if cutoff is not None:
-            self.seen = {key: date for key, date in self.seen.items() if date >= cutoff}
-        return fresh
-
 
 @traffic_cli.command("tail")
 @click.option(
@@ -185,7 +124,7 @@ def tail_command(
         click.echo(f"==> {store.name} <== ({note})", err=True)
     # Started before the first lines are read, so that a request
     # recorded in between is printed once: with them or after them.
-    follower = _Follower(store) if follow else None
+    follower = Follower(store) if follow else None
     if follower is not None:
         follower.start()
     for row in reversed(store.read(count) if count else []):
@@ -194,15 +133,8 @@ def tail_command(
             follower.mark(row)
     if follower is None:
         return
-    polls = 0
-    try:
-        while max_polls is None or polls < max_polls:
-            _sleep(interval)
-            polls += 1
-            for row in follower.poll():
-                click.echo(log_line(row))  # echo flushes: lines show at once
-    except KeyboardInterrupt:
-        pass
+    # echo flushes: lines show at once.
+    follower.follow(interval, lambda row: click.echo(log_line(row)), max_polls)
 
 
 # -- flask traffic export -----------------------------------------------------------------
