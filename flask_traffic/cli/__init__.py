@@ -19,29 +19,25 @@ serve several apps. They read through the store API only
 :meth:`~flask_traffic.stores.Store.prune`), so they work with every store
 that can read back; a store that only sends records on (an exporter) is
 skipped unless named with ``--store``.
+
+This module holds the group and its commands, each a thin
+``@traffic_cli.command(...)`` function; what they do lives beside it:
+:mod:`._options` (``--since``/``--until``, ``--store``, finding the stores),
+:mod:`.render` (terminal text), :mod:`.follow` (``tail --follow``) and
+:mod:`.export` (the CSV and JSON Lines writers). A new command is one more
+such function here, its work in a module of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
-import os
-import sys
-import typing as t
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 
 import click
 from flask.cli import AppGroup
 
 from ..stores.base import Store
-from ..stores.csvfile import escape_formula
 from ._options import (
-    FLUSH_TIMEOUT,
     READ_DEFAULT,
     app_sinks,
     check_window,
@@ -50,8 +46,9 @@ from ._options import (
     store_option,
     window_options,
 )
+from .export import WRITERS, export_store, format_of
 from .follow import Follower
-from .render import duration_text, log_line, summary_lines
+from .render import duration_text, log_line, records_text, summary_lines
 
 __all__ = ["traffic_cli"]
 
@@ -63,6 +60,9 @@ traffic_cli = AppGroup(
         "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
     ),
 )
+
+
+# -- flask traffic stats ------------------------------------------------------------------
 
 
 @traffic_cli.command("stats")
@@ -139,142 +139,12 @@ def tail_command(
 
 # -- flask traffic export -----------------------------------------------------------------
 
-_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-# Records are written, and the progress bar advanced, this many at a time.
-_CHUNK = 1000
-
-
-def _csv_cell(value: t.Any) -> t.Any:
-    # The rule CSVStore writes by: a cell a spreadsheet would run as a formula
-    # gets a leading "'", as does one already starting with "'", and the
-    # empty string is a lone "'" so that it differs from a missing value.
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return escape_formula(value)
-    return value
-
-
-def _write_csv(out: t.TextIO, fields: Sequence[str], rows: Iterable[Mapping[str, t.Any]]) -> int:
-    writer = csv.writer(out)  # RFC 4180: minimal quoting, CRLF line ends
-    writer.writerow(fields)
-    written = 0
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(name)) for name in fields])
-        written += 1
-    return written
-
-
-def _write_jsonl(out: t.TextIO, fields: Sequence[str], rows: Iterable[Mapping[str, t.Any]]) -> int:
-    dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-    written = 0
-    # Lines go out a thousand at a time: one write() per line costs as much
-    # as encoding it.
-    lines: list[str] = []
-    for row in rows:
-        lines.append(dumps(row))
-        if len(lines) == _CHUNK:
-            out.write("\n".join(lines) + "\n")
-            written += len(lines)
-            lines.clear()
-    if lines:
-        out.write("\n".join(lines) + "\n")
-        written += len(lines)
-    return written
-
-
-class _ReadFailed(Exception):
-    """The store failed while the export was reading it (not while writing)."""
-
-
-def _reading(rows: Iterable[dict[str, t.Any]]) -> Iterator[dict[str, t.Any]]:
-    try:
-        yield from rows
-    except Exception as exc:
-        raise _ReadFailed(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _counted(
-    rows: Iterable[dict[str, t.Any]], advance: Callable[[int], None]
-) -> Iterator[dict[str, t.Any]]:
-    pending = 0
-    for row in rows:
-        yield row
-        pending += 1
-        if pending == _CHUNK:
-            advance(pending)
-            pending = 0
-    advance(pending)
-
-
-def _is_terminal(stream: t.IO[t.Any]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _open_text(binary: t.IO[bytes]) -> io.TextIOWrapper:
-    # surrogatepass: a lone surrogate (undecodable header bytes) is kept, as
-    # CSVStore keeps it, rather than failing the export.
-    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogatepass", newline="")
-
-
-class _Destination:
-    """Where an export goes: standard output, or a file that only appears,
-    whole, once the export succeeds (written beside it, then renamed)."""
-
-    def __init__(self, output: str) -> None:
-        self.output = output
-        self.temporary: Path | None = None
-        self.binary: t.IO[bytes] | None = None
-
-    def open(self) -> io.TextIOWrapper:
-        if self.output == "-":
-            # sys.stdout rather than click.get_binary_stream(), which Click
-            # 8.5 deprecates; CliRunner swaps sys.stdout too.
-            return _open_text(sys.stdout.buffer)
-        path = Path(self.output)
-        if path.exists() and not path.is_file():
-            # A device or a pipe (/dev/stdout, a FIFO): nothing to rename.
-            self.binary = path.open("wb")
-        else:
-            self.temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-            # os.open with 0o666 so the umask sets the mode, as for any new file.
-            fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            self.binary = os.fdopen(fd, "wb")
-        return _open_text(self.binary)
-
-    def finish(self, text: io.TextIOWrapper) -> None:
-        text.flush()
-        if self.binary is None:
-            text.detach()  # leave standard output open
-            return
-        text.close()
-        if self.temporary is not None:
-            os.replace(self.temporary, self.output)
-            self.temporary = None
-
-    def abandon(self, text: io.TextIOWrapper | None) -> None:
-        # Called while an error is on its way out: report that one, not a
-        # second one from flushing what is left.
-        with contextlib.suppress(OSError, ValueError):
-            if text is not None and self.binary is None:
-                text.detach()
-            elif text is not None:
-                text.close()
-        if self.binary is not None:
-            with contextlib.suppress(OSError):
-                self.binary.close()
-        if self.temporary is not None:
-            self.temporary.unlink(missing_ok=True)
-
 
 @traffic_cli.command("export")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["csv", "jsonl"]),
+    type=click.Choice(list(WRITERS)),
     default=None,
     help="csv (RFC 4180, a header of the store's fields) or jsonl (an object per line); "
     "by default from the file's suffix (.csv; .jsonl, .ndjson or .json).",
@@ -304,48 +174,17 @@ def export_command(
     apostrophe and a missing value an empty cell.
     """
     if fmt is None:
-        fmt = _FORMATS.get(Path(output).suffix.lower()) if output != "-" else None
+        fmt = format_of(output)
         if fmt is None:
             raise click.UsageError("Say which format to write: --format csv or --format jsonl.")
     check_window(since, until)
     store, note = pick_store(store_name)
-    err = sys.stderr
     if note:
         click.echo(f"Exporting {store.name}: {note}.", err=True)
-    write = _write_csv if fmt == "csv" else _write_jsonl
-    destination = _Destination(output)
-    text: io.TextIOWrapper | None = None
-    try:
-        query = store.query(None, since=since, until=until)
-        store.flush(FLUSH_TIMEOUT)
-        rows = _reading(store.scan(query, oldest_first=True))
-        text = destination.open()
-        if output != "-" and _is_terminal(err):
-            # The bar is advanced by _counted, a step per thousand
-            # records, rather than iterated: redrawing it per record
-            # would cost more than writing the record.
-            with click.progressbar(
-                rows, label=f"Exporting {store.name}", file=err, show_pos=True
-            ) as bar:
-                written = write(text, store.fields, _counted(rows, bar.update))
-        else:
-            written = write(text, store.fields, rows)
-        destination.finish(text)
-    except _ReadFailed as exc:
-        destination.abandon(text)
-        raise click.ClickException(f"{store.name} could not be read: {exc}") from None
-    except OSError as exc:
-        destination.abandon(text)
-        if isinstance(exc, BrokenPipeError) and output == "-":
-            raise  # `... -o - | head`: click ends quietly, as other tools do
-        raise click.ClickException(f"Could not write {output}: {exc.strerror or exc}.") from None
-    except BaseException:
-        destination.abandon(text)
-        raise
+    written = export_store(store, fmt, output, since, until)
     where = "standard output" if output == "-" else output
     click.echo(
-        f"Wrote {written:,} record{'s' if written != 1 else ''} from {store.name} "
-        f"to {where} ({fmt}).",
+        f"Wrote {records_text(written)} from {store.name} to {where} ({fmt}).",
         err=output == "-",
     )
 
@@ -380,9 +219,6 @@ def prune_command(store_name: str | None) -> None:
             click.echo(f"{store.name}: prune failed: {type(exc).__name__}: {exc}", err=True)
             failed += 1
             continue
-        click.echo(
-            f"{store.name}: removed {removed:,} record{'s' if removed != 1 else ''} "
-            f"({', '.join(limits)})."
-        )
+        click.echo(f"{store.name}: removed {records_text(removed)} ({', '.join(limits)}).")
     if failed:
         raise click.exceptions.Exit(1)

@@ -21,6 +21,7 @@ __all__ = [
     "duration_text",
     "log_line",
     "ms_text",
+    "records_text",
     "safe_text",
     "short_date",
     "sparkline",
@@ -69,6 +70,11 @@ def safe_text(value: t.Any, width: int | None = None) -> str:
 def count_text(value: float | None) -> str:
     """A count with thousands separators (``12,345``), ``-`` for ``None``."""
     return "-" if value is None else f"{value:,.0f}"
+
+
+def records_text(count: int) -> str:
+    """``1 record``, ``12,345 records``."""
+    return f"{count:,} record{'s' if count != 1 else ''}"
 
 
 def ms_text(value: float | None) -> str:
