@@ -26,7 +26,7 @@ from click.testing import Result
 from flask import Flask, abort
 
 from flask_traffic import FIELDS, LogPolicy, Traffic, TrafficRecord
-from flask_traffic import cli as traffic_cli_module
+from flask_traffic.cli import follow as follow_module
 from flask_traffic.cli import traffic_cli
 from flask_traffic.query import Query
 from flask_traffic.stores import CSVStore, JSONStore, MemoryStore, Sink, SQLStore, Store
@@ -318,7 +318,7 @@ def test_tail_follow_prints_records_added_between_polls(
             site.get("/item/4")
             site.get("/item/5")
 
-    monkeypatch.setattr(traffic_cli_module, "_sleep", between_polls)
+    monkeypatch.setattr(follow_module, "sleep", between_polls)
     result = site.run("tail", "-n", "1", "--follow", "--max-polls", "3", "--interval", "0.25")
     assert result.exit_code == 0, result.output
     paths = [line.split()[-1] for line in result.stdout.splitlines()]
@@ -337,7 +337,7 @@ def test_tail_follow_catches_a_late_record_with_an_earlier_date(
     def between_polls(seconds: float) -> None:
         site.store.export([record_at(newest - timedelta(seconds=5), "/slow")])
 
-    monkeypatch.setattr(traffic_cli_module, "_sleep", between_polls)
+    monkeypatch.setattr(follow_module, "sleep", between_polls)
     result = site.run("tail", "-n", "5", "--follow", "--max-polls", "1")
     assert [line.split()[-1] for line in result.stdout.splitlines()] == ["/quick", "/slow"]
 
@@ -354,7 +354,7 @@ def test_tail_follow_from_an_empty_store_and_ctrl_c(
         elif len(naps) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(traffic_cli_module, "_sleep", between_polls)
+    monkeypatch.setattr(follow_module, "sleep", between_polls)
     result = site.run("tail", "--follow")
     assert result.exit_code == 0, result.output
     assert [line.split()[-1] for line in result.stdout.splitlines()] == ["/first"]

@@ -1,0 +1,224 @@
+"""The ``flask traffic`` commands: look at what the stores recorded.
+
+:meth:`Traffic.init_app <flask_traffic.Traffic.init_app>` adds the group to
+every app it sets up, so with ``FLASK_APP`` (or ``--app``) pointing at the
+app::
+
+    flask traffic stats --since 7d          # totals, errors, routes, top lists
+    flask traffic stats --json              # the same, as store.summary() gives it
+    flask traffic tail -n 50 --follow       # the newest requests, then new ones
+    flask traffic export --format csv -o traffic.csv --since 2026-11-01
+    flask traffic prune                     # apply max_age / max_records now
+
+The commands run in the app context and find the app's stores in
+``app.extensions["traffic"]``, so one :class:`~flask_traffic.Traffic` can
+serve several apps. They read through the store API only
+(:meth:`~flask_traffic.stores.Store.summary`,
+:meth:`~flask_traffic.stores.Store.read`,
+:meth:`~flask_traffic.stores.Store.scan`,
+:meth:`~flask_traffic.stores.Store.prune`), so they work with every store
+that can read back; a store that only sends records on (an exporter) is
+skipped unless named with ``--store``.
+
+This module holds the group and its commands, each a thin
+``@traffic_cli.command(...)`` function; what they do lives beside it:
+:mod:`._options` (``--since``/``--until``, ``--store``, finding the stores),
+:mod:`.render` (terminal text), :mod:`.follow` (``tail --follow``) and
+:mod:`.export` (the CSV and JSON Lines writers). A new command is one more
+such function here, its work in a module of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import click
+from flask.cli import AppGroup
+
+from ..stores.base import Store
+from ._options import (
+    READ_DEFAULT,
+    app_sinks,
+    check_window,
+    named_sink,
+    pick_store,
+    store_option,
+    window_options,
+)
+from .export import WRITERS, export_store, format_of
+from .follow import Follower
+from .render import duration_text, log_line, records_text, summary_lines
+
+__all__ = ["traffic_cli"]
+
+traffic_cli = AppGroup(
+    "traffic",
+    help=(
+        "Look at the recorded traffic: stats, tail, export, prune. Times are UTC; "
+        "--since/--until take a duration back from now (30m, 24h, 7d, 2w), a date "
+        "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
+    ),
+)
+
+
+# -- flask traffic stats ------------------------------------------------------------------
+
+
+@traffic_cli.command("stats")
+@window_options("24h")
+@store_option(READ_DEFAULT)
+@click.option("--json", "as_json", is_flag=True, help="Print store.summary() as JSON instead.")
+def stats_command(
+    since: datetime | None, until: datetime | None, store_name: str | None, as_json: bool
+) -> None:
+    """Totals, error rate, requests over time, routes with response-time
+    percentiles, top paths, referrers, browsers and platforms, and unique
+    visitors: the store's summary() of the window (the last 24 hours unless
+    --since says otherwise)."""
+    check_window(since, until)
+    store, note = pick_store(store_name)
+    summary = store.summary(since, until)
+    if as_json:
+        # ASCII: lone surrogates from undecodable headers stay valid JSON.
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=True))
+    else:
+        click.echo("\n".join(summary_lines(summary, store.name, note)))
+
+
+# -- flask traffic tail -------------------------------------------------------------------
+
+
+@traffic_cli.command("tail")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the newest requests to print.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Then keep printing new requests; Ctrl-C stops.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks at the store with --follow.",
+)
+@click.option("--max-polls", type=click.IntRange(min=0), default=None, hidden=True)
+@store_option(READ_DEFAULT)
+def tail_command(
+    count: int, follow: bool, interval: float, max_polls: int | None, store_name: str | None
+) -> None:
+    """The newest requests, oldest of them first, one per line: start time
+    (UTC), method, status, response time, path, and the exception if one was
+    raised."""
+    store, note = pick_store(store_name)
+    if follow and "request_date" not in store.fields:
+        raise click.UsageError(
+            f"--follow needs the request_date field, which {store.name} leaves out."
+        )
+    if note:
+        click.echo(f"==> {store.name} <== ({note})", err=True)
+    # Started before the first lines are read, so that a request
+    # recorded in between is printed once: with them or after them.
+    follower = Follower(store) if follow else None
+    if follower is not None:
+        follower.start()
+    for row in reversed(store.read(count) if count else []):
+        click.echo(log_line(row))
+        if follower is not None:
+            follower.mark(row)
+    if follower is None:
+        return
+    # echo flushes: lines show at once.
+    follower.follow(interval, lambda row: click.echo(log_line(row)), max_polls)
+
+
+# -- flask traffic export -----------------------------------------------------------------
+
+
+@traffic_cli.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(WRITERS)),
+    default=None,
+    help="csv (RFC 4180, a header of the store's fields) or jsonl (an object per line); "
+    "by default from the file's suffix (.csv; .jsonl, .ndjson or .json).",
+)
+@window_options(None)
+@store_option(READ_DEFAULT)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help="The file to write ('-' for standard output); replaced once the export is done.",
+)
+def export_command(
+    fmt: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    store_name: str | None,
+    output: str,
+) -> None:
+    """Write the store's records, oldest first, to a CSV or JSON Lines file.
+
+    Records are streamed from the store, never all held in memory. In CSV,
+    cells a spreadsheet would run as a formula (starting with = + - @, a tab
+    or a carriage return), and cells starting with an apostrophe, get a
+    leading apostrophe, as CSVStore writes them; an empty text is a lone
+    apostrophe and a missing value an empty cell.
+    """
+    if fmt is None:
+        fmt = format_of(output)
+        if fmt is None:
+            raise click.UsageError("Say which format to write: --format csv or --format jsonl.")
+    check_window(since, until)
+    store, note = pick_store(store_name)
+    if note:
+        click.echo(f"Exporting {store.name}: {note}.", err=True)
+    written = export_store(store, fmt, output, since, until)
+    where = "standard output" if output == "-" else output
+    click.echo(
+        f"Wrote {records_text(written)} from {store.name} to {where} ({fmt}).",
+        err=output == "-",
+    )
+
+
+# -- flask traffic prune ------------------------------------------------------------------
+
+
+@traffic_cli.command("prune")
+@store_option("every store")
+def prune_command(store_name: str | None) -> None:
+    """Apply the stores' max_age and max_records now, rather than at the
+    worker's next retention pass; print how many records each removed."""
+    stores = app_sinks()
+    chosen = [named_sink(stores, store_name)] if store_name is not None else stores
+    failed = 0
+    for store in chosen:
+        limits = []
+        if not isinstance(store, Store):
+            click.echo(f"{store.name}: keeps no records, nothing to prune.")
+            continue
+        if store.max_age is not None:
+            limits.append(f"max_age {duration_text(store.max_age)}")
+        if store.max_records is not None:
+            limits.append(f"max_records {store.max_records:,}")
+        if not limits:
+            click.echo(f"{store.name}: no max_age or max_records, nothing to prune.")
+            continue
+        try:
+            removed = store.prune()
+        except Exception as exc:
+            # One store failing (a database away) must not keep the others as they are.
+            click.echo(f"{store.name}: prune failed: {type(exc).__name__}: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(f"{store.name}: removed {records_text(removed)} ({', '.join(limits)}).")
+    if failed:
+        raise click.exceptions.Exit(1)
