@@ -12,27 +12,16 @@ import weakref
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import (
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-    get_current_span,
-)
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import Tracer
 
 from flask_traffic import LogPolicy, TrafficRecord
 from flask_traffic.processors import SyncProcessor
@@ -41,12 +30,11 @@ from flask_traffic.stores import Sink
 from ._semconv import (
     DURATION_BUCKETS,
     SCHEMA_URL,
-    Attributes,
-    SpanData,
     SpanMapper,
     known_methods,
     redacted_query_keys,
 )
+from ._spans import SpanBuilder, trace
 from ._version import __version__
 
 if t.TYPE_CHECKING:
@@ -67,11 +55,6 @@ _ENV_SERVICE = "OTEL_SERVICE_NAME"
 # What "no timeout" means to the SDK's millisecond-based calls.
 _FOREVER_MS = 24 * 3600 * 1000
 _DEFAULT_SHUTDOWN_MS = 30_000
-_EMPTY_CONTEXT = Context()
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_UNSET = Status(StatusCode.UNSET)
-_ERROR = Status(StatusCode.ERROR)
-_propagator = TraceContextTextMapPropagator()
 
 
 def _check_url(value: object, name: str) -> str:
@@ -109,31 +92,6 @@ def _check_headers(headers: object) -> dict[str, str] | None:
             f"got {headers!r}."
         )
     return dict(headers)
-
-
-class _Resource(Resource):
-    """A resource whose hash is computed once: the OTLP encoder groups spans
-    by resource, and ``Resource`` hashes its attributes as JSON every time."""
-
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource.attributes, resource.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return super().__eq__(other)
-
-
-def _bounded(attributes: Attributes, limit: int | None) -> Attributes:
-    """``attributes`` with text cut to ``limit`` characters, as the SDK's
-    span limits cut it."""
-    if limit is None:
-        return attributes
-    return {
-        key: value[:limit] if isinstance(value, str) else value for key, value in attributes.items()
-    }
 
 
 def _shutdown_at_exit(ref: weakref.ref[OTelExporter]) -> None:
@@ -279,10 +237,7 @@ class OTelExporter(Sink):
         self._tracer: Tracer | None = None
         self._span_exporter: OTLPSpanExporter | None = None
         # Set up with the exporter's own span exporter; see setup().
-        self._settings: TracerProvider | None = None
-        self._resource: Resource | None = None
-        self._scope = InstrumentationScope(_SCOPE, __version__, SCHEMA_URL)
-        self._limits: SpanLimits | None = None
+        self._builder: SpanBuilder | None = None
         self._sync_processor: BatchSpanProcessor | None = None
         self._meter_provider: MeterProvider | None = None
         self._histogram: Histogram | None = None
@@ -319,13 +274,10 @@ class OTelExporter(Sink):
                 _SCOPE, __version__, schema_url=SCHEMA_URL
             )
         else:
-            resource = _Resource(Resource.create({"service.name": t.cast(str, self._service_name)}))
-            self._resource = resource
-            # Never given a span processor: it only reads the sampler and the
-            # id generator from the environment (OTEL_TRACES_SAMPLER...) as
-            # the SDK does.
-            self._settings = TracerProvider(resource=resource, shutdown_on_exit=False)
-            self._limits = SpanLimits()
+            resource = Resource.create({"service.name": t.cast(str, self._service_name)})
+            self._builder = SpanBuilder(
+                resource, InstrumentationScope(_SCOPE, __version__, SCHEMA_URL)
+            )
             self._span_exporter = OTLPSpanExporter(
                 endpoint=self._endpoint, headers=self._headers, timeout=self._timeout
             )
@@ -375,57 +327,13 @@ class OTelExporter(Sink):
             if histogram is not None:
                 histogram.record(record.duration_ns / 1e9, data.metric_attributes)
             if self._tracer is not None:
-                self._trace(self._tracer, record, data)
+                trace(self._tracer, record, data)
             else:
-                span = self._span(record, data)
+                span = t.cast(SpanBuilder, self._builder).span(record, data)
                 if span is not None:
                     spans.append(span)
         if spans:
             self._send(spans)
-
-    def _span(self, record: TrafficRecord, data: SpanData) -> ReadableSpan | None:
-        """The finished span of ``record``, or ``None`` when it is sampled out."""
-        settings = t.cast(TracerProvider, self._settings)
-        limits = t.cast(SpanLimits, self._limits)
-        context = _parent_of(record)
-        parent: SpanContext | None = get_current_span(context).get_span_context()
-        ids = settings.id_generator
-        if parent is not None and parent.is_valid:
-            trace_id = parent.trace_id
-        else:
-            parent = None
-            trace_id = ids.generate_trace_id()
-        attributes = _bounded(data.attributes, limits.max_span_attribute_length)
-        sampling = settings.sampler.should_sample(
-            context, trace_id, data.name, SpanKind.SERVER, attributes
-        )
-        if sampling.decision is not Decision.RECORD_AND_SAMPLE:
-            return None
-        start = record.start_time_ns
-        end = start + record.duration_ns
-        events: tuple[Event, ...] = ()
-        if data.exception_event is not None:
-            event = _bounded(data.exception_event, limits.max_attribute_length)
-            events = (Event("exception", event, timestamp=end),)
-        return ReadableSpan(
-            name=data.name,
-            context=SpanContext(
-                trace_id,
-                ids.generate_span_id(),
-                is_remote=False,
-                trace_flags=_SAMPLED,
-                trace_state=sampling.trace_state,
-            ),
-            parent=parent,
-            resource=self._resource,
-            attributes=attributes,
-            events=events,
-            kind=SpanKind.SERVER,
-            instrumentation_scope=self._scope,
-            status=_status_of(data),
-            start_time=start,
-            end_time=end,
-        )
 
     def _send(self, spans: list[ReadableSpan]) -> None:
         exporter = t.cast(OTLPSpanExporter, self._span_exporter)
@@ -440,26 +348,6 @@ class OTelExporter(Sink):
         # A failure is logged by the OTLP exporter; not raised, so the batch
         # is not retried on top of the exporter's own retries.
         exporter.export(spans)
-
-    @staticmethod
-    def _trace(tracer: Tracer, record: TrafficRecord, data: SpanData) -> None:
-        """The span of ``record`` through a ``tracer_provider`` of the user's."""
-        start = record.start_time_ns
-        end = start + record.duration_ns
-        span = tracer.start_span(
-            data.name,
-            context=_parent_of(record),
-            kind=SpanKind.SERVER,
-            attributes=data.attributes,
-            start_time=start,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        if data.failed and span.is_recording():
-            span.set_status(_status_of(data))
-            if data.exception_event is not None:
-                span.add_event("exception", data.exception_event, timestamp=end)
-        span.end(end_time=end)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Turn every queued record into a span and send it.
@@ -511,22 +399,6 @@ class OTelExporter(Sink):
             logger.warning("%s: the tracer_provider did not flush within %ss.", self.name, timeout)
         if self._meter_provider is not None:
             self._meter_provider.shutdown(_millis_left(deadline, _DEFAULT_SHUTDOWN_MS))
-
-
-def _status_of(data: SpanData) -> Status:
-    if not data.failed:
-        return _UNSET
-    return _ERROR if data.description is None else Status(StatusCode.ERROR, data.description)
-
-
-def _parent_of(record: TrafficRecord) -> Context:
-    """The caller's trace context from the record's ``traceparent``, if any."""
-    if record.traceparent is None:
-        return _EMPTY_CONTEXT
-    carrier = {"traceparent": record.traceparent}
-    if record.tracestate is not None:
-        carrier["tracestate"] = record.tracestate
-    return _propagator.extract(carrier)
 
 
 def _millis_left(deadline: float | None, default: int) -> int:
