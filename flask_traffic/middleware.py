@@ -175,7 +175,11 @@ class _TrafficMiddleware:
             status_code,
             content_length,
             content_type,
-            None if exception is None else repr(exception),
+            None,
             environ.get("HTTP_TRACEPARENT"),
             environ.get("HTTP_TRACESTATE"),
+            # The object only: repr(), str() and the stack trace run user
+            # code and read source files, so the record formats them when a
+            # worker first reads them.
+            exception,
         )

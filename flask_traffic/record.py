@@ -8,16 +8,26 @@ header, SQL columns, type conversion when reading back) derives them from
 from __future__ import annotations
 
 import functools
+import traceback
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import TracebackType
 
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.utils import get_current_url, get_host
 
 from ._useragent import parse_user_agent
 
-__all__ = ["FIELDS", "FIELD_NAMES", "Field", "FieldType", "TrafficRecord", "iso_text"]
+__all__ = [
+    "EXCEPTION_TEXT_LIMIT",
+    "FIELDS",
+    "FIELD_NAMES",
+    "Field",
+    "FieldType",
+    "TrafficRecord",
+    "iso_text",
+]
 
 FieldType = t.Literal["datetime", "str", "int", "float"]
 
@@ -109,6 +119,48 @@ def _mimetype(content_type: str) -> str | None:
     return parse_options_header(content_type)[0].lower() or None
 
 
+#: The most characters :attr:`TrafficRecord.exception_message` and
+#: :attr:`TrafficRecord.exception_stacktrace` keep; longer texts are cut to
+#: their beginning, so a queued record holds a bounded amount of text.
+EXCEPTION_TEXT_LIMIT = 32_768
+
+
+class _ExceptionText(t.NamedTuple):
+    """What a record says of its exception, formatted once off the request thread."""
+
+    representation: str
+    type_name: str
+    message: str
+    stacktrace: str
+
+
+def _text_of(format_: t.Callable[[object], str], value: object, failed: str) -> str:
+    # Any class may define __str__ or __repr__; one that fails must not
+    # cost the record.
+    try:
+        return format_(value)
+    except Exception:
+        return failed
+
+
+def _describe(exception: BaseException, tb: TracebackType | None) -> _ExceptionText:
+    cls = type(exception)
+    module = cls.__module__
+    qualname = cls.__qualname__
+    # As OpenTelemetry's SDK names exception.type: builtins unqualified.
+    type_name = f"{module}.{qualname}" if module and module != "builtins" else qualname
+    try:
+        stacktrace = "".join(traceback.format_exception(cls, exception, tb))
+    except Exception:
+        stacktrace = "<exception format_exception() failed>"
+    return _ExceptionText(
+        _text_of(repr, exception, "<exception repr() failed>"),
+        type_name,
+        _text_of(str, exception, "<exception str() failed>")[:EXCEPTION_TEXT_LIMIT],
+        stacktrace[:EXCEPTION_TEXT_LIMIT],
+    )
+
+
 def iso_text(moment: datetime) -> str:
     """``moment`` as stores keep ``request_date``: UTC, microseconds, ``+00:00``
     (what :attr:`TrafficRecord.request_date_iso` gives, faster, for a record).
@@ -147,13 +199,33 @@ class TrafficRecord:
         from the WSGI environ, for exporters.
     ``server_address``, ``server_port``
         the host and port the request was addressed to, for exporters.
+    ``has_exception``
+        whether the request ended in an unhandled exception; cheap, formats
+        nothing.
+    ``exception_type``, ``exception_message``, ``exception_stacktrace``
+        that exception's fully qualified class name (``shop.errors.ShelfError``,
+        builtins unqualified: ``KeyError``), ``str()`` and
+        ``"".join(traceback.format_exception(...))``; ``None`` when there
+        was none, and for a record made with ``response_exception`` text
+        rather than from an exception.
+
+    The request thread keeps only the exception object and its traceback.
+    The first read of any of these texts or of ``response_exception`` (the
+    ``repr()``, as in 0.8), normally in a store's worker, formats all of them
+    at once and drops the exception, and with it the frames and their
+    locals; the message and stack trace are cut to
+    :data:`EXCEPTION_TEXT_LIMIT` characters. So a queued record holds
+    frames only until a worker first reads it, and bounded text after.
     """
 
     __slots__ = (
         "_cache",
         "_content_length",
         "_content_type",
+        "_described",
+        "_given_exception",
         "_host_header",
+        "_raised",
         "_server",
         "duration_ns",
         "query_string",
@@ -164,7 +236,6 @@ class TrafficRecord:
         "request_remote_address",
         "request_route",
         "request_user_agent",
-        "response_exception",
         "response_status_code",
         "server_protocol",
         "start_time_ns",
@@ -186,7 +257,6 @@ class TrafficRecord:
     request_referrer: str | None
     request_user_agent: str | None
     response_status_code: int | None
-    response_exception: str | None
     traceparent: str | None
     tracestate: str | None
 
@@ -215,6 +285,7 @@ class TrafficRecord:
         response_exception: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         self.start_time_ns = start_time_ns
         self.duration_ns = duration_ns
@@ -233,7 +304,11 @@ class TrafficRecord:
         self.response_status_code = response_status_code
         self._content_length = content_length
         self._content_type = content_type
-        self.response_exception = response_exception
+        self._given_exception = response_exception
+        # Its traceback read now: an exception that propagates on gains the
+        # frames of the callers above the middleware.
+        self._raised = None if exception is None else (exception, exception.__traceback__)
+        self._described: _ExceptionText | None = None
         self.traceparent = traceparent
         self.tracestate = tracestate
         # Values computed off the request thread, shared by every store.
@@ -312,6 +387,71 @@ class TrafficRecord:
         """The response mimetype without parameters, e.g. ``"text/html"``."""
         value = self._content_type
         return None if value is None else _mimetype(value)
+
+    def _exception_text(self) -> _ExceptionText | None:
+        # Read in this order, written in the other (text first, then the
+        # exception dropped): a worker that finds the exception gone finds
+        # its text, with no lock on the record.
+        raised = self._raised
+        described = self._described
+        if described is not None or raised is None:
+            return described
+        described = self._described = _describe(*raised)
+        self._raised = None
+        return described
+
+    @property
+    def response_exception(self) -> str | None:
+        """``repr()`` of the unhandled exception, as in 0.8; else ``None``."""
+        given = self._given_exception
+        if given is not None:
+            return given
+        described = self._exception_text()
+        return None if described is None else described.representation
+
+    @property
+    def has_exception(self) -> bool:
+        """Whether the request ended in an unhandled exception, without
+        formatting it: for checks on the request thread.
+
+        .. versionadded:: 1.0
+        """
+        return (
+            self._given_exception is not None
+            or self._raised is not None
+            or self._described is not None
+        )
+
+    @property
+    def exception_type(self) -> str | None:
+        """The unhandled exception's class, fully qualified as OpenTelemetry
+        names it (``module.QualName``; builtins alone, e.g. ``KeyError``).
+
+        .. versionadded:: 1.0
+        """
+        described = self._exception_text()
+        return None if described is None else described.type_name
+
+    @property
+    def exception_message(self) -> str | None:
+        """``str()`` of the unhandled exception, cut to
+        :data:`EXCEPTION_TEXT_LIMIT` characters.
+
+        .. versionadded:: 1.0
+        """
+        described = self._exception_text()
+        return None if described is None else described.message
+
+    @property
+    def exception_stacktrace(self) -> str | None:
+        """The unhandled exception as ``traceback.format_exception`` gives it,
+        chained exceptions included, cut to :data:`EXCEPTION_TEXT_LIMIT`
+        characters.
+
+        .. versionadded:: 1.0
+        """
+        described = self._exception_text()
+        return None if described is None else described.stacktrace
 
     @property
     def request_sample_rate(self) -> float | None:

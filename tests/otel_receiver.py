@@ -56,6 +56,9 @@ class ReceivedSpan:
     resource: dict[str, t.Any]
     scope_name: str
     scope_version: str
+    scope_schema_url: str = ""
+    #: When the export that carried it arrived, ns since the epoch.
+    received_ns: int = 0
 
     @property
     def attributes(self) -> dict[str, t.Any]:
@@ -68,6 +71,8 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.trace_requests: list[ExportTraceServiceRequest] = []
         self.metric_requests: list[ExportMetricsServiceRequest] = []
+        #: When each of trace_requests arrived, ns since the epoch.
+        self.trace_arrivals: list[int] = []
         #: Headers of every export, lower-case names.
         self.headers: list[dict[str, str]] = []
         self._changed = threading.Condition()
@@ -123,6 +128,7 @@ class OTLPReceiver:
             self.headers.append({key.lower(): value for key, value in headers.items()})
             if path == "/v1/traces":
                 self.trace_requests.append(ExportTraceServiceRequest.FromString(body))
+                self.trace_arrivals.append(time.time_ns())
                 reply = ExportTraceServiceResponse().SerializeToString()
             elif path == "/v1/metrics":
                 self.metric_requests.append(ExportMetricsServiceRequest.FromString(body))
@@ -160,16 +166,21 @@ class OTLPReceiver:
 
     def spans(self) -> list[ReceivedSpan]:
         with self._changed:
-            requests = list(self.trace_requests)
+            requests = list(zip(self.trace_requests, self.trace_arrivals, strict=False))
         found = []
-        for request in requests:
+        for request, arrived in requests:
             for resource_spans in request.resource_spans:
                 resource = attributes(resource_spans.resource.attributes)
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         found.append(
                             ReceivedSpan(
-                                span, resource, scope_spans.scope.name, scope_spans.scope.version
+                                span,
+                                resource,
+                                scope_spans.scope.name,
+                                scope_spans.scope.version,
+                                scope_spans.schema_url,
+                                arrived,
                             )
                         )
         return found

@@ -6,11 +6,14 @@ decodes the protobuf requests the OpenTelemetry OTLP exporters send.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
 import time
+import traceback
 import typing as t
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_receiver import OTLPReceiver, ReceivedSpan, attributes
 
-from flask_traffic import LogPolicy, Traffic, TrafficRecord
+from flask_traffic import LogPolicy, Traffic, TrafficRecord, request_traffic
+from flask_traffic.record import EXCEPTION_TEXT_LIMIT
 from flask_traffic.stores import MemoryStore, Sink, Store
 
 CHROME = (
@@ -256,10 +260,9 @@ def test_names_status_and_errors_per_outcome(
     assert boom.span.status.message == "ValueError: boom"
     (event,) = boom.span.events
     assert event.name == "exception"
-    assert attributes(event.attributes) == {
-        "exception.type": "ValueError",
-        "exception.message": "boom",
-    }
+    event_attributes = attributes(event.attributes)
+    assert event_attributes.pop("exception.stacktrace").endswith("ValueError: boom\n")
+    assert event_attributes == {"exception.type": "ValueError", "exception.message": "boom"}
     assert event.time_unix_nano == boom.span.end_time_unix_nano
 
 
@@ -271,14 +274,14 @@ def test_exception_messages_read_from_the_record(
     client.get("/custom")
     spans = by_name(sent(exporter, receiver))
     (many,) = spans["GET /many"].span.events
-    assert attributes(many.attributes) == {
-        "exception.type": "ValueError",
-        "exception.message": str(ValueError("a", 1)),
-    }
+    many_attributes = attributes(many.attributes)
+    assert many_attributes["exception.type"] == "ValueError"
+    assert many_attributes["exception.message"] == str(ValueError("a", 1))
     custom = spans["GET /custom"]
-    assert custom.attributes["error.type"] == "BrokenThing"
+    # Fully qualified, as OpenTelemetry's SDK names a class outside builtins.
+    assert custom.attributes["error.type"] == "test_otel_exporter.BrokenThing"
     (event,) = custom.span.events
-    assert attributes(event.attributes)["exception.type"] == "BrokenThing"
+    assert attributes(event.attributes)["exception.type"] == "test_otel_exporter.BrokenThing"
 
 
 def test_exception_that_propagates(
@@ -841,3 +844,289 @@ def test_readme_maps_every_attribute_sent(
     readme = (Path(__file__).parents[1] / "exporters/flask-traffic-otel/README.md").read_text()
     table = readme[readme.index("| attribute | value | LogPolicy field |") :]
     assert sorted(name for name in sent_names if f"`{name}`" not in table) == []
+
+
+# What an exception really was: as OpenTelemetry's SDK records it natively.
+
+
+class ShelfError(Exception):
+    """A class with its own __repr__, which must not stand for its message."""
+
+    def __repr__(self) -> str:
+        return "<ShelfError on shelf 4>"
+
+
+class QuotaFileMissing(FileNotFoundError):
+    """An OSError subclass: str() is "[Errno 2] ...", repr() is not."""
+
+
+def _chained() -> str:
+    stock: dict[str, int] = {}
+    try:
+        stock["sku"]
+    except KeyError as exc:
+        raise RuntimeError("lookup failed") from exc
+    return "unreachable"
+
+
+ERRORS: dict[str, Callable[[], BaseException]] = {
+    "/own-repr": lambda: ShelfError("shelf 4 is empty"),
+    "/oserror": lambda: QuotaFileMissing(2, "No such file or directory", "quota.txt"),
+    "/keyerror": lambda: KeyError("sku"),
+    "/non-ascii": lambda: ValueError("prix: 12 € — café, 東京"),
+    "/empty": lambda: ValueError(),
+}
+
+
+def native_exception(exc: BaseException) -> tuple[dict[str, t.Any], str | None]:
+    """The exception event's attributes and the status message the SDK gives
+    a span that ``exc`` escapes from, as ``opentelemetry-instrumentation-flask``
+    records it."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    span = provider.get_tracer("native").start_span("native")
+    span.__exit__(type(exc), exc, exc.__traceback__)
+    (finished,) = memory.get_finished_spans()
+    (event,) = finished.events
+    found = dict(event.attributes or {})
+    found.pop("exception.escaped", None)  # deprecated; the bridge leaves it out
+    provider.shutdown()
+    return found, finished.status.description
+
+
+@pytest.fixture
+def raised(app: Flask) -> dict[str, BaseException]:
+    """The app with a route per entry of ERRORS (and /chained); maps each path
+    to the exception its request raised."""
+    from flask import got_request_exception, request
+
+    seen: dict[str, BaseException] = {}
+
+    def fail() -> str:
+        if request.path == "/chained":
+            return _chained()
+        raise ERRORS[request.path]()
+
+    for path in [*ERRORS, "/chained"]:
+        app.add_url_rule(path, path, fail)
+
+    def keep(sender: Flask, exception: BaseException, **extra: t.Any) -> None:
+        seen[request.path] = exception
+
+    got_request_exception.connect(keep, app, weak=False)
+    return seen
+
+
+def test_exception_event_as_the_sdk_records_it(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver, raised: dict[str, BaseException]
+) -> None:
+    client = app.test_client()
+    for path in [*ERRORS, "/chained"]:
+        assert client.get(path).status_code == 500
+    spans = {s.attributes["url.path"]: s for s in sent(exporter, receiver)}
+    for path, exc in raised.items():
+        span = spans[path]
+        (event,) = span.span.events
+        sent_event = attributes(event.attributes)
+        native_event, native_status = native_exception(exc)
+        assert sent_event == native_event, path
+        assert sent_event["exception.message"] == str(exc)
+        assert sent_event["exception.stacktrace"] == "".join(traceback.format_exception(exc))
+        assert span.span.status.message == native_status
+        assert span.attributes["error.type"] == sent_event["exception.type"]
+    assert attributes(spans["/own-repr"].span.events[0].attributes)["exception.type"] == (
+        "test_otel_exporter.ShelfError"
+    )
+    oserror = attributes(spans["/oserror"].span.events[0].attributes)
+    assert oserror["exception.message"] == "[Errno 2] No such file or directory: 'quota.txt'"
+    assert spans["/keyerror"].span.status.message == "KeyError: 'sku'"
+    assert spans["/non-ascii"].span.status.message == "ValueError: prix: 12 € — café, 東京"
+    chained = attributes(spans["/chained"].span.events[0].attributes)["exception.stacktrace"]
+    assert "KeyError: 'sku'" in chained
+    assert "The above exception was the direct cause" in chained
+
+
+def test_record_keeps_what_the_exception_was(
+    app: Flask, memory: MemoryStore, raised: dict[str, BaseException]
+) -> None:
+    records: list[TrafficRecord] = []
+
+    def keep(sender: Flask, record: TrafficRecord, **extra: t.Any) -> None:
+        records.append(record)
+
+    with request_traffic.connected_to(keep, app):
+        app.test_client().get("/own-repr")
+        app.test_client().get("/")
+    failed, fine = records
+    exc = raised["/own-repr"]
+    assert failed.has_exception
+    assert not fine.has_exception
+    assert failed.exception_type == "test_otel_exporter.ShelfError"
+    assert failed.exception_message == "shelf 4 is empty"
+    assert failed.exception_stacktrace == "".join(traceback.format_exception(exc))
+    # response_exception keeps its 0.8 meaning: the repr().
+    assert failed.response_exception == repr(exc) == "<ShelfError on shelf 4>"
+    row, _ = memory.read()[::-1]
+    assert row["response_exception"] == "<ShelfError on shelf 4>"
+    assert fine.exception_type is fine.exception_message is fine.exception_stacktrace is None
+    # A record made from text alone has no exception object to describe.
+    text_only = TrafficRecord(start_time_ns=0, duration_ns=0, response_exception="ValueError('x')")
+    assert text_only.has_exception
+    assert text_only.response_exception == "ValueError('x')"
+    assert text_only.exception_type is None
+
+
+def test_queued_record_lets_go_of_the_frames(app: Flask) -> None:
+    class Marker:
+        pass
+
+    refs: list[weakref.ref[Marker]] = []
+
+    @app.route("/frames")
+    def frames() -> str:
+        marker = Marker()  # a local of the failing frame
+        refs.append(weakref.ref(marker))
+        raise ValueError("with locals")
+
+    records: list[TrafficRecord] = []
+
+    def keep(sender: Flask, record: TrafficRecord, **extra: t.Any) -> None:
+        records.append(record)
+
+    with request_traffic.connected_to(keep, app):
+        app.test_client().get("/frames")
+    (record,) = records
+    gc.collect()
+    assert refs[0]() is not None  # held by the traceback until formatted
+    assert record.exception_stacktrace is not None
+    assert 'raise ValueError("with locals")' in record.exception_stacktrace
+    gc.collect()
+    assert refs[0]() is None  # formatted once; the frames are gone
+    assert record.exception_message == "with locals"
+    assert record.response_exception == "ValueError('with locals')"
+
+
+def test_huge_message_is_bounded(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    huge = "é" * (EXCEPTION_TEXT_LIMIT * 3)
+
+    def make(limit: str | None) -> OTelExporter:
+        if limit is not None:
+            monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", limit)
+        exporter = t.cast(OTelExporter, shutdown_later(OTelExporter(receiver.traces_endpoint)))
+        app = make_app(tmp_path)
+
+        @app.route("/huge")
+        def huge_error() -> str:
+            raise ValueError(huge)
+
+        Traffic(app, stores=exporter)
+        app.test_client().get("/huge")
+        assert exporter.flush(timeout=30)
+        return exporter
+
+    make(None)
+    # The record keeps the first EXCEPTION_TEXT_LIMIT characters.
+    (event,) = receiver.spans()[-1].span.events
+    sent_event = attributes(event.attributes)
+    assert sent_event["exception.message"] == huge[:EXCEPTION_TEXT_LIMIT]
+    assert len(sent_event["exception.stacktrace"]) == EXCEPTION_TEXT_LIMIT
+    assert sent_event["exception.stacktrace"].startswith("Traceback (most recent call last):")
+    # The SDK's attribute length limit applies on top, as to native spans.
+    make("100")
+    span = receiver.spans()[-1]
+    (event,) = span.span.events
+    sent_event = attributes(event.attributes)
+    assert sent_event["exception.message"] == huge[:100]
+    assert len(sent_event["exception.stacktrace"]) == 100
+    assert sent_event["exception.type"] == "ValueError"
+
+
+def test_propagated_exception_stack_ends_at_the_request(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    app.testing = True
+    with pytest.raises(ValueError, match="boom") as info:
+        app.test_client().get("/boom")
+    (event,) = only_span(exporter, receiver).span.events
+    stack = attributes(event.attributes)["exception.stacktrace"]
+    # The frames from the middleware down, not those of the caller above it.
+    assert stack.endswith("ValueError: boom\n")
+    assert "flask_traffic/middleware.py" in stack
+    assert "werkzeug/test.py" not in stack
+    assert "werkzeug/test.py" in "".join(traceback.format_exception(info.value))
+
+
+# The instrumentation scope, extra redaction, sampling, delay.
+
+
+def test_scope_has_a_schema_url(app: Flask, exporter: OTelExporter, receiver: OTLPReceiver) -> None:
+    app.test_client().get("/")
+    span = only_span(exporter, receiver)
+    assert span.scope_name == "flask_traffic_otel"
+    assert span.scope_schema_url == "https://opentelemetry.io/schemas/1.38.0"
+
+
+def test_extra_query_keys_are_redacted(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    exporter = shutdown_later(
+        OTelExporter(receiver.traces_endpoint, redact_query=["token", "api.key"])
+    )
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/item/1?token=abc&page=2&sig=x&api.key=k&apixkey=keep")
+    assert only_span(exporter, receiver).attributes["url.query"] == (
+        "token=REDACTED&page=2&sig=REDACTED&api.key=REDACTED&apixkey=keep"
+    )
+
+
+@pytest.mark.parametrize("value", ["token", [""], ["a=b"], [1], None])
+def test_redact_query_must_be_names(value: object) -> None:
+    with pytest.raises(TypeError, match=r"^redact_query must be a list of query parameter names"):
+        OTelExporter(redact_query=value)  # type: ignore[arg-type]
+
+
+def test_sampler_from_the_environment(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    assert sent(exporter, receiver) == []
+    assert exporter.stats()["exported"] == 1
+
+
+def test_span_reaches_the_collector_within_the_schedule_delay(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    delay = 0.5
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint))
+    app = make_app(tmp_path)
+    app.config["TRAFFIC_SCHEDULE_DELAY"] = delay
+    Traffic(app, stores=exporter)
+    client = app.test_client()
+    count = 8
+    for n in range(count):
+        client.get(f"/item/{n}")
+        time.sleep(0.13)
+    spans = receiver.wait_for_spans(count, timeout=10)  # no flush: the worker's own timer
+    assert len(spans) == count
+    late = [(s.received_ns - s.span.end_time_unix_nano) / 1e9 for s in spans]
+    # One export to a local collector takes milliseconds; the margin is for
+    # a machine shared with other test runs, not for a second queue's delay.
+    assert max(late) < delay + 0.5, late
+    assert min(late) >= 0

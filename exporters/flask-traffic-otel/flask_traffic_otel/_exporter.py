@@ -12,22 +12,29 @@ import weakref
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Tracer
 
 from flask_traffic import LogPolicy, TrafficRecord
+from flask_traffic.processors import SyncProcessor
 from flask_traffic.stores import Sink
 
-from ._semconv import DURATION_BUCKETS, SpanMapper, known_methods
+from ._semconv import (
+    DURATION_BUCKETS,
+    SCHEMA_URL,
+    SpanMapper,
+    known_methods,
+    redacted_query_keys,
+)
+from ._spans import SpanBuilder, trace
 from ._version import __version__
 
 if t.TYPE_CHECKING:
@@ -48,8 +55,6 @@ _ENV_SERVICE = "OTEL_SERVICE_NAME"
 # What "no timeout" means to the SDK's millisecond-based calls.
 _FOREVER_MS = 24 * 3600 * 1000
 _DEFAULT_SHUTDOWN_MS = 30_000
-_EMPTY_CONTEXT = Context()
-_propagator = TraceContextTextMapPropagator()
 
 
 def _check_url(value: object, name: str) -> str:
@@ -111,12 +116,16 @@ class OTelExporter(Sink):
     exporter's :class:`~flask_traffic.LogPolicy` decides which requests are
     sent and which fields become attributes.
 
-    The exporter builds its own ``TracerProvider`` (and ``MeterProvider``)
-    with a batch processor; it never touches OpenTelemetry's global
-    providers, so it works beside ``opentelemetry-instrument`` or your own
-    set-up. It is a :class:`~flask_traffic.stores.Sink`: it keeps nothing
-    to read back, so it has no ``read()``, and the ``flask traffic`` commands
-    skip it.
+    One queue, one thread: in the store's worker, each batch of records
+    becomes finished spans that go straight to the OTLP span exporter, so a
+    span reaches the collector within ``TRAFFIC_SCHEDULE_DELAY`` plus the
+    export's own time. No tracer and no span processor of OpenTelemetry's is
+    involved, unless you pass a ``tracer_provider``: then the spans are made
+    by its tracer and go through its span processors. The exporter never
+    touches OpenTelemetry's global providers, so it works beside
+    ``opentelemetry-instrument`` or your own set-up. It is a
+    :class:`~flask_traffic.stores.Sink`: it keeps nothing to read back, so it
+    has no ``read()``, and the ``flask traffic`` commands skip it.
 
     :param endpoint: full URL of the collector's OTLP/HTTP traces endpoint.
         Default: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
@@ -143,9 +152,13 @@ class OTelExporter(Sink):
     :param timeout: seconds one export to the collector may take, retries
         included; the OTLP exporters' default (10 s, or
         ``OTEL_EXPORTER_OTLP_TIMEOUT``) when ``None``.
+    :param redact_query: more query parameter names, e.g. ``("token",)``,
+        whose values ``url.query`` shows as ``REDACTED``, beyond the four the
+        conventions name.
     :param sync: create spans in the request thread; ``None`` follows the
         app's ``TRAFFIC_SYNC``. Sending to the collector is always done in
-        the background.
+        the background (in sync mode by an SDK batch span processor, the
+        only queue there is then).
     :param name: how log messages and ``flask traffic`` name the exporter;
         ``OTelExporter`` by default.
     """
@@ -161,10 +174,12 @@ class OTelExporter(Sink):
         metrics: bool | None = None,
         metrics_endpoint: str | None = None,
         timeout: float | None = None,
+        redact_query: t.Iterable[str] = (),
         sync: bool | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name)
+        self._redacted = redacted_query_keys(redact_query)
         if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
             raise TypeError(
                 f"tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, "
@@ -220,8 +235,10 @@ class OTelExporter(Sink):
         self._methods = known_methods()
         self._mapper: SpanMapper | None = None
         self._tracer: Tracer | None = None
-        self._own_provider: TracerProvider | None = None
         self._span_exporter: OTLPSpanExporter | None = None
+        # Set up with the exporter's own span exporter; see setup().
+        self._builder: SpanBuilder | None = None
+        self._sync_processor: BatchSpanProcessor | None = None
         self._meter_provider: MeterProvider | None = None
         self._histogram: Histogram | None = None
         self._closed = False
@@ -247,23 +264,23 @@ class OTelExporter(Sink):
         return self._service_name
 
     def setup(self, app: Flask) -> None:
-        """Build the exporter's providers; the app names the service by default."""
+        """Build the exporter's span exporter (or tracer) and metrics; the app
+        names the service by default."""
         if self._service_name is None and self._given_provider is None:
             self._service_name = os.environ.get(_ENV_SERVICE, "").strip() or app.name
         if self._given_provider is not None:
-            provider = self._given_provider
-            resource = provider.resource
+            resource = self._given_provider.resource
+            self._tracer = self._given_provider.get_tracer(
+                _SCOPE, __version__, schema_url=SCHEMA_URL
+            )
         else:
             resource = Resource.create({"service.name": t.cast(str, self._service_name)})
-            # shutdown_on_exit=False: at exit this exporter shuts the provider
-            # down itself, after writing its queued records into spans.
-            provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+            self._builder = SpanBuilder(
+                resource, InstrumentationScope(_SCOPE, __version__, SCHEMA_URL)
+            )
             self._span_exporter = OTLPSpanExporter(
                 endpoint=self._endpoint, headers=self._headers, timeout=self._timeout
             )
-            provider.add_span_processor(BatchSpanProcessor(self._span_exporter))
-            self._own_provider = provider
-        self._tracer = provider.get_tracer(_SCOPE, __version__)
         if self._metrics_endpoint is not None:
             reader = PeriodicExportingMetricReader(
                 OTLPMetricExporter(
@@ -273,69 +290,67 @@ class OTelExporter(Sink):
             self._meter_provider = MeterProvider(
                 metric_readers=[reader], resource=resource, shutdown_on_exit=False
             )
-            self._histogram = self._meter_provider.get_meter(_SCOPE, __version__).create_histogram(
+            self._histogram = self._meter_provider.get_meter(
+                _SCOPE, __version__, schema_url=SCHEMA_URL
+            ).create_histogram(
                 "http.server.request.duration",
                 unit="s",
                 description="Duration of HTTP server requests.",
                 explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
             )
         # Registered after flask-traffic's own exit hook, so it runs first:
-        # queued records become spans before the providers stop.
+        # queued records become spans before the exporters stop.
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     def _current_mapper(self) -> SpanMapper:
         # The policy can be changed after construction; follow it.
         mapper = self._mapper
         if mapper is None or mapper.key != SpanMapper.key_of(self.log_policy):
-            mapper = self._mapper = SpanMapper(self.log_policy, self._methods)
+            mapper = self._mapper = SpanMapper(self.log_policy, self._methods, self._redacted)
         return mapper
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
-        """Create one span (and one histogram point) per record.
+        """Turn the records into spans (and histogram points) and send them.
 
-        The spans go to the provider's batch processor, which sends them to
-        the collector in its own thread; a collector that is down is that
-        processor's to log, and never holds up this store's queue.
+        With the exporter's own span exporter the spans are sent here, in the
+        store's worker; a collector that is down or refuses them is logged by
+        OpenTelemetry's exporter, and the batch is not retried. With a
+        ``tracer_provider``, its span processors take the spans.
         """
-        tracer = self._tracer
-        if tracer is None:
+        if self._span_exporter is None and self._tracer is None:
             raise RuntimeError("OTelExporter.export() ran before setup(app).")
         histogram = self._histogram
         mapper = self._current_mapper()
-        error_status = Status(StatusCode.ERROR)
+        spans: list[ReadableSpan] = []
         for record in records:
             data = mapper.map(record)
-            start = record.start_time_ns
-            end = start + record.duration_ns
             if histogram is not None:
                 histogram.record(record.duration_ns / 1e9, data.metric_attributes)
-            context = _EMPTY_CONTEXT
-            if record.traceparent is not None:
-                carrier = {"traceparent": record.traceparent}
-                if record.tracestate is not None:
-                    carrier["tracestate"] = record.tracestate
-                context = _propagator.extract(carrier, context=_EMPTY_CONTEXT)
-            span = tracer.start_span(
-                data.name,
-                context=context,
-                kind=SpanKind.SERVER,
-                attributes=data.attributes,
-                start_time=start,
-                record_exception=False,
-                set_status_on_exception=False,
-            )
-            if data.failed and span.is_recording():
-                span.set_status(
-                    error_status
-                    if data.description is None
-                    else Status(StatusCode.ERROR, data.description)
-                )
-                if data.exception_event is not None:
-                    span.add_event("exception", data.exception_event, timestamp=end)
-            span.end(end_time=end)
+            if self._tracer is not None:
+                trace(self._tracer, record, data)
+            else:
+                span = t.cast(SpanBuilder, self._builder).span(record, data)
+                if span is not None:
+                    spans.append(span)
+        if spans:
+            self._send(spans)
+
+    def _send(self, spans: list[ReadableSpan]) -> None:
+        exporter = t.cast(OTLPSpanExporter, self._span_exporter)
+        if isinstance(self.processor, SyncProcessor):
+            # In the request thread: an SDK batch processor sends for us.
+            processor = self._sync_processor
+            if processor is None:
+                processor = self._sync_processor = BatchSpanProcessor(exporter)
+            for span in spans:
+                processor.on_end(span)
+            return
+        # A failure is logged by the OTLP exporter; not raised, so the batch
+        # is not retried on top of the exporter's own retries.
+        exporter.export(spans)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Turn every queued record into a span and send what is waiting.
+        """Turn every queued record into a span and send it.
 
         :return: ``False`` if that did not finish within ``timeout`` seconds
             (for example while the collector does not answer).
@@ -344,10 +359,10 @@ class OTelExporter(Sink):
         done = super().flush(timeout)
         if self._closed:
             return done
-        provider = self._own_provider or self._given_provider
-        if provider is not None and self._tracer is not None:
+        processor = self._given_provider or self._sync_processor
+        if processor is not None:
             # The SDK's batch processor ignores force_flush's time limit.
-            done = _within(lambda: provider.force_flush(_FOREVER_MS), deadline) and done
+            done = _within(lambda: processor.force_flush(_FOREVER_MS), deadline) and done
         meter_provider = self._meter_provider
         if meter_provider is not None:
             done = meter_provider.force_flush(_millis_left(deadline, _FOREVER_MS)) and done
@@ -356,29 +371,30 @@ class OTelExporter(Sink):
     def shutdown(self, timeout: float | None = 10.0) -> None:
         """Send what is queued, then stop; safe to call twice.
 
-        The exporter's own providers are shut down; a ``tracer_provider``
-        passed in is only force-flushed. Spans the collector has not taken
-        within ``timeout`` seconds are dropped, with a warning.
+        The exporter's own exporters are shut down; a ``tracer_provider``
+        passed in is only force-flushed. Records not sent within ``timeout``
+        seconds are dropped, with a warning.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         super().shutdown(timeout)
         with self._close_lock:
-            if self._closed or self._tracer is None:
+            if self._closed or (self._span_exporter is None and self._tracer is None):
                 return
             self._closed = True
-        own, given = self._own_provider, self._given_provider
-        if own is not None:
-            if not _within(own.shutdown, deadline):
-                # Ends the OTLP exporter's retries, so the processor's thread
-                # stops with what it could not send.
-                t.cast(OTLPSpanExporter, self._span_exporter).shutdown()  # type: ignore[no-untyped-call]
-                logger.warning(
-                    "%s: the collector at %s did not take every span within %ss; "
-                    "the rest are dropped.",
-                    self.name,
-                    self._endpoint,
-                    timeout,
-                )
+        given, exporter = self._given_provider, self._span_exporter
+        sync_processor = self._sync_processor
+        if sync_processor is not None and not _within(
+            lambda: sync_processor.force_flush(_FOREVER_MS), deadline
+        ):
+            logger.warning(
+                "%s: the collector at %s did not take every span within %ss; the rest are dropped.",
+                self.name,
+                self._endpoint,
+                timeout,
+            )
+        if exporter is not None:
+            # Also ends the retries of an export still waiting on the collector.
+            exporter.shutdown()  # type: ignore[no-untyped-call]
         elif given is not None and not _within(lambda: given.force_flush(_FOREVER_MS), deadline):
             logger.warning("%s: the tracer_provider did not flush within %ss.", self.name, timeout)
         if self._meter_provider is not None:

@@ -7,7 +7,6 @@ exporter's :class:`~flask_traffic.LogPolicy` keeps becomes an attribute.
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import re
@@ -17,13 +16,18 @@ from flask_traffic import LogPolicy, TrafficRecord
 
 __all__ = [
     "DURATION_BUCKETS",
+    "SCHEMA_URL",
     "SpanData",
     "SpanMapper",
     "known_methods",
-    "parse_exception",
     "protocol_version",
     "redact_query",
+    "redacted_query_keys",
 ]
+
+#: The version of the semantic conventions the spans follow (1.38 made
+#: ``QUERY`` a known method), for the instrumentation scope.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.38.0"
 
 #: The explicit bucket boundaries the conventions advise for
 #: ``http.server.request.duration``, in seconds.
@@ -52,12 +56,7 @@ _KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
 _OTHER = "_OTHER"
 
 # Query keys whose values the conventions say to replace by REDACTED.
-_SECRET_QUERY = re.compile(r"(?:(?<=&)|^)(AWSAccessKeyId|Signature|sig|X-Goog-Signature)=[^&]*")
-# repr() of an exception: ValueError('boom'); some use <Name ...> instead.
-_CALL_REPR = re.compile(r"([A-Za-z_][\w.]*)\((.*)\)", re.DOTALL)
-_ANGLE_REPR = re.compile(r"<([A-Za-z_][\w.]*)[ >]")
-# Longer argument lists are reported as written rather than evaluated.
-_MAX_LITERAL = 10_000
+_SECRET_KEYS = ("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature")
 
 AttributeValue = str | int
 Attributes = dict[str, AttributeValue]
@@ -86,41 +85,36 @@ def protocol_version(server_protocol: str | None) -> str | None:
     return version or None
 
 
-def redact_query(query: str) -> str:
-    """``query`` with the values of signature and access-key parameters
-    replaced by ``REDACTED``, as the conventions ask for ``url.query``."""
+def redacted_query_keys(extra: object = ()) -> tuple[str, ...]:
+    """The query keys whose values :func:`redact_query` hides: the four the
+    conventions name, and ``extra``, a list of more names (e.g. ``("token",)``)."""
+    if (
+        isinstance(extra, (str, bytes))
+        or not isinstance(extra, (list, tuple, set, frozenset))
+        or not all(isinstance(k, str) and k and not set(k) & set("&=") for k in extra)
+    ):
+        raise TypeError(
+            f"redact_query must be a list of query parameter names, such as ('token',), "
+            f"got {extra!r}."
+        )
+    return _SECRET_KEYS + tuple(key for key in extra if key not in _SECRET_KEYS)
+
+
+@functools.lru_cache(maxsize=16)
+def _key_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
+    names = "|".join(re.escape(key) for key in keys)
+    return re.compile(rf"(?:(?<=&)|^)({names})=[^&]*")
+
+
+def redact_query(query: str, keys: tuple[str, ...] = _SECRET_KEYS) -> str:
+    """``query`` with the values of the parameters named ``keys`` (see
+    :func:`redacted_query_keys`) replaced by ``REDACTED``, as the
+    conventions ask for ``url.query``."""
     # Substring tests first: most queries hold none of the keys, and a
     # regex substitution costs ten times as much.
-    if "sig" not in query and "Signature" not in query and "AWSAccessKeyId" not in query:
+    if not any(key in query for key in keys):
         return query
-    return _SECRET_QUERY.sub(r"\1=REDACTED", query)
-
-
-@functools.lru_cache(maxsize=256)
-def parse_exception(text: str) -> tuple[str | None, str]:
-    """Type name and message from the ``repr()`` a record keeps.
-
-    ``"ValueError('boom')"`` gives ``("ValueError", "boom")``; the message is
-    what ``str()`` of the exception would have been. A repr of another shape
-    gives ``(None, text)`` or the name it starts with and the text.
-    """
-    match = _CALL_REPR.fullmatch(text)
-    if match is None:
-        angle = _ANGLE_REPR.match(text)
-        return (angle.group(1) if angle else None), text
-    type_name, args = match.groups()
-    if not args:
-        return type_name, ""
-    if len(args) > _MAX_LITERAL:
-        return type_name, args
-    try:
-        parsed = ast.literal_eval(f"({args},)")
-    except Exception:  # a custom repr that is not literal arguments
-        return type_name, args
-    if not isinstance(parsed, tuple):
-        return type_name, args
-    # BaseException.__str__: the one argument's str(), else the tuple's.
-    return type_name, str(parsed[0]) if len(parsed) == 1 else str(parsed)
+    return _key_pattern(keys).sub(r"\1=REDACTED", query)
 
 
 class SpanData(t.NamedTuple):
@@ -145,12 +139,16 @@ class SpanMapper:
 
     :param policy: the exporter's policy; the mapper copies what it needs.
     :param methods: the known HTTP methods, see :func:`known_methods`.
+    :param redacted: the query keys to redact, see :func:`redacted_query_keys`.
     """
 
-    def __init__(self, policy: LogPolicy, methods: frozenset[str]) -> None:
+    def __init__(
+        self, policy: LogPolicy, methods: frozenset[str], redacted: tuple[str, ...] = _SECRET_KEYS
+    ) -> None:
         self.key = self.key_of(policy)
         enabled = frozenset(policy.enabled_fields)
         self._methods = methods
+        self._redacted = redacted
         self._method = "request_method" in enabled
         self._route = "request_route" in enabled
         self._server = "request_host_url" in enabled
@@ -202,7 +200,7 @@ class SpanMapper:
                 if path is not None:
                     attributes["url.path"] = path
                 if record.query_string:
-                    attributes["url.query"] = redact_query(record.query_string)
+                    attributes["url.query"] = redact_query(record.query_string, self._redacted)
             if self._address is not None and values[self._address] is not None:
                 attributes["client.address"] = values[self._address]
 
@@ -222,19 +220,14 @@ class SpanMapper:
         if version is not None:
             attributes["network.protocol.version"] = metric["network.protocol.version"] = version
 
-        exception = record.response_exception
+        raised = record.has_exception
         server_error = status is not None and status >= 500
-        failed = exception is not None or server_error
+        failed = raised or server_error
         description: str | None = None
         event: Attributes | None = None
         if failed:
-            if exception is not None and self._exception:
-                type_name, message = parse_exception(exception)
-                error_type = type_name or _OTHER
-                event = {"exception.message": message}
-                if type_name is not None:
-                    event["exception.type"] = type_name
-                description = f"{type_name}: {message}" if type_name else message
+            if raised and self._exception:
+                error_type, description, event = _exception_of(record)
             elif server_error and self._status:
                 error_type = str(status)
             else:
@@ -242,3 +235,21 @@ class SpanMapper:
                 error_type = _OTHER
             attributes["error.type"] = metric["error.type"] = error_type
         return SpanData(name, attributes, metric, failed, description, event)
+
+
+def _exception_of(record: TrafficRecord) -> tuple[str, str, Attributes]:
+    """``error.type``, the status message and the exception event of a record
+    that ended in an exception, as OpenTelemetry's SDK records them."""
+    type_name = record.exception_type
+    if type_name is None:
+        # A record made with response_exception text only: no type to name.
+        text = record.response_exception or ""
+        return _OTHER, text, {"exception.message": text}
+    message = record.exception_message or ""
+    event: Attributes = {
+        "exception.type": type_name,
+        "exception.message": message,
+        "exception.stacktrace": record.exception_stacktrace or "",
+    }
+    # The SDK's status message names the class by its __name__ alone.
+    return type_name, f"{type_name.rpartition('.')[2]}: {message}", event
