@@ -334,7 +334,7 @@ class LogPolicy:
         if status in self.skip_status_codes:
             return False
         if self.only_on_exception or self.skip_on_exception:
-            failed = record.response_exception is not None
+            failed = record.has_exception
             if failed != self.only_on_exception:
                 return False
         skip_path = self._skip_path
@@ -352,7 +352,7 @@ class LogPolicy:
         if self.only_sampled:
             return False
         status = record.response_status_code
-        return record.response_exception is not None or (status is not None and status >= 500)
+        return record.has_exception or (status is not None and status >= 500)
 
     def keeps_in_worker(self, record: TrafficRecord) -> bool:
         """The part of :meth:`accepts` too costly for the request thread
@@ -375,11 +375,7 @@ class LogPolicy:
         fields compute it once between them.
         """
         plan = self._plan()
-        cache = record._cache
-        values: tuple[t.Any, ...] | None = cache.get(plan.key)
-        if values is None:
-            values = cache[plan.key] = plan.values(record)
-        return values
+        return record.computed(plan.key, plan.values)
 
     def row(self, record: TrafficRecord) -> dict[str, t.Any]:
         """:meth:`values` as a dict keyed by the enabled field names."""

@@ -78,6 +78,7 @@ FIELDS: tuple[Field, ...] = (
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 
 _UTC = timezone.utc
+_T = t.TypeVar("_T")
 
 
 @functools.lru_cache(maxsize=256)
@@ -319,6 +320,19 @@ class TrafficRecord:
             f"<TrafficRecord {self.request_method} {self.request_path!r}"
             f" {self.response_status_code}>"
         )
+
+    def computed(self, key: t.Hashable, compute: t.Callable[[TrafficRecord], _T]) -> _T:
+        """``compute(self)``, worked out once per record and kept under ``key``,
+        so every store and exporter that needs the same derived value (a
+        policy's row, say) shares the work.
+
+        .. versionadded:: 1.0
+        """
+        cache = self._cache
+        if key in cache:
+            return t.cast(_T, cache[key])
+        value = cache[key] = compute(self)
+        return value
 
     @property
     def request_date(self) -> datetime:
