@@ -8,26 +8,19 @@ import abc
 import contextlib
 import itertools
 import logging
-import operator
 import os
 import re
 import threading
 import typing as t
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .._tally import ColumnTally
 from ..policy import LogPolicy
 from ..query import Query, iso_text
 from ..record import FIELDS, FieldType, TrafficRecord
-from ..summary import (
-    TOP_FIELDS,
-    VISITOR_FIELDS,
-    SummaryBuilder,
-    histogram_indexes,
-    visitor_key,
-)
+from ..summary import SummaryBuilder
 from .base import Store, warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
@@ -53,8 +46,6 @@ _STAMP = "%Y-%m-%dT%H%M%S"
 _REOPEN_TRIES = 100
 _CACHED_FILES = 256
 _HEAD = 64
-_MINUTE = operator.itemgetter(slice(0, 16))
-_DAY = operator.itemgetter(slice(0, 10))
 
 #: How long after its request a record may be appended and still be found by
 #: a query with ``since``/``until``: a scan stops once it meets a record this
@@ -317,144 +308,6 @@ def _first_dated(rows: list[t.Any], test: Callable[[str], bool]) -> int | None:
     return None
 
 
-#: The fields a summary reads.
-SUMMARY_FIELDS = frozenset(
-    {
-        "request_date",
-        "request_route",
-        "request_remote_address",
-        "request_user_agent",
-        "request_sample_rate",
-        "response_status_code",
-        "response_time",
-        *TOP_FIELDS.values(),
-    }
-)
-
-
-class _Tally:
-    """Counts blocks of stored rows for a :class:`SummaryBuilder`, as its
-    ``add_rows`` would, a column at a time."""
-
-    def __init__(
-        self, fields: tuple[str, ...], builder: SummaryBuilder, low: str | None, high: str | None
-    ) -> None:
-        self.fields = fields
-        self.builder = builder
-        self.low, self.high = low, high
-        self.statuses: Counter[t.Any] = Counter()
-        self.minutes: Counter[str] = Counter()
-        self.routes: Counter[t.Any] = Counter()
-        self.route_times: Counter[tuple[t.Any, int]] = Counter()
-        self.tops = {name: Counter[t.Any]() for name in TOP_FIELDS}
-        self.visitors: set[tuple[str, t.Any, t.Any]] = set()
-        self.first: str | None = None
-        self.last: str | None = None
-        # Whether a visitor's address or user agent is None or holds a NUL.
-        self.ambiguous = False
-        self.count_visitors = set(fields) >= VISITOR_FIELDS
-
-    def column(self, rows: list[dict[str, t.Any]], name: str) -> list[t.Any]:
-        if name not in self.fields:
-            return [None] * len(rows)
-        return list(map(dict.get, rows, itertools.repeat(name)))
-
-    def add(self, block: list[t.Any]) -> None:
-        rows: list[dict[str, t.Any]] = (
-            [row for row in block if row is not None] if None in block else block
-        )
-        if not rows:
-            return
-        dates = self.column(rows, "request_date")
-        low, high = self.low, self.high
-        if (low is not None or high is not None) and (
-            None in dates
-            or (low is not None and min(dates) < low)
-            or (high is not None and max(dates) >= high)
-        ):
-            rows = [
-                row
-                for row, date in zip(rows, dates, strict=True)
-                if date is not None
-                and (low is None or date >= low)
-                and (high is None or date < high)
-            ]
-            if not rows:
-                return
-            dates = self.column(rows, "request_date")
-        times = self.column(rows, "response_time")
-        timed = "response_time" in self.fields
-        if (
-            self.column(rows, "request_sample_rate").count(None) != len(rows)
-            or ("request_date" in self.fields and None in dates)
-            or (timed and None in times)
-        ):
-            # Weighted or incomplete rows: the builder's own loop handles them.
-            fields = self.fields
-            self.builder.add_rows([{name: row.get(name) for name in fields} for row in rows])
-            return
-        self.statuses.update(self.column(rows, "response_status_code"))
-        routes = self.column(rows, "request_route")
-        self.routes.update(routes)
-        if timed:
-            self.route_times.update(zip(routes, histogram_indexes(times), strict=True))
-        for name, field in TOP_FIELDS.items():
-            self.tops[name].update(self.column(rows, field))
-        if "request_date" in self.fields:
-            self.minutes.update(map(_MINUTE, dates))
-            first, last = min(dates), max(dates)
-            if self.first is None or first < self.first:
-                self.first = first
-            if self.last is None or last > self.last:
-                self.last = last
-            if self.count_visitors:
-                addresses = self.column(rows, "request_remote_address")
-                agents = self.column(rows, "request_user_agent")
-                if not self.ambiguous and (
-                    None in addresses
-                    or None in agents
-                    or "\x00" in "".join(addresses)
-                    or "\x00" in "".join(agents)
-                ):
-                    self.ambiguous = True
-                self.visitors.update(zip(map(_DAY, dates), addresses, agents, strict=True))
-
-    def finish(self) -> None:
-        builder = self.builder
-        for code, count in self.statuses.items():
-            builder.add_status(code, float(count))
-        for minute, count in self.minutes.items():
-            builder.add_minute(minute, float(count))
-        for route, count in self.routes.items():
-            builder.add_route(route, float(count))
-        for (route, index), count in self.route_times.items():
-            builder.add_route_time(route, index, float(count))
-        for name, counter in self.tops.items():
-            counter.pop(None, None)
-            for value, count in counter.items():
-                builder.add_top(name, value, float(count))
-        if builder.visitors or builder.visitor_count is not None:
-            builder.visitors.update(
-                visitor_key(day, address, agent) for day, address, agent in self.visitors
-            )
-        elif self.count_visitors:
-            # Only the count is wanted: hashing every visitor (the costliest
-            # step) is skipped. visitor_key hashes the day and the text
-            # f"{address}\x00{agent}": distinct texts are distinct keys, and
-            # distinct (day, address, agent) are distinct texts unless a value
-            # is None or holds a NUL.
-            visitors: t.Collection[t.Any] = self.visitors
-            if self.ambiguous:
-                visitors = {(day, f"{address}\x00{agent}") for day, address, agent in visitors}
-            builder.set_visitors(len(visitors))
-        first, last = self.first, self.last
-        if builder.first is not None and (first is None or builder.first < first):
-            first = builder.first
-        if builder.last is not None and (last is None or builder.last > last):
-            last = builder.last
-        builder.set_span(first, last)
-
-
 class _Window(t.NamedTuple):
     """What a scan keeps and where it may stop, as stored date text."""
 
@@ -581,7 +434,7 @@ class FileStore(Store):
         """Like :meth:`decode_block`, for summaries: rows may hold fields
         the policy leaves out (a summary reads only enabled ones) and may
         leave out fields a summary does not read (only
-        :data:`SUMMARY_FIELDS` are needed), so a store can skip work."""
+        :data:`~flask_traffic.summary.SUMMARY_FIELDS` are needed), so a store can skip work."""
         return self.decode_block(block, header)
 
     # -- writing -------------------------------------------------------------
@@ -744,7 +597,7 @@ class FileStore(Store):
         low = query.since_iso
         if window.cutoff is not None and (low is None or window.cutoff > low):
             low = window.cutoff
-        tally = _Tally(self.fields, builder, low, query.until_iso)
+        tally = ColumnTally(self.fields, builder, low, query.until_iso)
         for rows in self._row_blocks(query, oldest_first=False, stored=True):
             tally.add(rows)
         tally.finish()

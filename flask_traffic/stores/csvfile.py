@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
-from ._files import SUMMARY_FIELDS, FileStore, encode_lines, field_encoders, split_records
+from ..summary import SUMMARY_FIELDS
+from ._files import FileStore, encode_lines, field_encoders, split_records
 
 __all__ = ["CSVStore", "escape_formula", "unescape_formula"]
 
