@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import itertools
 import logging
 import os
 import re
@@ -18,8 +17,8 @@ from pathlib import Path
 
 from .._tally import ColumnTally
 from ..policy import LogPolicy
-from ..query import Query, iso_text
-from ..record import FIELDS, FieldType, TrafficRecord
+from ..query import Query
+from ..record import FIELDS, FieldType, TrafficRecord, iso_text
 from ..summary import SummaryBuilder
 from .base import Store, warn_if_outside_instance_folder
 
@@ -309,11 +308,18 @@ def _first_dated(rows: list[t.Any], test: Callable[[str], bool]) -> int | None:
 
 
 class _Window(t.NamedTuple):
-    """What a scan keeps and where it may stop, as stored date text."""
+    """Where a scan may stop, as stored date text."""
 
-    cutoff: str | None  # max_age: older records are outside the limits
     stop_before: str | None  # newest first: stop at a record older than this
     stop_after: str | None  # oldest first: stop at a record this new or newer
+
+
+def _window(query: Query) -> _Window:
+    since, until = query.since, query.until
+    return _Window(
+        stop_before=None if since is None else iso_text(since - LATE_WRITE_SLACK),
+        stop_after=None if until is None else iso_text(until + LATE_WRITE_SLACK),
+    )
 
 
 class FileStore(Store):
@@ -489,9 +495,6 @@ class FileStore(Store):
 
     # -- reading ---------------------------------------------------------------
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        return list(itertools.islice(self.scan(Query(limit=limit)), limit))
-
     def rotated_files(self) -> list[Path]:
         """The dated files retention renamed the live file to, oldest first."""
         return [path for _, path in self._rotated()]
@@ -541,21 +544,6 @@ class FileStore(Store):
             for snap in snaps:
                 os.close(snap.fd)
 
-    def _window(self, query: Query) -> _Window:
-        # Store.query() already starts the window max_age ago; a Query made
-        # without it (fetch()) gets the same floor here.
-        cutoff = None
-        if self.max_age is not None and query.since is None:
-            cutoff = datetime.now(_UTC) - self.max_age
-        since = query.since
-        if cutoff is not None and (since is None or cutoff > since):
-            since = cutoff
-        return _Window(
-            cutoff=None if cutoff is None else iso_text(cutoff),
-            stop_before=None if since is None else iso_text(since - LATE_WRITE_SLACK),
-            stop_after=None if query.until is None else iso_text(query.until + LATE_WRITE_SLACK),
-        )
-
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
         """The rows ``query`` selects, newest first (or oldest first), lazily,
         from the live file and the rotated ones.
@@ -576,7 +564,7 @@ class FileStore(Store):
         Records outside ``max_records`` are left out even before retention
         deletes them; :meth:`Store.query` starts the window ``max_age`` ago.
         """
-        keep = self._keep(query, self._window(query))
+        keep = query.matches
         for rows in self._row_blocks(query, oldest_first=oldest_first):
             for row in rows:
                 if row is not None and keep(row):
@@ -593,26 +581,10 @@ class FileStore(Store):
         if query.where:
             super().summarize(query, builder)
             return
-        window = self._window(query)
-        low = query.since_iso
-        if window.cutoff is not None and (low is None or window.cutoff > low):
-            low = window.cutoff
-        tally = ColumnTally(self.fields, builder, low, query.until_iso)
+        tally = ColumnTally(self.fields, builder, query.since_iso, query.until_iso)
         for rows in self._row_blocks(query, oldest_first=False, stored=True):
             tally.add(rows)
         tally.finish()
-
-    def _keep(self, query: Query, window: _Window) -> Callable[[dict[str, t.Any]], bool]:
-        cutoff = window.cutoff
-        matches = query.matches
-        if cutoff is None:
-            return matches
-
-        def keep(row: dict[str, t.Any]) -> bool:
-            date = row.get("request_date")
-            return date is not None and date >= cutoff and matches(row)
-
-        return keep
 
     def _row_blocks(
         self, query: Query, *, oldest_first: bool, stored: bool = False
@@ -624,7 +596,7 @@ class FileStore(Store):
         With ``stored``, rows are the decoded records as stored (see
         :meth:`decode_stored`).
         """
-        window = self._window(query)
+        window = _window(query)
         decode = self.decode_stored if stored else self.decode_block
         quoted = self._quoted_records
         with self._open_files() as snaps:
