@@ -325,22 +325,29 @@ def _window(query: Query) -> _Window:
 class FileStore(Store):
     """A store that appends to one file, safely from several processes.
 
+    Each batch is one ``write()`` under an exclusive file lock, so several
+    processes (gunicorn workers) can share one file. Only the policy's
+    enabled fields are written.
+
     Retention (``max_age``, ``max_records``) never rewrites that file: it
     renames it to a dated file beside it (``traffic.2026-11-25T081500.json``)
     and deletes dated files once every record in them is outside the limits;
     :meth:`read`, :meth:`scan` and :meth:`summary` read the live file and the
     dated ones, newest first, and leave out what is outside the limits.
 
-    :param filename: the file's name.
+    :param filename: the file's name; :attr:`default_filename` when ``None``.
     :param location: the folder it is in; the app's instance folder when
         ``None``. Created with its parents if missing.
     :param log_policy: which fields and requests to keep.
     :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
     :param name: how the ``flask traffic`` commands and logs name the store.
-    :param max_age: keep records for this long (a :class:`~datetime.timedelta`).
+    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
+        older ones are rotated out to dated files beside this one and deleted.
     :param max_records: keep about this many records, the newest.
     """
 
+    #: The file's name when none is given.
+    default_filename: t.ClassVar[str]
     #: Whether a newline inside double quotes belongs to the record (CSV).
     _quoted_records: t.ClassVar[bool] = False
     #: Whether the file starts with a header line that is not a record.
@@ -348,7 +355,7 @@ class FileStore(Store):
 
     def __init__(
         self,
-        filename: str | os.PathLike[str],
+        filename: str | os.PathLike[str] | None = None,
         location: str | os.PathLike[str] | None = None,
         log_policy: LogPolicy | None = None,
         *,
@@ -358,6 +365,8 @@ class FileStore(Store):
         max_records: int | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        if filename is None:
+            filename = self.default_filename
         if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
             raise TypeError(f"filename must be a non-empty str or path, got {filename!r}.")
         if location is not None and not isinstance(location, (str, os.PathLike)):

@@ -9,10 +9,8 @@ import logging
 import os
 import typing as t
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 
-from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
 from ..summary import SUMMARY_FIELDS
 from ._files import FileStore, encode_lines, field_encoders, split_records
@@ -95,42 +93,16 @@ class CSVStore(FileStore):
     flask-traffic 0.8, or under another policy) is appended to in its own
     columns, with a warning naming the fields it cannot hold.
 
-    :param filename: the file's name.
-    :param location: its folder; the app's instance folder when ``None``.
-    :param log_policy: which fields and requests to keep.
-    :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
-    :param name: how the ``flask traffic`` commands and logs name the store.
-    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
-        older ones are rotated out to dated files beside this one (each with
-        its header row) and deleted.
-    :param max_records: keep about this many records, the newest.
+    Written by default to ``traffic.csv``; the parameters are
+    :class:`FileStore`'s (a dated file retention rotates out keeps its
+    header row).
     """
 
+    default_filename = "traffic.csv"
     _quoted_records = True
     _has_header = True
-
-    def __init__(
-        self,
-        filename: str | os.PathLike[str] = "traffic.csv",
-        location: str | os.PathLike[str] | None = None,
-        log_policy: LogPolicy | None = None,
-        *,
-        sync: bool | None = None,
-        name: str | None = None,
-        max_age: timedelta | None = None,
-        max_records: int | None = None,
-    ) -> None:
-        super().__init__(
-            filename,
-            location,
-            log_policy,
-            sync=sync,
-            name=name,
-            max_age=max_age,
-            max_records=max_records,
-        )
-        # The existing file's columns, when they are not the policy's fields.
-        self._columns: tuple[str, ...] | None = None
+    # The existing file's columns, when they are not the policy's fields.
+    _columns: tuple[str, ...] | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
