@@ -39,7 +39,7 @@ def escape_formula(value: str) -> str:
 
 def unescape_formula(cell: str) -> str:
     """The text :func:`escape_formula` was given."""
-    return cell[1:] if cell.startswith(_ESCAPE) else cell
+    return cell.removeprefix(_ESCAPE)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -240,7 +240,7 @@ class CSVStore(FileStore):
 def _parse_column(column: tuple[str, ...], parse: Callable[[str], t.Any]) -> list[t.Any]:
     """The cells of one column as values: an empty cell is ``None``."""
     if parse is unescape_formula:
-        return [(cell[1:] if cell[0] == _ESCAPE else cell) if cell else None for cell in column]
+        return [cell.removeprefix(_ESCAPE) if cell else None for cell in column]
     try:
         return [parse(cell) if cell else None for cell in column]
     except ValueError:
