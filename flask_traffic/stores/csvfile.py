@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..record import FIELDS, FieldType, TrafficRecord
 from ..summary import SUMMARY_FIELDS
-from ._files import FileStore, encode_lines, field_encoders, split_records
+from ._framing import encode_lines, field_encoders, read_header, split_records
+from .filestore import FileStore
 
 __all__ = ["CSVStore", "escape_formula", "unescape_formula"]
 
@@ -99,8 +100,8 @@ class CSVStore(FileStore):
     """
 
     default_filename = "traffic.csv"
-    _quoted_records = True
-    _has_header = True
+    quoted_records = True
+    has_header = True
     # The existing file's columns, when they are not the policy's fields.
     _columns: tuple[str, ...] | None = None
 
@@ -115,7 +116,7 @@ class CSVStore(FileStore):
     def check_existing(self, fd: int, path: Path) -> None:
         if os.fstat(fd).st_size == 0:
             return
-        found = self._read_header(fd).decode("utf-8", "replace").strip().split(",")
+        found = read_header(fd).decode("utf-8", "replace").strip().split(",")
         if tuple(found) == self.fields:
             return
         if not set(found) <= _PARSER_FOR_FIELD.keys() or len(set(found)) != len(found):

@@ -11,7 +11,8 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from ..record import FieldType, TrafficRecord
-from ._files import FileStore, encode_lines, field_encoders
+from ._framing import encode_lines, field_encoders
+from .filestore import FileStore
 
 __all__ = ["JSONStore"]
 
