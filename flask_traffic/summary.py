@@ -1,10 +1,12 @@
 """Summaries of stored traffic: one aggregation, fed by any store.
 
 A store either feeds :class:`SummaryBuilder` its rows (:meth:`~SummaryBuilder.add_rows`,
-what the file, memory and Redis stores do), or feeds it counts it computed
-itself (the ``add_*`` methods, what the SQL stores do with ``GROUP BY``). The
-builder turns either into the same plain, JSON-ready dict, so every store's
-``summary()`` has one shape, documented in :meth:`SummaryBuilder.result`.
+what the memory and Redis stores do), or its columns (through
+:class:`flask_traffic._tally.ColumnTally`, what the file stores do), or counts
+it computed itself (the ``add_*`` methods, what the SQL stores do with
+``GROUP BY``). The builder turns any of these into the same plain, JSON-ready
+dict, so every store's ``summary()`` has one shape, documented in
+:meth:`SummaryBuilder.result`.
 
 Percentiles of ``response_time`` come from a histogram with fixed,
 logarithmic buckets (:func:`histogram_index`), whichever way the builder is
@@ -31,6 +33,7 @@ __all__ = [
     "HISTOGRAM_LOG_RATIO",
     "HISTOGRAM_MAX_INDEX",
     "HISTOGRAM_RATIO",
+    "SUMMARY_FIELDS",
     "TOP",
     "TOP_FIELDS",
     "VISITOR_FIELDS",
@@ -65,6 +68,18 @@ TOP_FIELDS = {
 }
 #: The fields unique visitors are counted from.
 VISITOR_FIELDS = frozenset({"request_date", "request_remote_address", "request_user_agent"})
+#: Every field a summary reads.
+SUMMARY_FIELDS = frozenset(
+    {
+        "request_date",
+        "request_route",
+        "request_sample_rate",
+        "response_status_code",
+        "response_time",
+        *VISITOR_FIELDS,
+        *TOP_FIELDS.values(),
+    }
+)
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Spans up to these lengths are counted per minute, per hour; longer, per day.
 _MINUTES_UP_TO = timedelta(hours=2)

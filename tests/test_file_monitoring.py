@@ -20,7 +20,7 @@ from flask import Flask
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.stores import CSVStore, JSONStore, MemoryStore, Store
-from flask_traffic.stores._files import LATE_WRITE_SLACK, FileStore
+from flask_traffic.stores.filestore import LATE_WRITE_SLACK, FileStore
 from flask_traffic.summary import SummaryBuilder, histogram_index, histogram_value
 
 UTC = timezone.utc

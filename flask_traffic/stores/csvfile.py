@@ -9,12 +9,12 @@ import logging
 import os
 import typing as t
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 
-from ..policy import LogPolicy
 from ..record import FIELDS, FieldType, TrafficRecord
-from ._files import SUMMARY_FIELDS, FileStore, encode_lines, field_encoders, split_records
+from ..summary import SUMMARY_FIELDS
+from ._framing import encode_lines, field_encoders, read_header, split_records
+from .filestore import FileStore
 
 __all__ = ["CSVStore", "escape_formula", "unescape_formula"]
 
@@ -40,7 +40,7 @@ def escape_formula(value: str) -> str:
 
 def unescape_formula(cell: str) -> str:
     """The text :func:`escape_formula` was given."""
-    return cell[1:] if cell.startswith(_ESCAPE) else cell
+    return cell.removeprefix(_ESCAPE)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -94,42 +94,16 @@ class CSVStore(FileStore):
     flask-traffic 0.8, or under another policy) is appended to in its own
     columns, with a warning naming the fields it cannot hold.
 
-    :param filename: the file's name.
-    :param location: its folder; the app's instance folder when ``None``.
-    :param log_policy: which fields and requests to keep.
-    :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
-    :param name: how the ``flask traffic`` commands and logs name the store.
-    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
-        older ones are rotated out to dated files beside this one (each with
-        its header row) and deleted.
-    :param max_records: keep about this many records, the newest.
+    Written by default to ``traffic.csv``; the parameters are
+    :class:`FileStore`'s (a dated file retention rotates out keeps its
+    header row).
     """
 
-    _quoted_records = True
-    _has_header = True
-
-    def __init__(
-        self,
-        filename: str | os.PathLike[str] = "traffic.csv",
-        location: str | os.PathLike[str] | None = None,
-        log_policy: LogPolicy | None = None,
-        *,
-        sync: bool | None = None,
-        name: str | None = None,
-        max_age: timedelta | None = None,
-        max_records: int | None = None,
-    ) -> None:
-        super().__init__(
-            filename,
-            location,
-            log_policy,
-            sync=sync,
-            name=name,
-            max_age=max_age,
-            max_records=max_records,
-        )
-        # The existing file's columns, when they are not the policy's fields.
-        self._columns: tuple[str, ...] | None = None
+    default_filename = "traffic.csv"
+    quoted_records = True
+    has_header = True
+    # The existing file's columns, when they are not the policy's fields.
+    _columns: tuple[str, ...] | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -142,7 +116,7 @@ class CSVStore(FileStore):
     def check_existing(self, fd: int, path: Path) -> None:
         if os.fstat(fd).st_size == 0:
             return
-        found = self._read_header(fd).decode("utf-8", "replace").strip().split(",")
+        found = read_header(fd).decode("utf-8", "replace").strip().split(",")
         if tuple(found) == self.fields:
             return
         if not set(found) <= _PARSER_FOR_FIELD.keys() or len(set(found)) != len(found):
@@ -267,7 +241,7 @@ class CSVStore(FileStore):
 def _parse_column(column: tuple[str, ...], parse: Callable[[str], t.Any]) -> list[t.Any]:
     """The cells of one column as values: an empty cell is ``None``."""
     if parse is unescape_formula:
-        return [(cell[1:] if cell[0] == _ESCAPE else cell) if cell else None for cell in column]
+        return [cell.removeprefix(_ESCAPE) if cell else None for cell in column]
     try:
         return [parse(cell) if cell else None for cell in column]
     except ValueError:

@@ -7,13 +7,12 @@ import json
 import os
 import typing as t
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
-from ..policy import LogPolicy
 from ..record import FieldType, TrafficRecord
-from ._files import FileStore, encode_lines, field_encoders
+from ._framing import encode_lines, field_encoders
+from .filestore import FileStore
 
 __all__ = ["JSONStore"]
 
@@ -46,42 +45,14 @@ _ENCODERS: dict[FieldType, Callable[[t.Any], str]] = {
 
 
 class JSONStore(FileStore):
-    """Appends each record as one JSON object per line (JSON Lines).
+    """Appends each record as one JSON object per line (JSON Lines), by
+    default to ``traffic.json``; the parameters are :class:`FileStore`'s.
 
-    Each batch is one ``write()`` under an exclusive file lock, so several
-    processes (gunicorn workers) can share one file. Only the policy's
-    enabled fields are written.
-
-    :param filename: the file's name.
-    :param location: its folder; the app's instance folder when ``None``.
-    :param log_policy: which fields and requests to keep.
-    :param sync: write in the request thread; ``None`` follows ``TRAFFIC_SYNC``.
-    :param name: how the ``flask traffic`` commands and logs name the store.
-    :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
-        older ones are rotated out to dated files beside this one and deleted.
-    :param max_records: keep about this many records, the newest.
+    An existing file that holds a JSON array (written by flask-traffic 0.8)
+    is refused at ``init_app``.
     """
 
-    def __init__(
-        self,
-        filename: str | os.PathLike[str] = "traffic.json",
-        location: str | os.PathLike[str] | None = None,
-        log_policy: LogPolicy | None = None,
-        *,
-        sync: bool | None = None,
-        name: str | None = None,
-        max_age: timedelta | None = None,
-        max_records: int | None = None,
-    ) -> None:
-        super().__init__(
-            filename,
-            location,
-            log_policy,
-            sync=sync,
-            name=name,
-            max_age=max_age,
-            max_records=max_records,
-        )
+    default_filename = "traffic.json"
 
     def check_existing(self, fd: int, path: Path) -> None:
         if os.pread(fd, 1, 0) == b"[":

@@ -21,7 +21,7 @@ from flask import Flask
 
 from flask_traffic import Traffic, TrafficRecord, request_traffic
 from flask_traffic.stores import CSVStore, JSONStore
-from flask_traffic.stores._files import FileStore
+from flask_traffic.stores.filestore import FileStore
 
 
 def main(argv: list[str] | None = None) -> int:

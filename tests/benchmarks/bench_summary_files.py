@@ -24,8 +24,9 @@ from datetime import datetime, timedelta, timezone
 
 from flask_traffic.query import Query
 from flask_traffic.stores import CSVStore, JSONStore
-from flask_traffic.stores._files import FileStore, encode_lines, field_encoders
+from flask_traffic.stores._framing import encode_lines, field_encoders
 from flask_traffic.stores.csvfile import _ENCODERS as CSV_ENCODERS
+from flask_traffic.stores.filestore import FileStore
 from flask_traffic.stores.jsonlines import _ENCODERS as JSON_ENCODERS
 
 UTC = timezone.utc
