@@ -117,8 +117,18 @@ def append_whole(fd: int, batch: bytes, header: Callable[[], bytes], quoted: boo
         data = _torn_record_end(fd, size, quoted) + data
     # One write() per batch: O_APPEND puts it at the end in one piece.
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        # A full disk, a quota, EIO: part of the batch may be in the file.
+        # Cut it back (we hold the exclusive lock, so nothing was appended
+        # after it), or the retry would write those records a second time
+        # after a torn one. If even that fails, the next write closes the
+        # torn record as after a crash.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def _torn_record_end(fd: int, size: int, quoted: bool) -> bytes:
