@@ -269,3 +269,16 @@ def test_four_processes_share_one_json_and_one_csv_file(tmp_path: Path) -> None:
         assert set(found) == expected
     csv_text = (tmp_path / "traffic.csv").read_text()
     assert csv_text.count("request_date,") == 1
+
+
+def test_csv_reads_back_fields_of_any_length(tmp_path: Path) -> None:
+    # Longer than the csv module's default field limit (131,072 characters).
+    agent = "Mozilla/5.0 " + "x" * 300_000
+    app = make_app(tmp_path)
+    store = CSVStore()
+    traffic = Traffic(app, stores=store)
+    app.test_client().get("/", headers={"User-Agent": agent})
+    app.test_client().get("/", headers={"User-Agent": "short"})
+    rows = store.read()
+    traffic.shutdown(app)
+    assert [row["request_user_agent"] for row in rows] == ["short", agent]

@@ -16,6 +16,9 @@ from ..summary import SUMMARY_FIELDS
 from ._framing import encode_lines, field_encoders, read_header, split_records
 from .filestore import FileStore
 
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = ["CSVStore", "escape_formula", "unescape_formula"]
 
 logger = logging.getLogger("flask_traffic")
@@ -27,6 +30,8 @@ logger = logging.getLogger("flask_traffic")
 _ESCAPE = "'"
 _RISKY_FIRST = frozenset("=+-@\t\r" + _ESCAPE)
 _NEEDS_QUOTES = frozenset(',"\r\n')
+# The largest field csv may read: what a C long holds on every platform.
+_FIELD_SIZE_LIMIT = 2**31 - 1
 
 
 def escape_formula(value: str) -> str:
@@ -112,6 +117,16 @@ class CSVStore(FileStore):
 
     def header(self) -> bytes:
         return (",".join(self.columns) + "\n").encode("ascii")
+
+    def setup(self, app: Flask) -> None:
+        # The csv module refuses fields over 131,072 characters by default,
+        # and this store writes user agents and exception texts of any
+        # length: read() must give back what was written. The limit is the
+        # module's (process-wide); raising it only lets other readers accept
+        # longer fields too.
+        if csv.field_size_limit() < _FIELD_SIZE_LIMIT:
+            csv.field_size_limit(_FIELD_SIZE_LIMIT)
+        super().setup(app)
 
     def check_existing(self, fd: int, path: Path) -> None:
         if os.fstat(fd).st_size == 0:
