@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -10,8 +11,8 @@ import multiprocessing
 import threading
 from pathlib import Path
 
+import helpers
 import pytest
-from flask import Flask
 
 from flask_traffic import FIELD_NAMES, LogPolicy, Traffic
 from flask_traffic.stores import CSVStore, JSONStore, MemoryStore
@@ -20,15 +21,8 @@ HOSTILE_USER_AGENT = "Mozilla/5.0 " + "x" * 10_000
 HOSTILE_REFERRERS = ["=1+2", "+cmd", "-2", "@SUM(A1)", "\tx", "'quoted", 'a,"b"', ""]
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/<path:rest>")
-    def anything(rest: str) -> str:
-        return rest
-
-    app.add_url_rule("/", "index", lambda: "hello")
-    return app
+#: The shared test app, where any path answers 200.
+make_app = functools.partial(helpers.make_app, catch_all=True)
 
 
 def test_files_in_the_instance_folder(tmp_path: Path) -> None:

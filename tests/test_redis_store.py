@@ -9,6 +9,7 @@ free loopback port and never touch the shared one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -23,9 +24,10 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
 
+import helpers
 import pytest
 import redis
-from flask import Flask, abort
+from flask import Flask
 
 from flask_traffic import FIELD_NAMES, FIELDS, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, RedisStore, Store
@@ -52,27 +54,8 @@ HOSTILE_HEADERS: list[dict[str, str]] = [
 ]
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("redis_site", instance_path=str(instance))
-    app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
-
-    @app.route("/echo/<path:rest>")
-    def echo(rest: str) -> str:
-        return rest
-
-    return app
+#: The shared test app, its records written within 50 ms of a request.
+make_app = functools.partial(helpers.make_app, schedule_delay=0.05)
 
 
 @pytest.fixture

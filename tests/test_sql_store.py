@@ -3,6 +3,7 @@ fork, and several processes writing one table."""
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import re
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import helpers
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 
 from flask_traffic import FIELD_NAMES, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, SQLStore, Store
@@ -87,15 +88,8 @@ def sql_store(database: Database, stores: list[Store]) -> Callable[..., SQLStore
     return make
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/<path:rest>")
-    def anything(rest: str) -> str:
-        return rest
-
-    app.add_url_rule("/", "index", lambda: "hello")
-    return app
+#: The shared test app, where any path answers 200.
+make_app = functools.partial(helpers.make_app, catch_all=True)
 
 
 def columns_of(engine: sa.Engine, table: str) -> dict[str, t.Any]:
