@@ -4,12 +4,10 @@ fork, and several processes writing one table."""
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 from collections.abc import Callable, Iterator
@@ -524,30 +522,22 @@ def test_threads_lose_and_duplicate_nothing(
     Traffic(app, stores=store)
 
     def hammer(thread: int) -> None:
-        client = app.test_client()
-        for n in range(100):
-            client.get(f"/t{thread}/{n}")
+        helpers.send_requests(app, (f"/t{thread}/{n}" for n in range(100)))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    helpers.run_writers(hammer, 6, timeout=120)
     found = [row["request_path"] for row in store.read(10_000)]
     assert len(found) == 600
     assert set(found) == {f"/t{i}/{n}" for i in range(6) for n in range(100)}
 
 
-def _process(options: dict[str, t.Any], instance: str, number: int, count: int) -> None:
+def _process(number: int, options: dict[str, t.Any], instance: str, count: int) -> None:
     app = make_app(Path(instance))
     app.config["TRAFFIC_MAX_BATCH_SIZE"] = 16
     app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
     # Each process creates the table if missing: they race to do it.
     store = SQLStore(**options)
     Traffic(app, stores=store)
-    client = app.test_client()
-    for n in range(count):
-        client.get(f"/p{number}/{n}")
+    helpers.send_requests(app, (f"/p{number}/{n}" for n in range(count)))
     store.shutdown(timeout=60)
     if store.stats()["exported"] != count:
         raise SystemExit(f"exported {store.stats()}")
@@ -559,17 +549,8 @@ def test_four_processes_share_one_table(database: Database, tmp_path: Path) -> N
         options: dict[str, t.Any] = {"database_table_name": database.table}
     else:
         options = {"database_url": database.url, "database_table_name": database.table}
-    context = multiprocessing.get_context("spawn")
     count = 200
-    processes = [
-        context.Process(target=_process, args=(options, str(tmp_path), number, count))
-        for number in range(4)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(180)
-        assert process.exitcode == 0
+    helpers.run_writers(_process, 4, options, str(tmp_path), count, processes=True, timeout=180)
     reader = SQLStore(**options, location=tmp_path)
     app = make_app(tmp_path)
     Traffic(app, stores=reader)
