@@ -3,8 +3,10 @@ contract, with a message that says how, and needs no pytest."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import types
 import typing as t
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +132,19 @@ def test_checks_are_named_and_all_run(tmp_path: Path) -> None:
 def test_imports_without_pytest() -> None:
     code = "import sys; sys.modules['pytest'] = None; import flask_traffic.testing"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_readme_store_keeps_the_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README.md, "Writing your own store": the example store, then its test.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Writing your own store") :]
+    store_code, test_code = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    package = types.ModuleType("mypackage")
+    exec(compile(store_code, "README.md", "exec"), package.__dict__)
+    monkeypatch.setitem(sys.modules, "mypackage", package)
+    namespace: dict[str, t.Any] = {}
+    exec(compile(test_code, "README.md", "exec"), namespace)
+    for check in StoreContract.CHECKS:
+        namespace["test_sqlite_store_keeps_the_contract"](check, tmp_path)
