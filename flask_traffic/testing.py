@@ -100,7 +100,6 @@ _STATUSES = {200, 308, 403, 404, 405, 500}
 _BOOM = "boom, with a 'quote'"
 # The fields of the limit_and_fields check, and the order read() gives them in.
 _FOUR_FIELDS = ("request_date", "request_path", "response_time", "response_status_code")
-_FLUSH_TIMEOUT = 30.0
 _SHOWN_CHARS = 80
 
 
