@@ -12,11 +12,11 @@ import importlib.util
 import os
 import socket
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import helpers
 import pytest
 
 from flask_traffic.stores import Store
@@ -82,7 +82,7 @@ def mariadb_url() -> str:
 @pytest.fixture
 def unique_name() -> str:
     """A table or stream name no other test (or concurrent run) uses."""
-    return f"traffic_{uuid.uuid4().hex[:12]}"
+    return helpers.unique_name()
 
 
 def _load_example(name: str) -> ModuleType:

@@ -9,6 +9,7 @@ JSONStore, CSVStore, SQLStore on SQLite) and must agree with the store API:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -21,9 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import helpers
 import pytest
 from click.testing import Result
-from flask import Flask, abort
+from flask import Flask
 
 from flask_traffic import FIELDS, LogPolicy, Traffic, TrafficRecord
 from flask_traffic.cli import follow as follow_module
@@ -40,31 +42,8 @@ EVERYTHING = ["--since", "2000-01-01", "--until", "2100-01-01"]
 _TYPES = {field.name: field.type for field in FIELDS}
 
 
-def make_app(instance: Path, name: str = "site") -> Flask:
-    app = Flask(name, instance_path=str(instance))
-    app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
-
-    @app.route("/echo/<path:rest>")
-    def echo(rest: str) -> str:
-        return rest
-
-    return app
+#: The shared test app, its records written within 50 ms of a request.
+make_app = functools.partial(helpers.make_app, schedule_delay=0.05)
 
 
 STORE_KINDS: dict[str, Callable[[Path], Store]] = {

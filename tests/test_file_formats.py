@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
-import multiprocessing
-import threading
 from pathlib import Path
 
+import helpers
 import pytest
-from flask import Flask
 
 from flask_traffic import FIELD_NAMES, LogPolicy, Traffic
 from flask_traffic.stores import CSVStore, JSONStore, MemoryStore
@@ -20,15 +19,8 @@ HOSTILE_USER_AGENT = "Mozilla/5.0 " + "x" * 10_000
 HOSTILE_REFERRERS = ["=1+2", "+cmd", "-2", "@SUM(A1)", "\tx", "'quoted", 'a,"b"', ""]
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/<path:rest>")
-    def anything(rest: str) -> str:
-        return rest
-
-    app.add_url_rule("/", "index", lambda: "hello")
-    return app
+#: The shared test app, where any path answers 200.
+make_app = functools.partial(helpers.make_app, catch_all=True)
 
 
 def test_files_in_the_instance_folder(tmp_path: Path) -> None:
@@ -221,15 +213,9 @@ def test_threads_lose_and_tear_nothing(tmp_path: Path) -> None:
     Traffic(app, stores=stores)
 
     def hammer(thread: int) -> None:
-        client = app.test_client()
-        for n in range(200):
-            client.get(f"/t{thread}/{n}")
+        helpers.send_requests(app, (f"/t{thread}/{n}" for n in range(200)))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    helpers.run_writers(hammer, 8, timeout=60)
     expected = {f"/t{i}/{n}" for i in range(8) for n in range(200)}
     for store in stores:
         found = [row["request_path"] for row in store.read(10_000)]
@@ -238,29 +224,20 @@ def test_threads_lose_and_tear_nothing(tmp_path: Path) -> None:
         store.shutdown()
 
 
-def _worker(folder: str, number: int, count: int) -> None:
+def _worker(number: int, folder: str, count: int) -> None:
     app = make_app(Path(folder))
     app.config["TRAFFIC_MAX_BATCH_SIZE"] = 16
     stores = [JSONStore(), CSVStore()]
     Traffic(app, stores=stores)
-    client = app.test_client()
-    for n in range(count):
-        client.get(f"/p{number}/{n}", headers={"User-Agent": 'agent, with "quotes"\n'[:14]})
+    paths = (f"/p{number}/{n}" for n in range(count))
+    helpers.send_requests(app, paths, headers={"User-Agent": 'agent, with "quotes"\n'[:14]})
     for store in stores:
         store.shutdown()
 
 
 def test_four_processes_share_one_json_and_one_csv_file(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("spawn")
     count = 300
-    processes = [
-        context.Process(target=_worker, args=(str(tmp_path), number, count)) for number in range(4)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-        assert process.exitcode == 0
+    helpers.run_writers(_worker, 4, str(tmp_path), count, processes=True, timeout=120)
     expected = {f"/p{i}/{n}" for i in range(4) for n in range(count)}
     readers = [JSONStore(location=tmp_path), CSVStore(location=tmp_path)]
     for store in readers:

@@ -6,9 +6,7 @@ own writer), so windows, limits and summaries can be checked exactly.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import time
 import typing as t
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from helpers import run_writers
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.stores import CSVStore, JSONStore, MemoryStore, Store
@@ -424,7 +423,7 @@ def test_retention_in_the_worker(make: StoreMaker, tmp_path: Path, kind: str) ->
     assert {row["request_path"] for row in rows} == {"/tick"}
 
 
-def _writer(folder: str, kind: str, number: int, count: int, at: str) -> None:
+def _writer(number: int, folder: str, kind: str, count: int, at: str) -> None:
     app = Flask(f"writer{number}", instance_path=folder)
     app.config["TRAFFIC_RETENTION_INTERVAL"] = 0.001
     app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.005
@@ -441,11 +440,7 @@ def _writer(folder: str, kind: str, number: int, count: int, at: str) -> None:
             if n % 10 == 0:
                 time.sleep(0.002)
 
-    threads = [threading.Thread(target=emit, args=(thread,)) for thread in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    run_writers(emit, 2, timeout=60)
     store.shutdown()
 
 
@@ -456,17 +451,8 @@ def test_rotation_racing_with_writers_loses_nothing(tmp_path: Path, kind: str) -
     # interval of 1 ms, every process rotates the file it and the others
     # are appending to, over and over.
     at = (NOW - timedelta(hours=13)).isoformat()
-    context = multiprocessing.get_context("spawn")
     count = 150
-    processes = [
-        context.Process(target=_writer, args=(str(tmp_path), kind, number, count, at))
-        for number in range(3)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-        assert process.exitcode == 0
+    run_writers(_writer, 3, str(tmp_path), kind, count, at, processes=True, timeout=120)
     expected = {f"/p{p}/{t}/{n}" for p in range(3) for t in range(2) for n in range(count)}
     reader = (JSONStore if kind == "json" else CSVStore)(
         location=tmp_path, max_age=timedelta(days=1)

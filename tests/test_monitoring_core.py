@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from flask import Flask
+from helpers import make_app
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.processors import BatchProcessor
@@ -97,13 +97,6 @@ def test_since_is_inclusive_and_until_exclusive() -> None:
     assert query.matches({"request_date": "2026-11-25T08:59:59.999999+00:00"})
     assert not query.matches({"request_date": "2026-11-25T09:00:00.000000+00:00"})
     assert not query.matches({"request_date": None})
-
-
-def make_app(tmp_path: Path) -> Flask:
-    app = Flask("monitor", instance_path=str(tmp_path))
-    app.add_url_rule("/", "index", lambda: "hello")
-    app.add_url_rule("/item/<int:n>", "item", lambda n: {"n": n})
-    return app
 
 
 def test_read_with_since_until_and_where(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import typing as t
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from helpers import run_writers, send_requests
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import flask_traffic.stores.ormstore
@@ -349,15 +349,9 @@ def test_threads_lose_and_duplicate_nothing(site: Site, stores: list[Store]) -> 
     Traffic(site.app, stores=store)
 
     def hammer(thread: int) -> None:
-        client = site.app.test_client()
-        for n in range(100):
-            client.get(f"/t{thread}/{n}")
+        send_requests(site.app, (f"/t{thread}/{n}" for n in range(100)))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    run_writers(hammer, 4, timeout=120)
     found = [row["request_path"] for row in store.read(10_000)]
     assert len(found) == 400
     assert set(found) == {f"/t{i}/{n}" for i in range(4) for n in range(100)}

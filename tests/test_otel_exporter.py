@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import helpers
 import pytest
 from flask import Flask, abort
 from flask_traffic_otel import OTelExporter
@@ -60,27 +61,13 @@ class BrokenThing(Exception):
 
 
 def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
+    """The shared test app, with what the span tests add: a 503, exceptions
+    of other shapes and a route for a method of its own."""
+    app = helpers.make_app(instance)
 
     @app.route("/unavailable")
     def unavailable() -> str:
         abort(503)
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
 
     @app.route("/many")
     def many() -> str:

@@ -11,7 +11,9 @@ import pytest
 import flask_traffic
 
 
-@pytest.mark.parametrize("module_name", ["flask_traffic", "flask_traffic.stores"])
+@pytest.mark.parametrize(
+    "module_name", ["flask_traffic", "flask_traffic.stores", "flask_traffic.testing"]
+)
 def test_all_is_exactly_the_public_names(module_name: str) -> None:
     module = importlib.import_module(module_name)
     # Stores that need optional packages are loaded on first access.

@@ -7,6 +7,7 @@ can: entries with explicit ids (the server's write time, in ms) from days ago.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -15,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import redis
-from flask import Flask, abort
 
 from flask_traffic import Traffic
 from flask_traffic.query import iso_text
@@ -31,31 +32,8 @@ CHROME = (
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 
 
-def make_app(instance: Path, name: str = "redis_monitoring") -> Flask:
-    app = Flask(name, instance_path=str(instance))
-    app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
-
-    @app.route("/echo/<path:rest>")
-    def echo(rest: str) -> str:
-        return rest
-
-    return app
+#: The shared test app, its records written within 50 ms of a request.
+make_app = functools.partial(helpers.make_app, schedule_delay=0.05)
 
 
 class CountingRedis(redis.Redis):

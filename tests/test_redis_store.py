@@ -9,8 +9,8 @@ free loopback port and never touch the shared one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import multiprocessing
 import os
 import shutil
 import socket
@@ -23,9 +23,10 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
 
+import helpers
 import pytest
 import redis
-from flask import Flask, abort
+from flask import Flask
 
 from flask_traffic import FIELD_NAMES, FIELDS, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, RedisStore, Store
@@ -52,27 +53,8 @@ HOSTILE_HEADERS: list[dict[str, str]] = [
 ]
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("redis_site", instance_path=str(instance))
-    app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
-
-    @app.route("/echo/<path:rest>")
-    def echo(rest: str) -> str:
-        return rest
-
-    return app
+#: The shared test app, its records written within 50 ms of a request.
+make_app = functools.partial(helpers.make_app, schedule_delay=0.05)
 
 
 @pytest.fixture
@@ -723,44 +705,29 @@ def test_threads_lose_nothing(
     Traffic(app, stores=store)
 
     def hammer(thread: int) -> None:
-        client = app.test_client()
-        for n in range(200):
-            client.get(f"/echo/t{thread}/{n}")
+        helpers.send_requests(app, (f"/echo/t{thread}/{n}" for n in range(200)))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    helpers.run_writers(hammer, 4, timeout=60)
     found = [row["request_path"] for row in store.read(10_000)]
     assert len(found) == 800
     assert set(found) == {f"/echo/t{i}/{n}" for i in range(4) for n in range(200)}
 
 
-def _process(folder: str, url: str, key: str, number: int, count: int) -> None:
+def _process(number: int, folder: str, url: str, key: str, count: int) -> None:
     app = make_app(Path(folder))
     app.config["TRAFFIC_MAX_BATCH_SIZE"] = 16
     store = RedisStore(event_name=key, url=url)
     Traffic(app, stores=store)
-    client = app.test_client()
-    for n in range(count):
-        client.get(f"/echo/p{number}/{n}")
+    helpers.send_requests(app, (f"/echo/p{number}/{n}" for n in range(count)))
     store.shutdown()
 
 
 def test_four_processes_share_one_stream(
     tmp_path: Path, redis_url: str, stream: str, stores: list[Store]
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_process, args=(str(tmp_path), redis_url, stream, number, 200))
-        for number in range(4)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-        assert process.exitcode == 0
+    helpers.run_writers(
+        _process, 4, str(tmp_path), redis_url, stream, 200, processes=True, timeout=120
+    )
     reader = RedisStore(event_name=stream, url=redis_url)
     stores.append(reader)
     found = [row["request_path"] for row in reader.read(10_000)]

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from flask import Flask, abort, stream_with_context
+from flask import Flask
+from helpers import make_app
 
 from flask_traffic import Traffic, TrafficRecord, request_traffic
 from flask_traffic.stores import MemoryStore
@@ -17,36 +18,6 @@ CHROME = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 )
-
-
-def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    @app.route("/forbidden")
-    def forbidden() -> str:
-        abort(403)
-
-    @app.route("/boom")
-    def boom() -> str:
-        raise ValueError("boom")
-
-    @app.route("/stream")
-    def stream() -> object:
-        def parts() -> Iterator[str]:
-            yield "a"
-            yield "b"
-
-        return app.response_class(stream_with_context(parts()))
-
-    return app
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@ fork, and several processes writing one table."""
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 from collections.abc import Callable, Iterator
@@ -16,9 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import helpers
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 
 from flask_traffic import FIELD_NAMES, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, SQLStore, Store
@@ -87,15 +86,8 @@ def sql_store(database: Database, stores: list[Store]) -> Callable[..., SQLStore
     return make
 
 
-def make_app(instance: Path) -> Flask:
-    app = Flask("site", instance_path=str(instance))
-
-    @app.route("/<path:rest>")
-    def anything(rest: str) -> str:
-        return rest
-
-    app.add_url_rule("/", "index", lambda: "hello")
-    return app
+#: The shared test app, where any path answers 200.
+make_app = functools.partial(helpers.make_app, catch_all=True)
 
 
 def columns_of(engine: sa.Engine, table: str) -> dict[str, t.Any]:
@@ -530,30 +522,22 @@ def test_threads_lose_and_duplicate_nothing(
     Traffic(app, stores=store)
 
     def hammer(thread: int) -> None:
-        client = app.test_client()
-        for n in range(100):
-            client.get(f"/t{thread}/{n}")
+        helpers.send_requests(app, (f"/t{thread}/{n}" for n in range(100)))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    helpers.run_writers(hammer, 6, timeout=120)
     found = [row["request_path"] for row in store.read(10_000)]
     assert len(found) == 600
     assert set(found) == {f"/t{i}/{n}" for i in range(6) for n in range(100)}
 
 
-def _process(options: dict[str, t.Any], instance: str, number: int, count: int) -> None:
+def _process(number: int, options: dict[str, t.Any], instance: str, count: int) -> None:
     app = make_app(Path(instance))
     app.config["TRAFFIC_MAX_BATCH_SIZE"] = 16
     app.config["TRAFFIC_SCHEDULE_DELAY"] = 0.05
     # Each process creates the table if missing: they race to do it.
     store = SQLStore(**options)
     Traffic(app, stores=store)
-    client = app.test_client()
-    for n in range(count):
-        client.get(f"/p{number}/{n}")
+    helpers.send_requests(app, (f"/p{number}/{n}" for n in range(count)))
     store.shutdown(timeout=60)
     if store.stats()["exported"] != count:
         raise SystemExit(f"exported {store.stats()}")
@@ -565,17 +549,8 @@ def test_four_processes_share_one_table(database: Database, tmp_path: Path) -> N
         options: dict[str, t.Any] = {"database_table_name": database.table}
     else:
         options = {"database_url": database.url, "database_table_name": database.table}
-    context = multiprocessing.get_context("spawn")
     count = 200
-    processes = [
-        context.Process(target=_process, args=(options, str(tmp_path), number, count))
-        for number in range(4)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(180)
-        assert process.exitcode == 0
+    helpers.run_writers(_process, 4, options, str(tmp_path), count, processes=True, timeout=180)
     reader = SQLStore(**options, location=tmp_path)
     app = make_app(tmp_path)
     Traffic(app, stores=reader)

@@ -7,15 +7,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from helpers import make_app
 
 from flask_traffic import Traffic, TrafficRecord, request_traffic
 from flask_traffic.stores import JSONStore, MemoryStore
-
-
-def make_app(instance: Path, name: str = "site") -> Flask:
-    app = Flask(name, instance_path=str(instance))
-    app.add_url_rule("/", "index", lambda: "hello")
-    return app
 
 
 def test_app_factory_and_one_traffic_for_two_apps(tmp_path: Path) -> None:

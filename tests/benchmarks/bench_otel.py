@@ -38,6 +38,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from flask_traffic import Traffic
 
+# The tests' folder holds the shared test app.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import make_app
+
 USER_AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
@@ -58,20 +62,6 @@ sys.stdin.read()
 print(len(receiver.spans()), flush=True)
 receiver.close()
 """
-
-
-def make_app(name: str, instance_path: str) -> Flask:
-    app = Flask(name, instance_path=instance_path)
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    return app
 
 
 def run_requests(app: Flask, count: int) -> None:
@@ -119,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"http://127.0.0.1:{receiver.stdout.readline().strip()}"
 
     with tempfile.TemporaryDirectory() as folder:
-        bare = make_app("bare", folder)
-        traffic_app = make_app("traffic", folder)
+        bare = make_app(folder, "bare")
+        traffic_app = make_app(folder, "traffic")
         exporter = OTelExporter(
             f"{endpoint}/v1/traces",
             metrics_endpoint=f"{endpoint}/v1/metrics" if args.metrics else None,
         )
         Traffic(traffic_app, stores=exporter)
-        instrumented = make_app("instrumented", folder)
+        instrumented = make_app(folder, "instrumented")
         provider = TracerProvider(
             resource=Resource.create({"service.name": "instrumented"}), shutdown_on_exit=False
         )

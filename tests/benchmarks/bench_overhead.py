@@ -32,6 +32,10 @@ from flask import Flask
 from flask_traffic import Traffic
 from flask_traffic.stores import Store
 
+# The tests' folder holds the shared test app.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import make_app
+
 USER_AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
@@ -40,20 +44,6 @@ USER_AGENTS = (
     "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
     "curl/8.5.0",
 )
-
-
-def make_app(name: str, instance_path: str) -> Flask:
-    app = Flask(name, instance_path=instance_path)
-
-    @app.route("/")
-    def index() -> str:
-        return "hello"
-
-    @app.route("/item/<int:n>")
-    def item(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    return app
 
 
 def run_requests(app: Flask, count: int) -> None:
@@ -121,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = args.stores.split(",")
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as made:
-        bare = make_app("bare", folder)
-        traffic_app = make_app("traffic", folder)
+        bare = make_app(folder, "bare")
+        traffic_app = make_app(folder, "traffic")
         stores: list[Store] = [made.enter_context(MAKERS[kind](Path(folder))) for kind in kinds]
         Traffic(traffic_app, stores=stores)
         # Warm-up: imports, caches, the user agent parser's first parses.

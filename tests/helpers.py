@@ -1,0 +1,144 @@
+"""Scaffolding the test modules and the benchmarks share: the test app, the
+writer loop and unique names.
+
+A plain module rather than fixtures in ``conftest.py``: spawned writer
+processes and the benchmarks (run as scripts) import it by name. Under
+pytest ``tests/`` is on ``sys.path``; a benchmark puts it there.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import typing as t
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from flask import Flask, abort, stream_with_context
+
+
+def unique_name() -> str:
+    """A table or stream name no other test (or concurrent run) uses."""
+    return f"traffic_{uuid.uuid4().hex[:12]}"
+
+
+def make_app(
+    instance: str | Path,
+    name: str = "site",
+    *,
+    schedule_delay: float | None = None,
+    catch_all: bool = False,
+) -> Flask:
+    """The app the tests send their requests to.
+
+    Its routes: ``/`` answers ``hello``; ``/item/<int:n>`` ``{"n": n}``;
+    ``/forbidden`` 403; ``/boom`` raises ``ValueError("boom")``;
+    ``/echo/<path:rest>`` answers ``rest``; ``/stream`` streams ``ab``.
+
+    :param instance: the instance folder, where stores put their files by default.
+    :param name: the app's import name.
+    :param schedule_delay: ``TRAFFIC_SCHEDULE_DELAY``, how long a worker waits
+        to fill a batch; ``None`` leaves the extension's default.
+    :param catch_all: also route every other path (endpoint ``anything``),
+        answering the path itself, so any path is a 200.
+    """
+    app = Flask(name, instance_path=str(instance))
+    if schedule_delay is not None:
+        app.config["TRAFFIC_SCHEDULE_DELAY"] = schedule_delay
+    app.add_url_rule("/", "index", lambda: "hello")
+
+    @app.route("/item/<int:n>")
+    def item(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @app.route("/forbidden")
+    def forbidden() -> str:
+        abort(403)
+
+    @app.route("/boom")
+    def boom() -> str:
+        raise ValueError("boom")
+
+    @app.route("/echo/<path:rest>")
+    def echo(rest: str) -> str:
+        return rest
+
+    @app.route("/stream")
+    def stream() -> object:
+        def parts() -> Iterator[str]:
+            yield "a"
+            yield "b"
+
+        return app.response_class(stream_with_context(parts()))
+
+    if catch_all:
+        app.add_url_rule("/<path:rest>", "anything", lambda rest: rest)
+    return app
+
+
+def send_requests(app: Flask, paths: Iterable[str], **options: t.Any) -> None:
+    """GET each of ``paths`` from ``app`` through one test client;
+    ``options`` (``headers=``, ``environ_base=``) go with every request."""
+    client = app.test_client()
+    for path in paths:
+        client.get(path, **options)
+
+
+def run_writers(
+    work: Callable[..., object],
+    writers: int,
+    *args: t.Any,
+    processes: bool = False,
+    timeout: float = 120.0,
+) -> None:
+    """Run ``work(number, *args)`` for each ``number`` in ``range(writers)``,
+    all at once, in threads or in spawned processes, and wait for them.
+
+    :param work: with ``processes``, a module-level function: the child
+        imports it by name.
+    :param timeout: how long they may take, together.
+    :raises AssertionError: when one is still running after ``timeout``
+        seconds, or a process exits with a status other than 0; a thread's
+        exception is raised again here.
+    """
+    errors: list[BaseException] = []
+    runners: list[t.Any]  # threads or processes: start, join, is_alive, name
+    if processes:
+        context = multiprocessing.get_context("spawn")
+        runners = [
+            context.Process(target=work, args=(number, *args), name=f"writer-{number}")
+            for number in range(writers)
+        ]
+    else:
+
+        def guarded(number: int) -> None:
+            try:
+                work(number, *args)
+            except BaseException as error:
+                errors.append(error)
+
+        runners = [
+            threading.Thread(target=guarded, args=(number,), name=f"writer-{number}", daemon=True)
+            for number in range(writers)
+        ]
+    deadline = time.monotonic() + timeout
+    try:
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(max(0.0, deadline - time.monotonic()))
+        stuck = [runner.name for runner in runners if runner.is_alive()]
+    finally:
+        if processes:
+            for runner in runners:
+                if runner.is_alive():
+                    runner.kill()
+                    runner.join(10)
+    assert not stuck, f"{', '.join(stuck)} still running after {timeout} s"
+    if errors:
+        raise errors[0]
+    if processes:
+        codes = {runner.name: runner.exitcode for runner in runners}
+        assert set(codes.values()) == {0}, f"writers exited with {codes}"
