@@ -11,6 +11,7 @@ from ._health import Health
 from .record import TrafficRecord
 
 __all__ = [
+    "DeadLetterFunction",
     "Export",
     "IsTransient",
     "Isolated",
@@ -24,6 +25,9 @@ __all__ = [
 Export = Callable[[Sequence[TrafficRecord]], None]
 #: Whether an export error may pass by itself (a retry may succeed).
 IsTransient = Callable[[BaseException], bool]
+#: Records set aside: a function given them with their errors, returning how
+#: many it kept (the rest are counted as dropped).
+DeadLetterFunction = Callable[[list[tuple[TrafficRecord, BaseException]]], int]
 
 
 def is_transient_default(error: BaseException) -> bool:

@@ -16,12 +16,22 @@ import time
 import typing as t
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
 
+from ._checks import check_positive_int, check_positive_seconds
 from ._deadletter import DeadLetterFile
 from ._fork import after_fork_in_child
 from ._health import Health
-from ._isolation import IsTransient, PendingBatch, backoff_delay, is_transient_default, isolate
+from ._isolation import (
+    DeadLetterFunction,
+    Export,
+    IsTransient,
+    PendingBatch,
+    backoff_delay,
+    is_transient_default,
+    isolate,
+)
+from ._maintenance import Maintenance, MaintenanceFunction
+from ._sync import SyncProcessor
 from .record import TrafficRecord
 
 __all__ = [
@@ -40,14 +50,9 @@ __all__ = [
 logger = logging.getLogger("flask_traffic")
 
 #: What a processor calls with each batch; it raises on failure.
-ExportFunction = Callable[[Sequence[TrafficRecord]], None]
-#: What a processor calls now and then between batches (retention).
-MaintenanceFunction = Callable[[], None]
+ExportFunction = Export
 
 _SHUTDOWN_TIMEOUT = 10.0
-#: Records set aside: a function given them with their errors, returning how
-#: many it kept (the rest are counted as dropped).
-DeadLetterFunction = Callable[[list[tuple[TrafficRecord, BaseException]]], int]
 
 
 class ProcessorOptions(t.TypedDict):
@@ -60,22 +65,6 @@ class ProcessorOptions(t.TypedDict):
     retention_interval: float
     #: Where records no retry can write are set aside; ``None``: dropped.
     dead_letters: DeadLetterFile | None
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """``value`` if it is a positive ``int`` (not a bool), else a ``ValueError``
-    naming ``name``: the one rule for sizes, in config and in arguments."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def check_positive_seconds(value: object, name: str) -> float:
-    """``value`` as a float if it is a positive number, else a ``ValueError``
-    naming ``name``: the one rule for durations, in config and in arguments."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
-    return float(value)
 
 
 class Processor(t.Protocol):
@@ -94,93 +83,6 @@ class Processor(t.Protocol):
         """Counters and health: ``queued``, ``exported``, ``dropped``,
         ``failed_exports``, ``dead_lettered``, ``last_error``,
         ``last_error_at``, ``last_export_at``."""
-
-
-class _Maintenance:
-    """Runs a store's maintenance (retention) at most once per interval."""
-
-    __slots__ = ("due", "function", "interval", "name")
-
-    def __init__(self, function: MaintenanceFunction | None, interval: float, name: str) -> None:
-        self.function = function
-        self.interval = check_positive_seconds(interval, "maintenance_interval")
-        self.name = name
-        # Due at once: an app that starts after a long stop prunes right away.
-        self.due = time.monotonic()
-
-    def run_if_due(self) -> None:
-        if self.function is None or time.monotonic() < self.due:
-            return
-        self.due = time.monotonic() + self.interval
-        try:
-            self.function()
-        except Exception:
-            # Retried at the next interval; records are never at stake here.
-            logger.warning("%s: retention failed; trying again later.", self.name, exc_info=True)
-
-
-class SyncProcessor:
-    """Writes each record in the request that made it.
-
-    A failed write is logged and counted: the request neither waits for
-    retries nor sees the error. A record that fails with an error no retry
-    mends is set aside (``dead_letter``); one that fails while the store is
-    away is dropped.
-
-    :param export: the store's ``export`` method.
-    :param name: how log messages name the store.
-    :param is_transient: whether an error of ``export`` may pass by itself.
-    :param dead_letter: where records no retry can write are set aside.
-    :param maintenance: called after a write at most once per
-        ``maintenance_interval`` seconds (retention), in the request.
-    :param maintenance_interval: seconds between maintenance runs.
-    """
-
-    def __init__(
-        self,
-        export: ExportFunction,
-        *,
-        name: str = "store",
-        maintenance: MaintenanceFunction | None = None,
-        maintenance_interval: float = 60.0,
-        is_transient: IsTransient = is_transient_default,
-        dead_letter: DeadLetterFunction | None = None,
-    ) -> None:
-        self._export = export
-        self._health = Health(name)
-        self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
-        self._transient = is_transient
-        self._dead_letter = dead_letter
-        # export() of a file store is not safe to run in two threads at once.
-        self._lock = threading.Lock()
-
-    def emit(self, record: TrafficRecord) -> None:
-        try:
-            with self._lock:
-                self._export((record,))
-                self._maintenance.run_if_due()
-        except Exception as exc:
-            health = self._health
-            transient = self._transient(exc)
-            health.failed(exc, 1, retrying=False)
-            if transient or self._dead_letter is None:
-                health.drop(1, "write failed in sync mode")
-            else:
-                kept = self._dead_letter([(record, exc)])
-                if kept:
-                    health.set_aside(kept, exc, "the dead-letter file")
-                health.drop(1 - kept, "dead-letter file full")
-        else:
-            self._health.exported_batch(1)
-
-    def force_flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        return None
-
-    def stats(self) -> dict[str, t.Any]:
-        return self._health.stats(0)
 
 
 class _FlushMarker:
@@ -280,7 +182,7 @@ class BatchProcessor:
         self._schedule_delay = check_positive_seconds(schedule_delay, "schedule_delay")
         self._max_backoff = check_positive_seconds(max_backoff, "max_backoff")
         self._health = Health(name)
-        self._maintenance = _Maintenance(maintenance, maintenance_interval, name)
+        self._maintenance = Maintenance(maintenance, maintenance_interval, name)
         self._transient = is_transient
         self._dead_letter = dead_letter
         self._is_shut_down = False

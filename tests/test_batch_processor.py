@@ -277,8 +277,8 @@ def _flush_landing_at(line: int) -> list[bool]:
             assert processor is not None
             target = processor
             flusher = threading.Thread(target=lambda: results.append(target.force_flush(5)))
-            flushers.append(flusher)
             flusher.start()
+            flushers.append(flusher)
             time.sleep(0.02)  # the flusher queues its marker meanwhile
         return trace
 
