@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from .record import iso_text
 
-__all__ = ["Health", "describe_error"]
+__all__ = ["Health", "describe_error", "is_failing"]
 
 logger = logging.getLogger("flask_traffic")
 
@@ -41,6 +41,14 @@ def describe_error(error: BaseException) -> str:
     if len(line) > _MAX_ERROR_TEXT:
         line = line[: _MAX_ERROR_TEXT - 3] + "..."
     return line
+
+
+def is_failing(stats: t.Mapping[str, t.Any]) -> bool:
+    """Whether the sink whose ``stats()`` these are is failing now: its last
+    write raised and none has succeeded since."""
+    error_at = stats.get("last_error_at")
+    export_at = stats.get("last_export_at")
+    return error_at is not None and (export_at is None or export_at < error_at)
 
 
 class Health:

@@ -13,6 +13,7 @@ from flask import Flask
 
 from . import middleware
 from ._deadletter import DEAD_LETTER_FILE, DeadLetterFile
+from ._health import is_failing
 from .processors import (
     ProcessorOptions,
     check_positive_int,
@@ -58,6 +59,9 @@ class TrafficState:
 
     sinks: list[Sink]
     enabled: bool
+    #: Where the app's stores set aside records no retry can write, or
+    #: ``None`` when ``TRAFFIC_DEAD_LETTER_MAX_BYTES`` is 0.
+    dead_letter_path: Path | None = None
     _receiver: _StoresReceiver | None = field(default=None, repr=False)
 
     @property
@@ -243,7 +247,12 @@ class Traffic:
         enabled, options = _read_config(app)
         for store in store_list:
             store.attach(app, options)
-        state = TrafficState(sinks=store_list, enabled=enabled)
+        dead_letters = options["dead_letters"]
+        state = TrafficState(
+            sinks=store_list,
+            enabled=enabled,
+            dead_letter_path=None if dead_letters is None else dead_letters.path,
+        )
         if store_list:
             state._receiver = _StoresReceiver(store_list)
             # Held strongly: blinker would drop a weakly held receiver object
@@ -261,6 +270,28 @@ class Traffic:
     def get_stores(self, app: Flask) -> list[Sink]:
         """The stores and exporters attached to ``app``, in the order given."""
         return list(get_state(app).sinks)
+
+    def health(self, app: Flask) -> dict[str, t.Any]:
+        """The health of ``app``'s traffic pipeline in this process, for an
+        app's own health check::
+
+            @app.get("/healthz")
+            def healthz():
+                health = traffic.health(app)
+                return health, 200 if health["ok"] else 503
+
+        :return: ``{"ok": bool, "stores": {name: {...}}}``: each store's
+            :meth:`~flask_traffic.stores.Sink.stats` plus ``"failing"``
+            (its last write raised and none has succeeded since); ``ok`` when
+            no store is failing.
+
+        .. versionadded:: 1.0
+        """
+        stores = {}
+        for sink in get_state(app).sinks:
+            stats = sink.stats()
+            stores[sink.name] = {**stats, "failing": is_failing(stats)}
+        return {"ok": not any(s["failing"] for s in stores.values()), "stores": stores}
 
     def flush(self, app: Flask, timeout: float | None = None) -> bool:
         """Write everything queued for ``app``'s stores.

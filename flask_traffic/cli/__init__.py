@@ -9,6 +9,7 @@ app::
     flask traffic tail -n 50 --follow       # the newest requests, then new ones
     flask traffic export --format csv -o traffic.csv --since 2026-11-01
     flask traffic prune                     # apply max_age / max_records now
+    flask traffic status                    # can each store be reached? (exit 1 if not)
 
 The commands run in the app context and find the app's stores in
 ``app.extensions["traffic"]``, so one :class:`~flask_traffic.Traffic` can
@@ -40,6 +41,7 @@ from ..stores.base import Store
 from ._options import (
     READ_DEFAULT,
     app_sinks,
+    app_state,
     check_window,
     named_sink,
     pick_store,
@@ -49,13 +51,14 @@ from ._options import (
 from .export import WRITERS, export_store, format_of
 from .follow import Follower
 from .render import duration_text, log_line, records_text, summary_lines
+from .status import check_sinks, status_lines
 
 __all__ = ["traffic_cli"]
 
 traffic_cli = AppGroup(
     "traffic",
     help=(
-        "Look at the recorded traffic: stats, tail, export, prune. Times are UTC; "
+        "Look at the recorded traffic: stats, tail, export, prune, status. Times are UTC; "
         "--since/--until take a duration back from now (30m, 24h, 7d, 2w), a date "
         "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
     ),
@@ -221,4 +224,36 @@ def prune_command(store_name: str | None) -> None:
             continue
         click.echo(f"{store.name}: removed {records_text(removed)} ({', '.join(limits)}).")
     if failed:
+        raise click.exceptions.Exit(1)
+
+
+# -- flask traffic status -----------------------------------------------------------------
+
+
+@traffic_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead.")
+def status_command(as_json: bool) -> None:
+    """Check that every store can be read from here, and count the records
+    each has set aside in the dead-letter file; exit with status 1 when a
+    store is failing, for a cron job or a health check.
+
+    The counters of a running server's processes are theirs: see
+    traffic.health(app) for an app's own health endpoint."""
+    state = app_state()
+    statuses = check_sinks(state.sinks, state.dead_letter_path)
+    if as_json:
+        found = {
+            status.name: {
+                "reachable": status.reachable,
+                "failing": status.failing,
+                "error": status.error,
+                "read_seconds": status.seconds,
+                "dead_letters": status.dead_letters,
+            }
+            for status in statuses
+        }
+        click.echo(json.dumps(found, indent=2, ensure_ascii=True))
+    else:
+        click.echo("\n".join(status_lines(statuses, state.dead_letter_path)))
+    if any(status.failing for status in statuses):
         raise click.exceptions.Exit(1)

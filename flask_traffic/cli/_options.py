@@ -10,7 +10,7 @@ from datetime import datetime
 import click
 from flask import current_app
 
-from ..extension import get_state
+from ..extension import TrafficState, get_state
 from ..query import iso_text, parse_moment
 from ..stores.base import Sink, Store
 
@@ -18,6 +18,7 @@ __all__ = [
     "FLUSH_TIMEOUT",
     "READ_DEFAULT",
     "app_sinks",
+    "app_state",
     "check_window",
     "named_sink",
     "pick_store",
@@ -99,9 +100,9 @@ def store_option(default: str) -> Callable[[t.Any], t.Any]:
 # -- finding the app's stores ---------------------------------------------------------
 
 
-def app_sinks() -> list[Sink]:
-    """Every store and exporter of the current app, in ``init_app`` order;
-    a :class:`click.ClickException` when the app has none."""
+def app_state() -> TrafficState:
+    """The current app's traffic state; a :class:`click.ClickException` when
+    the app is not set up or has no store."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         state = get_state(app)
@@ -112,7 +113,13 @@ def app_sinks() -> list[Sink]:
             f"The app {app.name!r} has no traffic stores: pass stores=[JSONStore(), ...] "
             f"to init_app."
         )
-    return list(state.sinks)
+    return state
+
+
+def app_sinks() -> list[Sink]:
+    """Every store and exporter of the current app, in ``init_app`` order;
+    a :class:`click.ClickException` when the app has none."""
+    return list(app_state().sinks)
 
 
 def _names(stores: Sequence[Sink]) -> str:
