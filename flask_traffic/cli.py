@@ -43,6 +43,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .dashboard.password import dashboard_password_command
 from .extension import TrafficState, get_state
 from .query import iso_text, parse_moment
 from .stores.base import Sink, Store
@@ -61,6 +62,7 @@ traffic_cli = AppGroup(
         "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
     ),
 )
+traffic_cli.add_command(dashboard_password_command)
 
 
 # -- --since / --until -----------------------------------------------------------
