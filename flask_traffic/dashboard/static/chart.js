@@ -6,9 +6,8 @@ import { el, fmt, svg } from "./format.js";
 
 export const CLASSES = ["2xx", "3xx", "4xx", "5xx", "1xx"];
 const STEP = { minute: 60000, hour: 3600000, day: 86400000 };
-const W = 720;
 const H = 220;
-const PAD = { left: 44, right: 48, top: 10, bottom: 24 };
+const PAD = { left: 44, right: 58, top: 10, bottom: 24 };
 
 function floorTo(time, unit) {
   return Math.floor(time / STEP[unit]) * STEP[unit];
@@ -38,6 +37,8 @@ export function drawChart(box, table, { unit, slots: now, previous, onRange }) {
   box.replaceChildren();
   table.replaceChildren();
   const count = now.length;
+  // Drawn at the box's own width, so its text keeps its size on a phone.
+  const W = Math.max(320, Math.round(box.clientWidth || 720));
   if (!count) {
     box.append(el("p", { class: "muted", text: "No requests in this range." }));
     return;
@@ -87,8 +88,10 @@ export function drawChart(box, table, { unit, slots: now, previous, onRange }) {
   if (previous) {
     line(previous.map((s, i) => [PAD.left + (i + 0.5) * slotW, y(s.bucket?.count || 0)]), "previous-line");
   }
-  line(now.flatMap((s, i) => (s.bucket && s.bucket.p95 !== null ? [[PAD.left + (i + 0.5) * slotW, yMs(s.bucket.p95)]] : [])), "p95-line");
-  const labels = Math.min(count, 6);
+  const p95 = now.flatMap((s, i) => (s.bucket && s.bucket.p95 !== null ? [[PAD.left + (i + 0.5) * slotW, yMs(s.bucket.p95)]] : []));
+  line(p95, "p95-line");
+  for (const [cx, cy] of p95) chart.append(svg("circle", { cx, cy, r: 2.5, class: "p95-dot" }));
+  const labels = Math.min(count, Math.max(2, Math.floor(W / 120)));
   for (let k = 0; k < labels; k++) {
     const i = Math.round((k * (count - 1)) / Math.max(1, labels - 1));
     chart.append(svg("text", { x: PAD.left + (i + 0.5) * slotW, y: H - 6, class: "axis", "text-anchor": "middle", text: fmt.date(new Date(now[i].time), unit) }));

@@ -175,7 +175,7 @@ function render(part) {
   fmt.utc = state.utc;
   if (!part) renderControls();
   if (!part || part === "summary" || part === "previousSummary" || part === "breakdown" || part === "previousBreakdown") renderCards();
-  if (!part || part === "summary") renderTables();
+  if (!part || part === "summary" || part === "breakdown") renderTables();
   if (!part || part === "summary" || part === "breakdown" || part === "previousBreakdown") renderChart();
   if (!part || part === "breakdown" || part === "summary") renderErrors();
   if (!part || part === "records") renderRecords();
@@ -347,6 +347,11 @@ $("custom-range").addEventListener("submit", (event) => {
   }
   document.querySelector(".custom").open = false;
   go({ since: from.toISOString(), until: to ? to.toISOString() : "" });
+});
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(renderChart, 150);
 });
 window.addEventListener("popstate", () => {
   state = readState();
