@@ -85,7 +85,7 @@ export const fmt = {
     if (before === 0) return now === 0 ? { text: "±0", sign: 0 } : { text: "new", sign: 1 };
     const share = (now - before) / before;
     const sign = Math.abs(share) < 0.005 ? 0 : Math.sign(share);
-    const text = (share > 0 ? "+" : share < 0 ? "−" : "±") + Math.abs(share * 100).toFixed(0) + " %";
+    const text = sign === 0 ? "±0 %" : (sign > 0 ? "+" : "−") + Math.abs(share * 100).toFixed(0) + " %";
     return { text, sign };
   },
 
