@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import typing as t
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,11 +27,11 @@ from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_summary_sql import fill  # noqa: E402
+from bench_summary_sql import fill
 
-from flask_traffic import Traffic  # noqa: E402
-from flask_traffic.dashboard import Dashboard  # noqa: E402
-from flask_traffic.stores import SQLStore  # noqa: E402
+from flask_traffic import Traffic
+from flask_traffic.dashboard import Dashboard
+from flask_traffic.stores import SQLStore
 
 STATIC = Path(__file__).parents[2] / "flask_traffic" / "dashboard" / "static"
 PASSWORD = "benchmark password"
@@ -107,7 +106,8 @@ def page_load(origin: str, since: str, screenshot: Path | None) -> None:
             done = time.perf_counter()
             assert shown is not None
             print(
-                f"  page, {since} (load {attempt + 1}): shell {(painted - started) * 1000:,.0f} ms, "
+                f"  page, {since} (load {attempt + 1}): "
+                f"shell {(painted - started) * 1000:,.0f} ms, "
                 f"cards and chart {(shown - started):,.2f} s, "
                 f"everything (compare, records, live) {(done - started):,.2f} s"
             )
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         Dashboard(app)
         assert store.database_engine is not None
         seconds = fill(
-            store.database_engine, store.database_log_table, args.records, datetime.now(timezone.utc)
+            store.database_engine,
+            store.database_log_table,
+            args.records,
+            datetime.now(timezone.utc),
         )
         print(f"SQLite: {args.records:,} rows inserted in {seconds:.1f} s")
         import base64
