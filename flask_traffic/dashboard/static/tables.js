@@ -33,10 +33,14 @@ function filterCell(field, value, onFilter, extra) {
   const text = shown(field, value);
   return el(
     "td",
-    { class: "value" },
-    el("button", { type: "button", class: "pick", title: `Only requests whose ${label(field)} is ${text}`, onclick: () => onFilter(field, value, false), text }),
-    extra,
-    el("button", { type: "button", class: "not", title: `Leave out requests whose ${label(field)} is ${text}`, "aria-label": `${label(field)} is not ${text}`, onclick: () => onFilter(field, value, true), text: "≠" }),
+    {},
+    el(
+      "div",
+      { class: "value" },
+      el("button", { type: "button", class: "pick", title: `Only requests whose ${label(field)} is ${text}`, onclick: () => onFilter(field, value, false), text }),
+      extra,
+      el("button", { type: "button", class: "not", title: `Leave out requests whose ${label(field)} is ${text}`, "aria-label": `${label(field)} is not ${text}`, onclick: () => onFilter(field, value, true), text: "≠" }),
+    ),
   );
 }
 
