@@ -5,28 +5,43 @@
 
 Open http://127.0.0.1:5000/, a few of the other pages, then
 http://127.0.0.1:5000/traffic for what was recorded, newest first, and
-http://127.0.0.1:5000/traffic/summary for the last hour's summary. The
+http://127.0.0.1:5000/traffic/summary for the last hour's summary, and
+http://127.0.0.1:5000/traffic/dashboard/ for the dashboard. The
 `flask traffic` commands work on it too: `cd examples && flask --app demo_app
 traffic stats`. The files are examples/instance/traffic.json (JSON Lines) and
 traffic.csv.
+
+The dashboard asks for a password (any user name). At start the app makes a
+new one and prints it, unless the environment gives a hash of your own:
+`export FLASK_TRAFFIC_DASHBOARD_PASSWORD_HASH="$(flask --app demo_app traffic
+dashboard-password)"`.
 """
 
 from __future__ import annotations
 
+import secrets
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, abort, request
+from werkzeug.security import generate_password_hash
 
 from flask_traffic import LogPolicy, Traffic
+from flask_traffic.dashboard import Dashboard
 from flask_traffic.stores import CSVStore, JSONStore
 
 traffic = Traffic()
+dashboard = Dashboard()
 
 
-def create_app(instance_path: str | None = None) -> Flask:
+def create_app(instance_path: str | None = None, dashboard_password: str | None = None) -> Flask:
+    """The demo site; ``dashboard_password`` is the dashboard's password
+    (default: the hash in the environment, else a new password, printed)."""
     app = Flask(__name__, instance_path=instance_path)
+    # FLASK_TRAFFIC_DASHBOARD_PASSWORD_HASH -> TRAFFIC_DASHBOARD_PASSWORD_HASH
+    app.config.from_prefixed_env()
 
     # Every field of every request, as JSON Lines in the instance folder.
     json_store = JSONStore()
@@ -41,6 +56,18 @@ def create_app(instance_path: str | None = None) -> Flask:
         )
     )
     traffic.init_app(app, stores=[json_store, csv_store])
+    if dashboard_password is None and not app.config.get("TRAFFIC_DASHBOARD_PASSWORD_HASH"):
+        dashboard_password = secrets.token_urlsafe(12)
+        print(
+            f"Traffic dashboard: http://127.0.0.1:5000/traffic/dashboard/ "
+            f"(any user name, password {dashboard_password})",
+            file=sys.stderr,
+            flush=True,
+        )
+    if dashboard_password is not None:
+        app.config["TRAFFIC_DASHBOARD_PASSWORD_HASH"] = generate_password_hash(dashboard_password)
+    # The JSON file's store, behind the password; its own requests are not recorded.
+    dashboard.init_app(app)
 
     @app.route("/")
     def index() -> str:
@@ -48,7 +75,8 @@ def create_app(instance_path: str | None = None) -> Flask:
             "<h1>flask-traffic demo</h1>"
             '<p><a href="/item/1">an item</a> · <a href="/missing">a 404</a> · '
             '<a href="/error">an error</a> · <a href="/traffic">the traffic</a> · '
-            '<a href="/traffic/summary">its summary</a></p>'
+            '<a href="/traffic/summary">its summary</a> · '
+            '<a href="/traffic/dashboard/">the dashboard</a></p>'
         )
 
     @app.route("/item/<int:n>")

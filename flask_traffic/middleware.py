@@ -14,13 +14,19 @@ from .signals import ReceiverCache, request_traffic
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["install"]
+__all__ = ["SKIP_ENVIRON_KEY", "install"]
 
 logger = logging.getLogger("flask_traffic")
 
 # Where an unhandled exception and its request are parked by the
 # got_request_exception receiver, for the middleware to read afterwards.
 _PARKED_KEY = "flask_traffic.exception"
+
+#: A request whose WSGI ``environ`` holds this key, truthy, by the time its
+#: response is done is not recorded: nothing is sent on
+#: :data:`~flask_traffic.request_traffic` for it. The dashboard sets it on its
+#: own requests.
+SKIP_ENVIRON_KEY = "flask_traffic.skip"
 
 
 def install(app: Flask) -> None:
@@ -100,7 +106,7 @@ class _TrafficMiddleware:
     ) -> None:
         # Parked by _park_exception; must not outlive the request either way.
         parked = environ.pop(_PARKED_KEY, None)
-        if request_traffic.is_muted:
+        if request_traffic.is_muted or environ.get(SKIP_ENVIRON_KEY):
             return
         receivers = self.receivers.receivers()
         if not receivers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.util
 import inspect
@@ -219,3 +220,52 @@ def test_readme_summary_index_snippet_has_the_summary_index_columns(readme: str)
     start = readme.index('"ix_hit_summary",')
     snippet = readme[start : readme.index(")", start)]
     assert tuple(re.findall(r'"(\w+)"', snippet)[1:]) == SUMMARY_INDEX_COLUMNS
+
+
+# The demo app mounts the dashboard behind a password.
+
+
+def _basic(password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"me:{password}".encode()).decode()}
+
+
+def test_demo_dashboard(demo: ModuleType, tmp_path: Path) -> None:
+    app: Flask = demo.create_app(instance_path=str(tmp_path), dashboard_password="demo password")
+    try:
+        client = app.test_client()
+        client.get("/item/1")
+        client.get("/error")
+        assert client.get("/traffic/dashboard/").status_code == 401
+        page = client.get("/traffic/dashboard/", headers=_basic("demo password"))
+        assert page.status_code == 200
+        assert b"dashboard.js" in page.data
+        summary = client.get("/traffic/dashboard/api/summary", headers=_basic("demo password"))
+        json_store = demo.traffic.get_stores(app)[0]
+        assert summary.get_json() == json_store.summary()
+        assert summary.get_json()["total"] == 3  # the two pages and the refused login
+        paths = [row["request_path"] for row in client.get("/traffic").get_json()]
+        assert paths == ["/traffic/dashboard/", "/error", "/item/1"]
+    finally:
+        for store in demo.traffic.get_stores(app):
+            store.shutdown()
+
+
+def test_demo_prints_where_and_how_to_log_in(
+    demo: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLASK_TRAFFIC_DASHBOARD_PASSWORD_HASH", raising=False)
+    app: Flask = demo.create_app(instance_path=str(tmp_path))
+    try:
+        printed = capsys.readouterr().err
+        match = re.search(
+            r"(http://127\.0\.0\.1:5000/traffic/dashboard/) .*password (\S+)\)", printed
+        )
+        assert match is not None, printed
+        response = app.test_client().get("/traffic/dashboard/", headers=_basic(match[2]))
+        assert response.status_code == 200
+    finally:
+        for store in demo.traffic.get_stores(app):
+            store.shutdown()

@@ -10,6 +10,7 @@ app::
     flask traffic export --format csv -o traffic.csv --since 2026-11-01
     flask traffic prune                     # apply max_age / max_records now
     flask traffic status                    # can each store be reached? (exit 1 if not)
+    flask traffic dashboard-password        # a password hash for the dashboard
 
 The commands run in the app context and find the app's stores in
 ``app.extensions["traffic"]``, so one :class:`~flask_traffic.Traffic` can
@@ -37,6 +38,7 @@ from datetime import datetime
 import click
 from flask.cli import AppGroup
 
+from ..dashboard.password import dashboard_password_command
 from ..stores.base import Store
 from ._options import (
     READ_DEFAULT,
@@ -63,6 +65,10 @@ traffic_cli = AppGroup(
         "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
     ),
 )
+
+
+# `flask traffic dashboard-password`: its work is the dashboard's.
+traffic_cli.add_command(dashboard_password_command)
 
 
 # -- flask traffic stats ------------------------------------------------------------------
