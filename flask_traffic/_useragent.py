@@ -7,12 +7,13 @@ traffic repeats a small set of user agents.
 
 from __future__ import annotations
 
-import functools
 import threading
 import typing as t
 
 import ua_parser
 from ua_parser import Domain
+
+from ._textcache import text_cache
 
 __all__ = ["is_bot", "parse_user_agent"]
 
@@ -39,7 +40,7 @@ def _parser() -> t.Callable[[str, Domain], ua_parser.PartialResult]:
     return _parse
 
 
-@functools.lru_cache(maxsize=4096)
+@text_cache(4096, max_length=_MAX_PARSED_LENGTH)
 def parse_user_agent(user_agent: str | None) -> tuple[str | None, str | None]:
     """Return ``(browser, platform)``, e.g. ``("Chrome 131", "Mac OS X")``.
 
@@ -63,7 +64,7 @@ def parse_user_agent(user_agent: str | None) -> tuple[str | None, str | None]:
     return browser, platform
 
 
-@functools.lru_cache(maxsize=4096)
+@text_cache(4096, max_length=_MAX_PARSED_LENGTH)
 def is_bot(user_agent: str | None) -> bool:
     """Whether ua-parser's rules know ``user_agent`` as a bot, spider or crawler
     (its device family ``"Spider"``).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import logging
 import os
@@ -11,6 +10,7 @@ import typing as t
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .._textcache import text_cache
 from ..record import FIELDS, FieldType, TrafficRecord
 from ..summary import SUMMARY_FIELDS
 from ._framing import encode_lines, field_encoders, read_header, split_records
@@ -48,7 +48,7 @@ def unescape_formula(cell: str) -> str:
     return cell.removeprefix(_ESCAPE)
 
 
-@functools.lru_cache(maxsize=8192)
+@text_cache(8192)
 def _text_cell(value: str | None) -> str:
     # Cached: text values repeat from request to request (user agents,
     # hosts, routes), and this is the costly part of writing a row.

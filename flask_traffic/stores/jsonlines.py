@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import typing as t
@@ -10,6 +9,7 @@ from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
+from .._textcache import text_cache
 from ..record import FieldType, TrafficRecord
 from ._framing import encode_lines, field_encoders
 from .filestore import FileStore
@@ -36,7 +36,7 @@ def _number(value: float | None) -> str:
 
 
 _ENCODERS: dict[FieldType, Callable[[t.Any], str]] = {
-    "str": functools.lru_cache(maxsize=8192)(_text),
+    "str": text_cache(8192)(_text),
     # Unique per request: caching would only evict the values that repeat.
     "datetime": _text,
     "int": _number,

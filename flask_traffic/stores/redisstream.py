@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import operator
 import os
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
 from .._optional import require
+from .._textcache import text_cache
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import FIELDS, FieldType, TrafficRecord
@@ -90,7 +90,7 @@ def _encode_float(value: float) -> bytes:
 _ENCODERS: dict[FieldType, Callable[[t.Any], bytes]] = {
     # Cached: text values repeat from request to request (user agents, hosts,
     # routes).
-    "str": functools.lru_cache(maxsize=8192)(_encode_text),
+    "str": text_cache(8192)(_encode_text),
     # Unique per request: caching would only evict the values that repeat.
     "datetime": _encode_text,
     "int": _encode_int,
