@@ -79,6 +79,8 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 
 _UTC = timezone.utc
 _T = t.TypeVar("_T")
+# The largest response_size kept: what a BIGINT column (and Redis, SQLite) holds.
+_MAX_SIZE = 2**63 - 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -387,14 +389,18 @@ class TrafficRecord:
 
     @property
     def response_size(self) -> int | None:
-        """Body size in bytes from ``Content-Length``; ``None`` when streamed."""
+        """Body size in bytes from ``Content-Length``; ``None`` when streamed,
+        and when the header is not a size a store can hold (not a number,
+        negative, or past a signed 64-bit integer: ``99999999999999999999``
+        would otherwise be a value no SQL column takes)."""
         value = self._content_length
         if value is None:
             return None
         try:
-            return int(value)
+            size = int(value)
         except ValueError:
             return None
+        return size if 0 <= size <= _MAX_SIZE else None
 
     @property
     def response_mimetype(self) -> str | None:

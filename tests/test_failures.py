@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from flask import Flask
+from flask import Flask, Response
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic._deadletter import DeadLetterFile
@@ -257,3 +257,41 @@ def test_dead_letters_go_to_a_bounded_file_in_the_instance_folder(tmp_path: Path
     # Past the bound: dropped and counted, never written.
     small = DeadLetterFile(tmp_path / "small.jsonl", max_bytes=100)
     assert small.write("picky", [(record(1), ValueError("x"))]) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ("1234", 1234),
+        ("0", 0),
+        (str(2**63 - 1), 2**63 - 1),
+        ("99999999999999999999", None),  # past BIGINT: no SQL column holds it
+        ("-5", None),
+        ("lots", None),
+    ],
+)
+def test_a_content_length_no_store_can_hold_is_no_size(header: str, size: int | None) -> None:
+    made = TrafficRecord(start_time_ns=0, duration_ns=1, content_length=header)
+    assert made.response_size == size
+
+
+def test_a_huge_content_length_is_written_by_every_file_store(tmp_path: Path) -> None:
+    from flask_traffic.stores import CSVStore, JSONStore, SQLStore
+
+    app = Flask("site", instance_path=str(tmp_path))
+
+    @app.route("/huge")
+    def huge() -> Response:
+        # A body of unknown length, so the header is the view's own.
+        return Response(iter([b""]), headers={"Content-Length": "99999999999999999999"})
+
+    stores = [JSONStore(), CSVStore(), SQLStore()]
+    traffic = Traffic(app, stores=stores)
+    app.test_client().get("/huge")
+    app.test_client().get("/missing")
+    for store in stores:
+        rows = store.read()
+        assert [row["request_path"] for row in rows] == ["/missing", "/huge"], store
+        assert rows[1]["response_size"] is None
+        assert store.stats()["dead_lettered"] == 0
+    traffic.shutdown(app)
