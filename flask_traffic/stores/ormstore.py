@@ -15,7 +15,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy import Engine, Table
     from sqlalchemy.orm import Session, scoped_session
 
-    from ._sqlschema import SQLORMModelMixin, UTCDateTime
+    from .sqlschema import SQLORMModelMixin, UTCDateTime
 
 __all__ = ["SQLORMModelMixin", "SQLORMStore", "UTCDateTime"]
 
@@ -30,9 +30,9 @@ def __getattr__(name: str) -> t.Any:
     # that SQLORMStore() can say what to install.
     if name in ("SQLORMModelMixin", "UTCDateTime"):
         require("sqlalchemy", extra="sqlalchemy", needed_by=name)
-        from . import _sqlschema
+        from . import sqlschema
 
-        value = getattr(_sqlschema, name)
+        value = getattr(sqlschema, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -130,7 +130,7 @@ class SQLORMStore(_SQLTableStore):
         return f"<SQLORMStore model={self.model.__name__} table={self._table.name!r}>"
 
     def setup(self, app: Flask) -> None:
-        from ._sqlschema import TableIO
+        from ._sqltable import TableIO
 
         engine = self._find_engine(app)
         if type(engine.pool).__name__ in ("StaticPool", "SingletonThreadPool"):

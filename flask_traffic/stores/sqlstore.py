@@ -21,7 +21,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import URL, Engine, Index, Table
 
-    from ._sqlschema import TableIO
+    from ._sqltable import TableIO
 
 __all__ = ["SQLStore"]
 
@@ -103,8 +103,10 @@ class _SQLTableStore(Store):
     def summarize(self, query: Query, builder: SummaryBuilder) -> None:
         """Count in the database: a few ``GROUP BY`` queries whose grouped
         counts feed ``builder``; no row per request reaches Python."""
+        from ._sqlsummary import SummarySQL
+
         engine, io = self._ready()
-        io.summarize(engine, query, builder, self.fields)
+        SummarySQL(io, query, engine.dialect, self.fields).run(engine, builder)
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Delete rows older than ``cutoff`` and all but the newest
@@ -222,8 +224,8 @@ class SQLStore(_SQLTableStore):
             raise TypeError(
                 f"database_table_name must be a non-empty str, got {database_table_name!r}."
             )
-        from ._sqlschema import summary_index as make_summary_index
-        from ._sqlschema import table_columns
+        from .sqlschema import summary_index as make_summary_index
+        from .sqlschema import table_columns
 
         self.filename = os.fspath(filename)
         self.location = None if location is None else Path(location)
@@ -299,7 +301,8 @@ class SQLStore(_SQLTableStore):
     def setup(self, app: Flask) -> None:
         import sqlalchemy as sa
 
-        from ._sqlschema import TableIO, create_table, existing_columns
+        from ._sqltable import TableIO
+        from .sqlschema import create_table, existing_columns
 
         if self.database_engine is None:
             folder = self.location if self.location is not None else Path(app.instance_path)
@@ -339,7 +342,7 @@ class SQLStore(_SQLTableStore):
         # (see the summary_index parameter).
         import sqlalchemy as sa
 
-        from ._sqlschema import SUMMARY_INDEX_COLUMNS, find_index
+        from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
 
         if not columns.issuperset(SUMMARY_INDEX_COLUMNS):
             return

@@ -1,43 +1,22 @@
-"""The SQL table of traffic records, derived from :data:`~flask_traffic.record.FIELDS`.
-
-Shared by :class:`~flask_traffic.stores.SQLStore` (a Core ``Table``) and
-:class:`~flask_traffic.stores.SQLORMModelMixin` (declarative columns), so both
-make the same table. This module imports SQLAlchemy; the store modules import
-it only once they know SQLAlchemy is installed.
-
-Text that a database cannot hold (PostgreSQL rejects NUL characters, and no
-driver encodes a lone surrogate as UTF-8) is stored as
-``"\\ufffe" + <the value as an ASCII JSON string>`` and decoded when read, so
-every value reads back exactly as :class:`~flask_traffic.stores.JSONStore`
-returns it. A value that itself starts with U+FFFE (a Unicode noncharacter)
-is stored the same way, so the rule stays reversible. Everything else is
-stored as is.
-"""
+"""The summary of a traffic table, counted by the database: :class:`SummarySQL`."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-import json
-import logging
 import math
-import operator
 import typing as t
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
-from json.encoder import encode_basestring_ascii
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import Alias
 from sqlalchemy.sql.util import ClauseAdapter
 
 from ..query import Query
-from ..record import FIELDS, Field, FieldType, TrafficRecord
 from ..summary import (
     HISTOGRAM_BASE_MS,
     HISTOGRAM_MAX_INDEX,
@@ -47,147 +26,19 @@ from ..summary import (
     VISITOR_FIELDS,
     SummaryBuilder,
 )
+from ._sqltable import TableIO
+from ._sqltext import ESCAPED, decode_optional_text, decode_text, exact_text
+from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
-__all__ = [
-    "ID_COLUMN",
-    "RETAIN_BATCH",
-    "SCAN_CHUNK",
-    "SUMMARY_INDEX_COLUMNS",
-    "SQLORMModelMixin",
-    "TableIO",
-    "UTCDateTime",
-    "create_table",
-    "decode_text",
-    "encode_text",
-    "exact_text",
-    "find_index",
-    "summary_index",
-    "table_columns",
-]
-
-logger = logging.getLogger("flask_traffic")
-
-_UTC = timezone.utc
-
-#: The primary key every traffic table has besides the fields.
-ID_COLUMN = "traffic_id"
-
-#: Starts a stored text value that is escaped (see the module docstring).
-_ESCAPED = "\ufffe"
-
-#: Rows fetched at a time while streaming a scan (an export of millions of
-#: rows holds this many in memory, not all).
-SCAN_CHUNK = 2000
-#: Rows deleted per transaction by retention: short enough that writers
-#: waiting for the table are not held up for long.
-RETAIN_BATCH = 10_000
-
-_decode_json = json.JSONDecoder().decode
+__all__ = ["SummarySQL"]
 
 
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware UTC datetime with microseconds, on every database.
-
-    ``timestamptz`` on PostgreSQL, ``DATETIME(6)`` holding UTC on MariaDB and
-    MySQL, SQLAlchemy's ``DATETIME`` text holding UTC on SQLite. A naive
-    datetime given to it is taken as UTC. It always gives back aware UTC
-    datetimes.
-    """
-
-    # Where Alembic's autogenerate says the type is: a public module.
-    __module__ = "flask_traffic.stores.ormstore"
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[t.Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
-        return dialect.type_descriptor(sa.DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_UTC)
-        elif value.utcoffset():
-            value = value.astimezone(_UTC)
-        if dialect.name == "postgresql":
-            return value
-        # MariaDB's DATETIME and SQLite's text have no offset: they hold UTC.
-        return value.replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=_UTC)
-        return value.astimezone(_UTC)
-
-
-def _text_type() -> sa.types.TypeEngine[str]:
-    # TEXT, not VARCHAR(n): a 10 kB user agent must fit. On MariaDB/MySQL
-    # TEXT stops at 64 kB and the server's own charset may not be utf8mb4,
-    # so the column says both.
-    return sa.Text().with_variant(mysql.MEDIUMTEXT(charset="utf8mb4"), "mysql", "mariadb")
-
-
-_TYPES: dict[FieldType, Callable[[], sa.types.TypeEngine[t.Any]]] = {
-    "datetime": UTCDateTime,
-    "str": _text_type,
-    # response_size may pass 2 GB.
-    "int": sa.BigInteger,
-    # DOUBLE PRECISION: FLOAT is 4 bytes on MariaDB/MySQL.
-    "float": sa.Double,
-}
-
-#: Fields with an index: read() and reports look records up by date.
-_INDEXED = frozenset({"request_date"})
-
-
-#: The columns of the index that serves :meth:`~flask_traffic.stores.Store.summary`
-#: on SQLite, in this order. SQLite has no hash aggregation: each ``GROUP BY``
-#: sorts every selected row, and sorting a million rows by status, route,
-#: browser and platform costs more than everything else in a summary. Read
-#: in this index's order, those counts need no sort, and the per-route
-#: ``response_time`` histogram is read one bucket at a time, each a range
-#: of the index. ``request_date`` last: a summary's window is tested inside
-#: the index.
-
-SUMMARY_INDEX_COLUMNS = (
-    "request_route",
-    "response_status_code",
-    "request_browser",
-    "request_platform",
-    "response_time",
-    "request_sample_rate",
-    "request_date",
-)
-
-
-def summary_index(table: sa.Table) -> sa.Index:
-    """The summary index of ``table`` (see :data:`SUMMARY_INDEX_COLUMNS`),
-    attached to it, created with it on SQLite only.
-
-    Only SQLite gains from it: PostgreSQL groups with hash tables, and
-    MariaDB and MySQL cannot index whole ``TEXT`` columns.
-    """
-    index = sa.Index(f"ix_{table.name}_summary", *(table.c[name] for name in SUMMARY_INDEX_COLUMNS))
-    return index.ddl_if(dialect="sqlite")
-
-
-def find_index(connection: sa.Connection, table: sa.Table, columns: Sequence[str]) -> str | None:
-    """The name of an index on ``table`` of exactly ``columns``, in that
-    order, whatever it is called (a model's own ``Index`` counts); None if
-    there is none."""
-    for index in sa.inspect(connection).get_indexes(table.name):
-        if tuple(index["column_names"]) == tuple(columns):
-            return index["name"]
-    return None
+def _iso(value: datetime | None) -> str | None:
+    # The text TrafficRecord.request_date_iso gives: UTC, microseconds, +00:00.
+    return None if value is None else value.isoformat(timespec="microseconds")
 
 
 class _IndexedBy(Alias):
@@ -220,357 +71,6 @@ def _compile_indexed_by(element: _IndexedBy, compiler: SQLCompiler, **kw: t.Any)
         index = element.index
         text += " NOT INDEXED" if index is None else f" INDEXED BY {compiler.preparer.quote(index)}"
     return text
-
-
-def _id_type() -> sa.types.TypeEngine[int]:
-    # SQLite autoincrements only an INTEGER PRIMARY KEY, not a BIGINT one.
-    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-def table_columns() -> list[sa.Column[t.Any]]:
-    """New ``Column`` objects for a traffic table: the id, then every field."""
-    columns: list[sa.Column[t.Any]] = [
-        sa.Column(ID_COLUMN, _id_type(), primary_key=True, autoincrement=True)
-    ]
-    columns.extend(
-        sa.Column(field.name, _TYPES[field.type](), nullable=True, index=field.name in _INDEXED)
-        for field in FIELDS
-    )
-    return columns
-
-
-def create_table(table: sa.Table, engine: sa.Engine, owner: str) -> None:
-    """Create ``table`` unless it exists, tolerating other processes doing the same.
-
-    Several gunicorn workers may start at once: each checks, one creates,
-    and the others' ``CREATE TABLE`` fails with "already exists" in one form
-    or another, which is fine once the table is there.
-    """
-    try:
-        table.create(engine, checkfirst=True)
-        return
-    except sa.exc.DBAPIError as exc:
-        error = exc
-    try:
-        exists = sa.inspect(engine).has_table(table.name)
-    except sa.exc.DBAPIError:
-        exists = False
-    if not exists:
-        # Drivers' messages span lines; the error is one sentence.
-        reason = " ".join(str(error.orig).split())
-        raise RuntimeError(
-            f"{owner} cannot create the table {table.name!r} in "
-            f"{engine.url.render_as_string(hide_password=True)} ({reason}); "
-            f"check the database URL and that the database is up."
-        ) from error
-    logger.debug("%s: another process created %s first.", owner, table.name)
-
-
-def existing_columns(table: sa.Table, engine: sa.Engine) -> set[str]:
-    """The column names the table has in the database."""
-    return {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
-
-
-# Text values repeat from request to request (hosts, routes, user agents).
-@functools.lru_cache(maxsize=8192)
-def encode_text(value: str) -> str:
-    """``value`` as stored: itself, or escaped when a database cannot hold it."""
-    if value.isascii():
-        if "\x00" not in value:
-            return value
-    elif not value.startswith(_ESCAPED) and "\x00" not in value:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            pass
-        else:
-            return value
-    return _ESCAPED + encode_basestring_ascii(value)
-
-
-def decode_text(value: str) -> str:
-    """The value :func:`encode_text` was given."""
-    if value.startswith(_ESCAPED):
-        return t.cast(str, _decode_json(value[1:]))
-    return value
-
-
-def _encode_optional_text(value: str | None) -> str | None:
-    return None if value is None else encode_text(value)
-
-
-def _decode_optional_text(value: str | None) -> str | None:
-    if value is None or not value.startswith(_ESCAPED):
-        return value
-    return decode_text(value)
-
-
-def _iso(value: datetime | None) -> str | None:
-    # The text TrafficRecord.request_date_iso gives: UTC, microseconds, +00:00.
-    return None if value is None else value.isoformat(timespec="microseconds")
-
-
-def _float(value: float | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int(value: int | None) -> int | None:
-    return None if value is None else int(value)
-
-
-_FIELD_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
-
-_READERS: dict[FieldType, Callable[[t.Any], t.Any]] = {
-    "datetime": _iso,
-    "str": _decode_optional_text,
-    "int": _int,
-    "float": _float,
-}
-
-
-class TableIO:
-    """Writes records into a traffic table and reads rows back, for one
-    policy's fields.
-
-    :param table: the table (a Core ``Table`` or a model's ``__table__``).
-    :param fields: the policy's enabled field names, in schema order: the
-        keys of the rows :meth:`read` returns. The table's other field
-        columns are left ``NULL``.
-    :param columns: the fields the table has a column for in the database,
-        when that is not all of them (a table made by an older version).
-    """
-
-    def __init__(
-        self, table: sa.Table, fields: Sequence[str], columns: t.Collection[str] | None = None
-    ) -> None:
-        self.table = table
-        self.fields = tuple(fields)
-        written = tuple(n for n in self.fields if columns is None or n in columns)
-        self.written = written
-        self.insert = table.insert()
-        self.select = sa.select(*(table.c[name] for name in written)).order_by(
-            table.c[ID_COLUMN].desc()
-        )
-        # What picks the written fields out of the policy's values.
-        self._pick: Callable[[tuple[t.Any, ...]], tuple[t.Any, ...]] | None = None
-        if written != self.fields:
-            positions = [self.fields.index(name) for name in written]
-            self._pick = lambda values: tuple(values[i] for i in positions)
-        self._readers = [_READERS[_FIELD_BY_NAME[name].type] for name in written]
-        self._written_set = frozenset(written)
-        self._date_index = written.index("request_date") if "request_date" in written else None
-        self._text_indexes = [
-            i for i, name in enumerate(written) if _FIELD_BY_NAME[name].type == "str"
-        ]
-
-    def rows(
-        self,
-        records: Sequence[TrafficRecord],
-        values: Callable[[TrafficRecord], tuple[t.Any, ...]],
-    ) -> list[dict[str, t.Any]]:
-        """Insert parameters for ``records``.
-
-        :param values: the policy's ``values``: the enabled fields, JSON-ready.
-        """
-        written = self.written
-        if not written or not records:
-            return [{} for _ in records]
-        tuples = list(map(values, records))
-        if self._pick is not None:
-            tuples = list(map(self._pick, tuples))
-        # Column by column, so the per-value work runs in map() and zip().
-        columns: list[t.Iterable[t.Any]] = list(zip(*tuples, strict=True))
-        for index in self._text_indexes:
-            columns[index] = map(_encode_optional_text, columns[index])
-        if self._date_index is not None:
-            # The record keeps the datetime itself: no need to parse the text.
-            columns[self._date_index] = map(_request_date, records)
-        return [dict(zip(written, row, strict=True)) for row in zip(*columns, strict=True)]
-
-    def read(self, connection: sa.Connection, limit: int) -> list[dict[str, t.Any]]:
-        """The newest ``limit`` rows, newest first, as the file stores give them."""
-        return self.convert(connection.execute(self.select.limit(limit)))
-
-    def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
-        """Rows of the written columns (in :attr:`written` order) as dicts
-        keyed by :attr:`fields`, values as ``read()`` gives them."""
-        readers = self._readers
-        written = self.written
-        converted = [dict(zip(written, map(_apply, readers, row), strict=True)) for row in rows]
-        if written != self.fields:
-            missing = dict.fromkeys(self.fields)
-            converted = [{**missing, **row} for row in converted]
-        return converted
-
-    # -- queries -------------------------------------------------------------
-
-    def conditions(self, query: Query, dialect: Dialect) -> list[sa.ColumnElement[bool]]:
-        """``query``'s window and ``where`` tests as SQL, selecting exactly
-        the rows :meth:`Query.matches <flask_traffic.query.Query.matches>`
-        selects from what :meth:`convert` gives."""
-        found: list[sa.ColumnElement[bool]] = []
-        if query.since is not None or query.until is not None:
-            if "request_date" not in self._written_set:
-                return [sa.false()]
-            date = self.table.c["request_date"]
-            if query.since is not None:
-                found.append(date >= query.since)
-            if query.until is not None:
-                found.append(date < query.until)
-        found.extend(self._equals(name, value, dialect) for name, value in query.where.items())
-        return found
-
-    def _equals(self, name: str, value: t.Any, dialect: Dialect) -> sa.ColumnElement[bool]:
-        if name not in self._written_set:
-            # A field without a column reads back as None.
-            return sa.true() if value is None else sa.false()
-        column = self.table.c[name]
-        if value is None:
-            return column.is_(None)
-        kind = _FIELD_BY_NAME[name].type
-        if kind == "str":
-            if not isinstance(value, str):
-                return sa.false()
-            # Stored text is encoded: hostile values compare as they were written.
-            return exact_text(column, dialect) == encode_text(value)
-        if kind == "datetime":
-            # read() gives dates as ISO text: only that exact text matches.
-            moment = _parse_iso(value) if isinstance(value, str) else None
-            if moment is None:
-                return sa.false()
-            return column == moment
-        if not isinstance(value, (int, float)) or value != value:
-            return sa.false()
-        try:
-            number: int | float = float(value) if kind == "float" else int(value)
-        except OverflowError:
-            return sa.false()
-        if number != value or (kind == "int" and not -(2**63) <= number < 2**63):
-            # No stored value can equal it (2.5 in an int column, 2**64).
-            return sa.false()
-        return column == number
-
-    def scan(
-        self, engine: sa.Engine, query: Query, oldest_first: bool = False
-    ) -> Iterator[dict[str, t.Any]]:
-        """The rows ``query`` selects, newest (or oldest) first, fetched in
-        chunks of :data:`SCAN_CHUNK` rows from one streamed result."""
-        if query.limit == 0:
-            return
-        id_column = self.table.c[ID_COLUMN]
-        statement = (
-            sa.select(*(self.table.c[name] for name in self.written))
-            .where(*self.conditions(query, engine.dialect))
-            .order_by(id_column.asc() if oldest_first else id_column.desc())
-        )
-        if query.limit is not None:
-            statement = statement.limit(query.limit)
-        with engine.connect() as connection:
-            # Server-side cursors on PostgreSQL and MariaDB; SQLite steps
-            # through the result as it is fetched.
-            result = connection.execution_options(yield_per=SCAN_CHUNK).execute(statement)
-            try:
-                for part in result.partitions():
-                    yield from self.convert(part)
-            finally:
-                # A caller that stops early leaves a server-side cursor open.
-                result.close()
-
-    def summarize(
-        self, engine: sa.Engine, query: Query, builder: SummaryBuilder, fields: t.Collection[str]
-    ) -> None:
-        """Feed ``builder`` the counts of the rows ``query`` selects, computed
-        in the database (see :class:`_SummarySQL`).
-
-        :param fields: the policy's fields: parts for the others are skipped.
-        """
-        _SummarySQL(self, query, engine.dialect, fields).run(engine, builder)
-
-    def retain(self, engine: sa.Engine, cutoff: datetime | None, max_records: int | None) -> int:
-        """Delete rows dated before ``cutoff`` and all but the newest
-        ``max_records`` (by ``traffic_id``), :data:`RETAIN_BATCH` rows per
-        transaction so writers never wait long; return how many went."""
-        removed = 0
-        if cutoff is not None and "request_date" in self._written_set:
-            removed += self._delete_older(engine, cutoff)
-        if max_records is not None:
-            removed += self._delete_beyond(engine, max_records)
-        return removed
-
-    def _delete_older(self, engine: sa.Engine, cutoff: datetime) -> int:
-        table = self.table
-        id_column = table.c[ID_COLUMN]
-        old = sa.select(id_column).where(table.c["request_date"] < cutoff).limit(RETAIN_BATCH)
-        removed = 0
-        while True:
-            if engine.dialect.name in ("mysql", "mariadb"):
-                # MariaDB and MySQL refuse LIMIT in an IN subquery: fetch the ids.
-                with engine.connect() as connection:
-                    ids = list(connection.execute(old).scalars())
-                if not ids:
-                    break
-                delete = sa.delete(table).where(id_column.in_(ids))
-            else:
-                delete = sa.delete(table).where(id_column.in_(old.scalar_subquery()))
-            with engine.begin() as connection:
-                count = connection.execute(delete).rowcount
-            removed += count
-            if count < RETAIN_BATCH:
-                break
-        return removed
-
-    def _delete_beyond(self, engine: sa.Engine, max_records: int) -> int:
-        table = self.table
-        id_column = table.c[ID_COLUMN]
-        newest_first = sa.select(id_column).order_by(id_column.desc())
-        with engine.connect() as connection:
-            # The oldest row to keep; rows written meanwhile get larger ids.
-            keep_from = connection.execute(newest_first.offset(max_records - 1).limit(1)).scalar()
-        if keep_from is None:
-            return 0
-        batch_ends = (
-            sa.select(id_column)
-            .where(id_column < keep_from)
-            .order_by(id_column.asc())
-            .offset(RETAIN_BATCH - 1)
-            .limit(1)
-        )
-        removed = 0
-        while True:
-            # The id that ends a batch, so each DELETE is one id range. Read
-            # outside the deleting transaction: a SQLite transaction that
-            # reads before it writes fails if another process wrote between.
-            with engine.connect() as connection:
-                batch_end = connection.execute(batch_ends).scalar()
-            below = id_column < keep_from if batch_end is None else id_column <= batch_end
-            with engine.begin() as connection:
-                removed += connection.execute(sa.delete(table).where(below)).rowcount
-            if batch_end is None:
-                return removed
-
-
-def _parse_iso(text: str) -> datetime | None:
-    # The datetime whose read() text is exactly ``text``, else None.
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.utcoffset() != timedelta(0) or _iso(moment) != text:
-        return None
-    return moment
-
-
-def exact_text(expression: sa.ColumnElement[t.Any], dialect: Dialect) -> sa.ColumnElement[t.Any]:
-    """``expression`` compared, grouped and ordered by its bytes, as Python compares
-    str: MariaDB's and MySQL's default collations ignore case and trailing
-    spaces, and PostgreSQL's may order by language rules."""
-    if dialect.name in ("mysql", "mariadb"):
-        return expression.collate(
-            "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
-        )
-    if dialect.name == "postgresql":
-        return expression.collate("C")
-    return expression
 
 
 def _double(value: float, dialect: Dialect) -> sa.ColumnElement[float]:
@@ -615,7 +115,7 @@ _Feed = Callable[[SummaryBuilder], None]
 _Part = Callable[[sa.Connection], _Feed]
 
 
-class _SummarySQL:
+class SummarySQL:
     """The summary of the rows a query selects, counted by the database.
 
     A few queries, each one pass over the selected rows: the time span (two
@@ -977,9 +477,9 @@ class _SummarySQL:
                 builder.add_status(code, weight)
             if routes:
                 for route, weight in route_counts.items():
-                    builder.add_route(_decode_optional_text(route), weight)
+                    builder.add_route(decode_optional_text(route), weight)
                 for (route, index), weight in buckets.items():
-                    builder.add_route_time(_decode_optional_text(route), index, weight)
+                    builder.add_route_time(decode_optional_text(route), index, weight)
             for name, top in top_counts.items():
                 for value, weight in top.items():
                     builder.add_top(name, decode_text(value), weight)
@@ -1108,7 +608,7 @@ class _SummarySQL:
             .group_by(*keys)
             .subquery("ranked")
         )
-        unordered = ranked.c.value >= _ESCAPED
+        unordered = ranked.c.value >= ESCAPED
         if digests:
             # Ordered by their first 1024 bytes only, as grouping is.
             unordered = sa.or_(unordered, sa.func.length(ranked.c.value) > 1000)
@@ -1149,54 +649,3 @@ class _SummarySQL:
             found = connection.execute(sa.select(sa.func.count()).select_from(distinct)).scalar()
             count = int(found or 0)
         return lambda builder: builder.set_visitors(count)
-
-
-_request_date = operator.attrgetter("request_date")
-
-
-def _apply(reader: Callable[[t.Any], t.Any], value: t.Any) -> t.Any:
-    return reader(value)
-
-
-def _mixin_column(field: Field) -> declared_attr[t.Any]:
-    def column(cls: type) -> Mapped[t.Any]:
-        return mapped_column(
-            field.name, _TYPES[field.type](), nullable=True, index=field.name in _INDEXED
-        )
-
-    column.__name__ = field.name
-    column.__doc__ = field.doc
-    return declared_attr(column)
-
-
-class SQLORMModelMixin:
-    """The columns of a traffic table, for a declarative model.
-
-    Flask-SQLAlchemy::
-
-        class Traffic(db.Model, SQLORMModelMixin):
-            pass
-
-    Plain SQLAlchemy::
-
-        class Traffic(Base, SQLORMModelMixin):  # Base: a DeclarativeBase
-            pass
-
-    The table is named ``_traffic_`` (as in flask-traffic 0.8); set
-    ``__tablename__`` in the model to change it. The columns are
-    ``traffic_id`` (the primary key) and one per field of
-    :data:`~flask_traffic.FIELDS`, of the same types as
-    :class:`~flask_traffic.stores.SQLStore`'s table.
-    """
-
-    __tablename__ = "_traffic_"
-
-    @declared_attr
-    def traffic_id(cls) -> Mapped[int]:
-        """The primary key, in the order records were written."""
-        return mapped_column(ID_COLUMN, _id_type(), primary_key=True, autoincrement=True)
-
-
-for _field in FIELDS:
-    setattr(SQLORMModelMixin, _field.name, _mixin_column(_field))
-del _field
