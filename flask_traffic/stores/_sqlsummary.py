@@ -18,14 +18,13 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from ..query import Query
 from ..summary import (
-    HISTOGRAM_BASE_MS,
     HISTOGRAM_MAX_INDEX,
-    HISTOGRAM_RATIO,
     TOP,
     TOP_FIELDS,
     VISITOR_FIELDS,
     SummaryBuilder,
 )
+from ._sqlexpr import bucket_start, double, histogram_bucket, utc_truncated
 from ._sqltable import TableIO
 from ._sqltext import ESCAPED, decode_optional_text, decode_text, exact_text
 from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
@@ -66,20 +65,16 @@ class _IndexedBy(Alias):
 @compiles(_IndexedBy)
 def _compile_indexed_by(element: _IndexedBy, compiler: SQLCompiler, **kw: t.Any) -> str:
     visit_alias: Callable[..., str] = compiler.visit_alias
-    text = visit_alias(element, **kw)
-    if kw.get("asfrom") and compiler.dialect.name == "sqlite":
+    return visit_alias(element, **kw)
+
+
+@compiles(_IndexedBy, "sqlite")
+def _compile_indexed_by_sqlite(element: _IndexedBy, compiler: SQLCompiler, **kw: t.Any) -> str:
+    text = _compile_indexed_by(element, compiler, **kw)
+    if kw.get("asfrom"):
         index = element.index
         text += " NOT INDEXED" if index is None else f" INDEXED BY {compiler.preparer.quote(index)}"
     return text
-
-
-def _double(value: float, dialect: Dialect) -> sa.ColumnElement[float]:
-    """A float constant the database computes with as a double, bit for bit."""
-    if dialect.name in ("mysql", "mariadb"):
-        # A literal with an exponent is a DOUBLE there (without one, a DECIMAL);
-        # 17 significant digits give back the same double.
-        return sa.literal_column(f"{value:.16e}", sa.Double())
-    return sa.cast(sa.literal(value, sa.Double()), sa.Double())
 
 
 def _exp(value: float) -> float:
@@ -145,7 +140,7 @@ class SummarySQL:
         self.fields = frozenset(fields)
         self.table = io.table
         self.columns = {name: io.table.c[name] for name in io.written}
-        self.conditions = io.conditions(query, dialect)
+        self.conditions = io.conditions(query)
         #: Whether the summary index could answer the query on its own: its
         #: window is on request_date and its tests are on the index's columns.
         self.covered = dialect.name == "sqlite" and set(query.where) <= set(SUMMARY_INDEX_COLUMNS)
@@ -162,7 +157,7 @@ class SummarySQL:
         #: Whether some selected row was kept by sampling, found by :meth:`run`:
         #: only then are weights summed instead of rows counted.
         self.weighted = True
-        one = _double(1.0, dialect)
+        one = double(1.0)
         rate = self.columns.get("request_sample_rate")
         self.weight: sa.ColumnElement[t.Any] = (
             one
@@ -255,7 +250,7 @@ class SummarySQL:
     def text(self, name: str) -> sa.ColumnElement[t.Any] | None:
         """The column of a text field, compared by its bytes; None without one."""
         column = self.columns.get(name)
-        return None if column is None else exact_text(column, self.dialect)
+        return None if column is None else exact_text(column)
 
     def digests(self, keys: dict[str, sa.ColumnElement[t.Any]]) -> list[sa.ColumnElement[t.Any]]:
         """Extra keys that tell long text values apart on MariaDB and MySQL,
@@ -352,9 +347,9 @@ class SummarySQL:
             if name in self.columns:
                 column = self.columns[name]
                 text = isinstance(column.type, sa.Text)
-                keys[name] = exact_text(column, self.dialect) if text else column
+                keys[name] = exact_text(column) if text else column
         if "request_route" in self.fields and "response_time" in self.columns:
-            keys["bucket"] = self._bucket(self.columns["response_time"])
+            keys["bucket"] = histogram_bucket(self.columns["response_time"])
 
         rows = self.grouped(connection, keys)
         counts: list[_Counted] = []
@@ -377,12 +372,10 @@ class SummarySQL:
         # row of the same bucket past that bound, it starts a range of its
         # own, whose bucket is again computed from its first time.
         index = self.index
-        base = _double(HISTOGRAM_BASE_MS, self.dialect)
-        log_ratio = _double(math.log(HISTOGRAM_RATIO), self.dialect)
-        below = _double(1 - 2e-12, self.dialect)
+        below = double(1 - 2e-12)
 
         def bucket_end(first: sa.ColumnElement[t.Any]) -> sa.ColumnElement[t.Any]:
-            start = base * sa.func.exp(self._bucket(first) * log_ratio)
+            start = bucket_start(histogram_bucket(first))
             return sa.func.max(first, start * below)
 
         def same_group(source: _IndexedBy, group: t.Any) -> list[sa.ColumnElement[bool]]:
@@ -429,7 +422,7 @@ class SummarySQL:
         statement = sa.select(
             *(steps.c[name] for name in _DIMENSIONS),
             steps.c.weight,
-            self._bucket(steps.c.lo),
+            histogram_bucket(steps.c.lo),
             ranged,
         )
         written = [name in self.columns for name in _DIMENSIONS]
@@ -487,28 +480,8 @@ class SummarySQL:
 
         return feed
 
-    def _bucket(self, time: sa.ColumnElement[t.Any]) -> sa.ColumnElement[t.Any]:
-        # histogram_index() in SQL: the same double operations give the same
-        # bucket; clamped to HISTOGRAM_MAX_INDEX in Python.
-        base = _double(HISTOGRAM_BASE_MS, self.dialect)
-        log_ratio = _double(math.log(HISTOGRAM_RATIO), self.dialect)
-        return sa.case(
-            (time.is_(None), sa.null()),
-            (time < base, 0),
-            else_=sa.func.floor(sa.func.ln(time / base) / log_ratio) + 1,
-        )
-
     def _minutes(self, connection: sa.Connection) -> _Feed:
-        date = self.columns["request_date"]
-        name = self.dialect.name
-        # "YYYY-MM-DD HH:MM" of the UTC request_date.
-        if name == "postgresql":
-            minute = sa.func.to_char(sa.func.timezone("UTC", date), "YYYY-MM-DD HH24:MI")
-        elif name in ("mysql", "mariadb"):
-            minute = sa.func.date_format(date, "%Y-%m-%d %H:%i")
-        else:
-            # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff" text.
-            minute = sa.func.substr(date, 1, 16)
+        minute = utc_truncated(self.columns["request_date"], "minute")
         rows = self.grouped(connection, {"minute": minute})
 
         def feed(builder: SummaryBuilder) -> None:
@@ -591,7 +564,7 @@ class SummarySQL:
         # stored text), and every value tied with them whose stored text may
         # not sort as its value does (escaped text starts with U+FFFE). The
         # builder sorts them all by (-weight, value) and keeps TOP.
-        value = exact_text(self.columns[TOP_FIELDS[name]], self.dialect)
+        value = exact_text(self.columns[TOP_FIELDS[name]])
         digests = self.digests({"value": value})
         inner = self.selected([value.label("value"), *digests], value.is_not(None)).subquery(
             "selected"
@@ -627,13 +600,7 @@ class SummarySQL:
         date = self.columns.get("request_date")
         count = 0
         if date is not None:
-            name = self.dialect.name
-            if name == "postgresql":
-                day = sa.func.to_char(sa.func.timezone("UTC", date), "YYYY-MM-DD")
-            elif name in ("mysql", "mariadb"):
-                day = sa.func.date(date)
-            else:
-                day = sa.func.substr(date, 1, 10)
+            day = utc_truncated(date, "day")
             address, agent = (
                 sa.null() if text is None else text
                 for text in (self.text("request_remote_address"), self.text("request_user_agent"))

@@ -14,9 +14,6 @@ from ..record import FIELDS, Field, FieldType, TrafficRecord
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
 from .sqlschema import ID_COLUMN
 
-if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
-
 __all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO"]
 
 #: Rows fetched at a time while streaming a scan (an export of millions of
@@ -126,7 +123,7 @@ class TableIO:
 
     # -- queries -------------------------------------------------------------
 
-    def conditions(self, query: Query, dialect: Dialect) -> list[sa.ColumnElement[bool]]:
+    def conditions(self, query: Query) -> list[sa.ColumnElement[bool]]:
         """``query``'s window and ``where`` tests as SQL, selecting exactly
         the rows :meth:`Query.matches <flask_traffic.query.Query.matches>`
         selects from what :meth:`convert` gives."""
@@ -139,10 +136,10 @@ class TableIO:
                 found.append(date >= query.since)
             if query.until is not None:
                 found.append(date < query.until)
-        found.extend(self._equals(name, value, dialect) for name, value in query.where.items())
+        found.extend(self._equals(name, value) for name, value in query.where.items())
         return found
 
-    def _equals(self, name: str, value: t.Any, dialect: Dialect) -> sa.ColumnElement[bool]:
+    def _equals(self, name: str, value: t.Any) -> sa.ColumnElement[bool]:
         if name not in self._written_set:
             # A field without a column reads back as None.
             return sa.true() if value is None else sa.false()
@@ -154,7 +151,7 @@ class TableIO:
             if not isinstance(value, str):
                 return sa.false()
             # Stored text is encoded: hostile values compare as they were written.
-            return exact_text(column, dialect) == encode_text(value)
+            return exact_text(column) == encode_text(value)
         if kind == "datetime":
             # read() gives dates as ISO text: only that exact text matches.
             moment = _parse_iso(value) if isinstance(value, str) else None
@@ -182,7 +179,7 @@ class TableIO:
         id_column = self.table.c[ID_COLUMN]
         statement = (
             sa.select(*(self.table.c[name] for name in self.written))
-            .where(*self.conditions(query, engine.dialect))
+            .where(*self.conditions(query))
             .order_by(id_column.asc() if oldest_first else id_column.desc())
         )
         if query.limit is not None:

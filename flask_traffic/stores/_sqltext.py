@@ -17,9 +17,10 @@ import typing as t
 from json.encoder import encode_basestring_ascii
 
 import sqlalchemy as sa
-
-if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import FromClause
+from sqlalchemy.sql.visitors import InternalTraversal
 
 __all__ = [
     "ESCAPED",
@@ -73,14 +74,44 @@ def decode_optional_text(value: str | None) -> str | None:
     return decode_text(value)
 
 
-def exact_text(expression: sa.ColumnElement[t.Any], dialect: Dialect) -> sa.ColumnElement[t.Any]:
+class _ExactText(sa.ColumnElement[str]):
+    """A text expression compared, grouped and ordered by its bytes (see
+    :func:`exact_text`)."""
+
+    inherit_cache = True
+    # A list, as SQLAlchemy declares it; it makes the statement cache key.
+    _traverse_internals = [("text", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, text: sa.ColumnElement[t.Any]) -> None:
+        self.text = text
+        self.type = text.type
+
+    @property
+    def _from_objects(self) -> list[FromClause]:
+        return self.text._from_objects
+
+
+@compiles(_ExactText)
+def _compile_exact_text(element: _ExactText, compiler: SQLCompiler, **kw: t.Any) -> str:
+    # SQLite compares text by its bytes.
+    return compiler.process(element.text, **kw)
+
+
+@compiles(_ExactText, "postgresql")
+def _compile_exact_text_postgresql(element: _ExactText, compiler: SQLCompiler, **kw: t.Any) -> str:
+    return compiler.process(element.text.collate("C"), **kw)
+
+
+@compiles(_ExactText, "mysql")
+@compiles(_ExactText, "mariadb")
+def _compile_exact_text_mysql(element: _ExactText, compiler: SQLCompiler, **kw: t.Any) -> str:
+    mariadb = getattr(compiler.dialect, "is_mariadb", False)
+    collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
+    return compiler.process(element.text.collate(collation), **kw)
+
+
+def exact_text(expression: sa.ColumnElement[t.Any]) -> sa.ColumnElement[str]:
     """``expression`` compared, grouped and ordered by its bytes, as Python compares
     str: MariaDB's and MySQL's default collations ignore case and trailing
     spaces, and PostgreSQL's may order by language rules."""
-    if dialect.name in ("mysql", "mariadb"):
-        return expression.collate(
-            "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
-        )
-    if dialect.name == "postgresql":
-        return expression.collate("C")
-    return expression
+    return _ExactText(expression)
