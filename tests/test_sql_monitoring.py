@@ -29,7 +29,7 @@ from flask_traffic.stores import (
     SQLORMStore,
     SQLStore,
     Store,
-    _sqlsummary,
+    _sqlitesummary,
     _sqltable,
     sqlschema,
 )
@@ -352,7 +352,7 @@ def test_sqlite_summary_index_puts_every_time_in_its_bucket(
 
         def register(connection: t.Any, record: t.Any) -> None:
             connection.create_function("ln", 1, math.log, deterministic=True)
-            connection.create_function("exp", 1, _sqlsummary._exp, deterministic=True)
+            connection.create_function("exp", 1, _sqlitesummary._exp, deterministic=True)
             connection.create_function("floor", 1, math.floor, deterministic=True)
 
         sa.event.listen(store.database_engine, "connect", register)

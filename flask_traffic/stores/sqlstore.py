@@ -103,10 +103,12 @@ class _SQLTableStore(Store):
     def summarize(self, query: Query, builder: SummaryBuilder) -> None:
         """Count in the database: a few ``GROUP BY`` queries whose grouped
         counts feed ``builder``; no row per request reaches Python."""
+        from ._sqlitesummary import SQLiteSummarySQL
         from ._sqlsummary import SummarySQL
 
         engine, io = self._ready()
-        SummarySQL(io, query, engine.dialect, self.fields).run(engine, builder)
+        kind = SQLiteSummarySQL if engine.dialect.name == "sqlite" else SummarySQL
+        kind(io, query, engine.dialect, self.fields).run(engine, builder)
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Delete rows older than ``cutoff`` and all but the newest
