@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import typing as t
 from datetime import timedelta
@@ -15,6 +16,12 @@ if t.TYPE_CHECKING:
     from sqlalchemy import Engine, Table
     from sqlalchemy.orm import Session, scoped_session
 
+# The mixin is made of SQLAlchemy column definitions, so it exists only with
+# SQLAlchemy installed; this module imports without it, so that
+# SQLORMStore() can say what to install. Both names are public in
+# flask_traffic.stores.sqlschema, and here too: migrations written by
+# earlier versions name flask_traffic.stores.ormstore.UTCDateTime.
+if importlib.util.find_spec("sqlalchemy") is not None:
     from .sqlschema import SQLORMModelMixin, UTCDateTime
 
 __all__ = ["SQLORMModelMixin", "SQLORMStore", "UTCDateTime"]
@@ -22,20 +29,6 @@ __all__ = ["SQLORMModelMixin", "SQLORMStore", "UTCDateTime"]
 logger = logging.getLogger("flask_traffic")
 
 _ID_COLUMN = "traffic_id"
-
-
-def __getattr__(name: str) -> t.Any:
-    # The mixin is made of SQLAlchemy column definitions, so it exists only
-    # with SQLAlchemy installed; the module itself imports without it, so
-    # that SQLORMStore() can say what to install.
-    if name in ("SQLORMModelMixin", "UTCDateTime"):
-        require("sqlalchemy", extra="sqlalchemy", needed_by=name)
-        from . import sqlschema
-
-        value = getattr(sqlschema, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SQLORMStore(_SQLTableStore):

@@ -2,8 +2,10 @@
 
 Shared by :class:`~flask_traffic.stores.SQLStore` (a Core ``Table``) and
 :class:`SQLORMModelMixin` (declarative columns), so both make the same
-table, with :class:`UTCDateTime` dates. This module imports SQLAlchemy; the
-store modules import it only once they know SQLAlchemy is installed.
+table, with :class:`UTCDateTime` dates (Alembic's autogenerate writes
+``flask_traffic.stores.sqlschema.UTCDateTime(timezone=True)``). This module
+imports SQLAlchemy; the store modules import it only once they know
+SQLAlchemy is installed.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import typing as t
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column
-
+from .._optional import require
 from ..record import FIELDS, Field, FieldType
+
+# Before SQLAlchemy's imports: without it, importing this module (as
+# ``from flask_traffic.stores import SQLORMModelMixin`` does) says what to install.
+require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMModelMixin")
+
+import sqlalchemy as sa  # noqa: E402
+from sqlalchemy.dialects import mysql, postgresql  # noqa: E402
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column  # noqa: E402
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -51,8 +58,6 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     datetimes.
     """
 
-    # Where Alembic's autogenerate says the type is: a public module.
-    __module__ = "flask_traffic.stores.ormstore"
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
