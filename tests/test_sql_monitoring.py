@@ -617,6 +617,21 @@ def test_retain_by_age_deletes_in_batches_and_keeps_the_rest(
     assert store.retain(cutoff, None) == 0
 
 
+def test_rows_older_than_max_age_are_not_read_before_retention_removes_them(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    # fetch() as read(): through query(), whose window starts max_age ago.
+    # In sync mode, with no request recorded, retention does not run.
+    store = sql_store(database, stores, tmp_path, max_age=timedelta(hours=1), sync=True)
+    now = datetime.now(UTC)
+    store.export(
+        [record(now - timedelta(hours=2), "/old"), record(now - timedelta(minutes=1), "/new")]
+    )
+    assert [row["request_path"] for row in store.fetch(10)] == ["/new"]
+    assert [row["request_path"] for row in store.read(10)] == ["/new"]
+    assert count_rows(store) == 2
+
+
 def test_retain_by_count_keeps_the_newest(
     database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

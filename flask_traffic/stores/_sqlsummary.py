@@ -12,7 +12,6 @@ import functools
 import typing as t
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.sql.util import ClauseAdapter
@@ -26,7 +25,7 @@ from ..summary import (
     SummaryBuilder,
 )
 from ._sqlexpr import double, histogram_bucket, utc_truncated
-from ._sqltable import TableIO
+from ._sqltable import TableIO, date_text
 from ._sqltext import ESCAPED, decode_optional_text, decode_text, exact_text
 from .sqlschema import SUMMARY_INDEX_COLUMNS
 
@@ -34,11 +33,6 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 __all__ = ["DIMENSIONS", "Counted", "Feed", "Part", "RouteTime", "SummarySQL"]
-
-
-def _iso(value: datetime | None) -> str | None:
-    # The text TrafficRecord.request_date_iso gives: UTC, microseconds, +00:00.
-    return None if value is None else value.isoformat(timespec="microseconds")
 
 
 #: The columns the summary counts requests by, besides time: the summary
@@ -323,7 +317,7 @@ class SummarySQL:
         first, last = self.date_range(connection, date, *self.conditions)
 
         def feed(builder: SummaryBuilder) -> None:
-            builder.set_span(_iso(first), _iso(last), builder.sampled)
+            builder.set_span(date_text(first), date_text(last), builder.sampled)
 
         return feed
 

@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from ..query import Query
-from ..record import FIELDS, Field, FieldType, TrafficRecord
+from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
 from .sqlschema import ID_COLUMN
 
-__all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO"]
+__all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO", "date_text"]
 
 #: Rows fetched at a time while streaming a scan (an export of millions of
 #: rows holds this many in memory, not all).
@@ -24,9 +24,9 @@ SCAN_CHUNK = 2000
 RETAIN_BATCH = 10_000
 
 
-def _iso(value: datetime | None) -> str | None:
-    # The text TrafficRecord.request_date_iso gives: UTC, microseconds, +00:00.
-    return None if value is None else value.isoformat(timespec="microseconds")
+def date_text(value: datetime | None) -> str | None:
+    """A stored date as ``read()`` gives it: :func:`~flask_traffic.record.iso_text`."""
+    return None if value is None else iso_text(value)
 
 
 def _float(value: float | None) -> float | None:
@@ -40,7 +40,7 @@ def _int(value: int | None) -> int | None:
 _FIELD_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
 
 _READERS: dict[FieldType, Callable[[t.Any], t.Any]] = {
-    "datetime": _iso,
+    "datetime": date_text,
     "str": decode_optional_text,
     "int": _int,
     "float": _float,
@@ -53,7 +53,7 @@ class TableIO:
 
     :param table: the table (a Core ``Table`` or a model's ``__table__``).
     :param fields: the policy's enabled field names, in schema order: the
-        keys of the rows :meth:`read` returns. The table's other field
+        keys of the rows :meth:`scan` gives. The table's other field
         columns are left ``NULL``.
     :param columns: the fields the table has a column for in the database,
         when that is not all of them (a table made by an older version).
@@ -67,9 +67,11 @@ class TableIO:
         written = tuple(n for n in self.fields if columns is None or n in columns)
         self.written = written
         self.insert = table.insert()
-        self.select = sa.select(*(table.c[name] for name in written)).order_by(
-            table.c[ID_COLUMN].desc()
-        )
+        id_column = table.c[ID_COLUMN]
+        select = sa.select(*(table.c[name] for name in written))
+        # What scan() adds its WHERE and LIMIT to, newest or oldest first.
+        self._newest_first = select.order_by(id_column.desc())
+        self._oldest_first = select.order_by(id_column.asc())
         # What picks the written fields out of the policy's values.
         self._pick: Callable[[tuple[t.Any, ...]], tuple[t.Any, ...]] | None = None
         if written != self.fields:
@@ -105,10 +107,6 @@ class TableIO:
             # The record keeps the datetime itself: no need to parse the text.
             columns[self._date_index] = map(_request_date, records)
         return [dict(zip(written, row, strict=True)) for row in zip(*columns, strict=True)]
-
-    def read(self, connection: sa.Connection, limit: int) -> list[dict[str, t.Any]]:
-        """The newest ``limit`` rows, newest first, as the file stores give them."""
-        return self.convert(connection.execute(self.select.limit(limit)))
 
     def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
         """Rows of the written columns (in :attr:`written` order) as dicts
@@ -173,17 +171,23 @@ class TableIO:
         self, engine: sa.Engine, query: Query, oldest_first: bool = False
     ) -> Iterator[dict[str, t.Any]]:
         """The rows ``query`` selects, newest (or oldest) first, fetched in
-        chunks of :data:`SCAN_CHUNK` rows from one streamed result."""
+        chunks of :data:`SCAN_CHUNK` rows from one streamed result, or at
+        once when ``query.limit`` fits in one chunk (``read(100)``)."""
         if query.limit == 0:
             return
-        id_column = self.table.c[ID_COLUMN]
-        statement = (
-            sa.select(*(self.table.c[name] for name in self.written))
-            .where(*self.conditions(query))
-            .order_by(id_column.asc() if oldest_first else id_column.desc())
-        )
+        statement = self._oldest_first if oldest_first else self._newest_first
+        conditions = self.conditions(query)
+        if conditions:
+            statement = statement.where(*conditions)
         if query.limit is not None:
             statement = statement.limit(query.limit)
+        if query.limit is not None and query.limit <= SCAN_CHUNK:
+            # No more rows than a chunk: no server-side cursor, and the
+            # connection goes back to the pool before the first row is given.
+            with engine.connect() as connection:
+                rows = self.convert(connection.execute(statement))
+            yield from rows
+            return
         with engine.connect() as connection:
             # Server-side cursors on PostgreSQL and MariaDB; SQLite steps
             # through the result as it is fetched.
@@ -264,7 +268,7 @@ def _parse_iso(text: str) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if moment.utcoffset() != timedelta(0) or _iso(moment) != text:
+    if moment.utcoffset() != timedelta(0) or iso_text(moment) != text:
         return None
     return moment
 

@@ -84,18 +84,13 @@ class _SQLTableStore(Store):
             # turn into multi-row inserts or a pipeline.
             connection.execute(io.insert, rows)
 
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        engine, io = self._ready()
-        with engine.connect() as connection:
-            return io.read(connection, limit)
-
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
         """The rows ``query`` selects, newest (or oldest) first, by ``traffic_id``.
 
         One ``SELECT`` with the window on the indexed ``request_date`` and
         the ``where`` tests in its ``WHERE`` and ``query.limit`` as its
         ``LIMIT``, streamed in chunks: exporting millions of rows does not
-        hold them all in memory.
+        hold them all in memory. :meth:`read` and :meth:`fetch` come here.
         """
         engine, io = self._ready()
         return io.scan(engine, query, oldest_first)
