@@ -9,12 +9,14 @@ from datetime import timedelta
 
 from .._optional import require
 from ..policy import LogPolicy
-from .sqlstore import _SQLTableStore
+from ._sqlbase import SQLTableStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import Engine, Table
     from sqlalchemy.orm import Session, scoped_session
+
+    from ._sqltable import TableIO
 
 # The mixin is made of SQLAlchemy column definitions, so it exists only with
 # SQLAlchemy installed; this module imports without it, so that
@@ -28,10 +30,8 @@ __all__ = ["SQLORMModelMixin", "SQLORMStore", "UTCDateTime"]
 
 logger = logging.getLogger("flask_traffic")
 
-_ID_COLUMN = "traffic_id"
 
-
-class SQLORMStore(_SQLTableStore):
+class SQLORMStore(SQLTableStore):
     """Writes records into the table of a declarative model of yours.
 
     ::
@@ -90,6 +90,8 @@ class SQLORMStore(_SQLTableStore):
         import sqlalchemy as sa
         from sqlalchemy.orm import Mapper, Session, scoped_session
 
+        from .sqlschema import ID_COLUMN
+
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         if model is None:
             raise TypeError(
@@ -103,7 +105,7 @@ class SQLORMStore(_SQLTableStore):
                 f"e.g. class Traffic(db.Model, SQLORMModelMixin), got {model!r}."
             )
         table = mapper.local_table
-        missing = [name for name in (_ID_COLUMN, *self.fields) if name not in table.c]
+        missing = [name for name in (ID_COLUMN, *self.fields) if name not in table.c]
         if missing:
             raise TypeError(
                 f"model {model.__name__} has no column {', '.join(missing)}: add "
@@ -122,7 +124,7 @@ class SQLORMStore(_SQLTableStore):
     def __repr__(self) -> str:
         return f"<SQLORMStore model={self.model.__name__} table={self._table.name!r}>"
 
-    def setup(self, app: Flask) -> None:
+    def open_table(self, app: Flask) -> tuple[Engine, TableIO]:
         from ._sqltable import TableIO
 
         engine = self._find_engine(app)
@@ -134,8 +136,7 @@ class SQLORMStore(_SQLTableStore):
                 self.name,
                 self.model.__name__,
             )
-        self._engine = engine
-        self._io = TableIO(self._table, self.fields)
+        return engine, TableIO(self._table, self.fields)
 
     def _find_engine(self, app: Flask) -> Engine:
         import sqlalchemy as sa
