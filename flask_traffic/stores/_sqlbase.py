@@ -97,11 +97,13 @@ class SQLTableStore(Store):
         """Count in the database: a few ``GROUP BY`` queries whose grouped
         counts feed ``builder``; no row per request reaches Python."""
         from ._sqlitesummary import SQLiteSummarySQL
-        from ._sqlsummary import SummarySQL
+        from ._sqlsummary import MySQLSummarySQL, SummarySQL
 
         engine, io = self._ready()
-        kind = SQLiteSummarySQL if engine.dialect.name == "sqlite" else SummarySQL
-        kind(io, query, engine.dialect, self.fields).run(engine, builder)
+        # The databases that count differently, by SQLAlchemy's dialect name.
+        kinds = {"sqlite": SQLiteSummarySQL, "mysql": MySQLSummarySQL, "mariadb": MySQLSummarySQL}
+        kind = kinds.get(engine.dialect.name, SummarySQL)
+        kind(io, query, self.fields).run(engine, builder)
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Delete rows older than ``cutoff`` and all but the newest

@@ -32,9 +32,6 @@ from ._sqlsummary import DIMENSIONS, Counted, Feed, Part, RouteTime, SummarySQL
 from ._sqltable import TableIO
 from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
 
-if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
-
 __all__ = ["SQLiteSummarySQL"]
 
 
@@ -105,8 +102,8 @@ class SQLiteSummarySQL(SummarySQL):
     sort), nor through the date index (a lookup per row).
     """
 
-    def __init__(self, io: TableIO, query: Query, dialect: Dialect, fields: t.Collection[str]):
-        super().__init__(io, query, dialect, fields)
+    def __init__(self, io: TableIO, query: Query, fields: t.Collection[str]):
+        super().__init__(io, query, fields)
         #: Whether the summary index could answer the query on its own: its
         #: window is on request_date and its tests are on the index's columns.
         self.covered = set(query.where) <= set(SUMMARY_INDEX_COLUMNS)

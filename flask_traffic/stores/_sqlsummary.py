@@ -29,10 +29,7 @@ from ._sqltable import TableIO, date_text
 from ._sqltext import ESCAPED, decode_optional_text, decode_text, exact_text
 from .sqlschema import SUMMARY_INDEX_COLUMNS
 
-if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
-
-__all__ = ["DIMENSIONS", "Counted", "Feed", "Part", "RouteTime", "SummarySQL"]
+__all__ = ["DIMENSIONS", "Counted", "Feed", "MySQLSummarySQL", "Part", "RouteTime", "SummarySQL"]
 
 
 #: The columns the summary counts requests by, besides time: the summary
@@ -64,12 +61,11 @@ class SummarySQL:
     one after the other on one connection.
 
     Subclasses for one database override the hooks: :meth:`prepare`,
-    :meth:`execute`, :meth:`run_parts`, :meth:`source`, :meth:`dimensions`
-    and :meth:`minutes`.
+    :meth:`execute`, :meth:`run_parts`, :meth:`source`, :meth:`digests`,
+    :meth:`dimensions` and :meth:`minutes`.
     """
 
-    def __init__(self, io: TableIO, query: Query, dialect: Dialect, fields: t.Collection[str]):
-        self.dialect = dialect
+    def __init__(self, io: TableIO, query: Query, fields: t.Collection[str]):
         self.fields = frozenset(fields)
         self.table = io.table
         self.columns = {name: io.table.c[name] for name in io.written}
@@ -140,17 +136,9 @@ class SummarySQL:
         return None if column is None else exact_text(column)
 
     def digests(self, keys: dict[str, sa.ColumnElement[t.Any]]) -> list[sa.ColumnElement[t.Any]]:
-        """Extra keys that tell long text values apart on MariaDB and MySQL,
-        whose GROUP BY and DISTINCT compare only the first
-        ``max_sort_length`` bytes (1024) of TEXT: two 10 kB user agents that
-        start alike would count as one."""
-        if self.dialect.name not in ("mysql", "mariadb"):
-            return []
-        return [
-            sa.func.sha2(expression, 256).label(f"{name}_digest")
-            for name, expression in keys.items()
-            if isinstance(expression.type, sa.Text)
-        ]
+        """Extra keys to group and count ``keys`` by, where the database tells
+        long text values apart only by a prefix; none here."""
+        return []
 
     def selected(
         self,
@@ -378,3 +366,17 @@ class SummarySQL:
             found = connection.execute(sa.select(sa.func.count()).select_from(distinct)).scalar()
             count = int(found or 0)
         return lambda builder: builder.set_visitors(count)
+
+
+class MySQLSummarySQL(SummarySQL):
+    """:class:`SummarySQL` on MariaDB and MySQL, whose ``GROUP BY`` and
+    ``DISTINCT`` compare only the first ``max_sort_length`` bytes (1024) of
+    ``TEXT``: two 10 kB user agents that start alike would count as one."""
+
+    def digests(self, keys: dict[str, sa.ColumnElement[t.Any]]) -> list[sa.ColumnElement[t.Any]]:
+        """A SHA-256 of each text key, which tells long values apart."""
+        return [
+            sa.func.sha2(expression, 256).label(f"{name}_digest")
+            for name, expression in keys.items()
+            if isinstance(expression.type, sa.Text)
+        ]
