@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-import sqlite3
 import typing as t
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -83,6 +82,8 @@ def _exp(value: float) -> float:
 def _ensure_math(connection: sa.Connection) -> None:
     # SQLite has ln(), exp() and floor() when built with its math functions
     # (most builds since 3.35); otherwise Python's, which give the same values.
+    import sqlite3  # here: a Python built without it still summarizes elsewhere
+
     raw: t.Any = connection.connection.driver_connection
     try:
         raw.execute("SELECT ln(1.0), exp(1.0), floor(1.5)").fetchall()
