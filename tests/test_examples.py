@@ -215,7 +215,7 @@ def test_readme_lists_every_log_policy_option(readme: str) -> None:
 
 
 def test_readme_summary_index_snippet_has_the_summary_index_columns(readme: str) -> None:
-    from flask_traffic.stores._sqlschema import SUMMARY_INDEX_COLUMNS
+    from flask_traffic.stores.sqlschema import SUMMARY_INDEX_COLUMNS
 
     start = readme.index('"ix_hit_summary",')
     snippet = readme[start : readme.index(")", start)]

@@ -23,6 +23,7 @@ from helpers import run_writers, send_requests
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import flask_traffic.stores.ormstore
+import flask_traffic.stores.sqlschema
 from flask_traffic import FIELD_NAMES, Traffic
 from flask_traffic.stores import JSONStore, SQLORMModelMixin, SQLORMStore, Store
 
@@ -323,7 +324,7 @@ def test_alembic_autogenerate_creates_the_table(
         for name in ["traffic_id", *FIELD_NAMES]:
             assert f"sa.Column('{name}'" in code
         assert f"op.create_index(op.f('ix_{unique_name}_request_date')" in code
-        assert "flask_traffic.stores.ormstore.UTCDateTime(timezone=True)" in code
+        assert "flask_traffic.stores.sqlschema.UTCDateTime(timezone=True)" in code
         # The script runs, given the imports a migration file has (plus ours).
         namespace: dict[str, t.Any] = {"sa": sa, "flask_traffic": flask_traffic}
         exec("from sqlalchemy.dialects import mysql", namespace)
@@ -340,6 +341,16 @@ def test_alembic_autogenerate_creates_the_table(
             made.db.drop_all()
             for each in made.db.engines.values():
                 each.dispose()
+
+
+def test_migrations_of_earlier_versions_still_find_utc_datetime() -> None:
+    # Alembic names the type where it is defined; migrations written before
+    # it moved to sqlschema name flask_traffic.stores.ormstore.UTCDateTime.
+    schema = flask_traffic.stores.sqlschema
+    assert schema.UTCDateTime.__module__ == "flask_traffic.stores.sqlschema"
+    assert flask_traffic.stores.ormstore.UTCDateTime is schema.UTCDateTime
+    assert flask_traffic.stores.ormstore.SQLORMModelMixin is schema.SQLORMModelMixin
+    assert SQLORMModelMixin is schema.SQLORMModelMixin
 
 
 def test_threads_lose_and_duplicate_nothing(site: Site, stores: list[Store]) -> None:
@@ -413,7 +424,7 @@ def test_orm_example_tables_from_flask_migrate(tmp_path: Path) -> None:
     template.write_text(
         text.replace(
             "import sqlalchemy as sa\n",
-            "import sqlalchemy as sa\nimport flask_traffic.stores.ormstore\n",
+            "import sqlalchemy as sa\nimport flask_traffic.stores.sqlschema\n",
             1,
         )
     )

@@ -24,7 +24,15 @@ from flask import Flask
 from sqlalchemy.orm import DeclarativeBase, Session
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
-from flask_traffic.stores import SQLORMModelMixin, SQLORMStore, SQLStore, Store, _sqlschema
+from flask_traffic.stores import (
+    SQLORMModelMixin,
+    SQLORMStore,
+    SQLStore,
+    Store,
+    _sqlitesummary,
+    _sqltable,
+    sqlschema,
+)
 from flask_traffic.summary import (
     HISTOGRAM_BASE_MS,
     HISTOGRAM_MAX_INDEX,
@@ -304,7 +312,7 @@ def test_sqlite_summary_is_the_same_through_the_summary_index(
 ) -> None:
     database = Database("sqlite", f"sqlite:///{tmp_path / 'db.sqlite'}", "hits")
     store = fill(database, stores, tmp_path)
-    assert list(_sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
+    assert list(sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
     windows = [*WINDOWS, *WIDE_WINDOWS]
     with_index = [store.summary(since, until) for since, until in windows]
     for (since, until), summary in zip(windows, with_index, strict=True):
@@ -344,7 +352,7 @@ def test_sqlite_summary_index_puts_every_time_in_its_bucket(
 
         def register(connection: t.Any, record: t.Any) -> None:
             connection.create_function("ln", 1, math.log, deterministic=True)
-            connection.create_function("exp", 1, _sqlschema._exp, deterministic=True)
+            connection.create_function("exp", 1, _sqlitesummary._exp, deterministic=True)
             connection.create_function("floor", 1, math.floor, deterministic=True)
 
         sa.event.listen(store.database_engine, "connect", register)
@@ -394,14 +402,14 @@ def test_sqlite_summary_index_is_added_to_an_older_table_once(
     engine = sa.create_engine(url)
     # Tables as an earlier version made them: one with every column but no
     # summary index, one without request_route.
-    sa.Table("older", sa.MetaData(), *_sqlschema.table_columns()).create(engine)
-    columns = [c for c in _sqlschema.table_columns() if c.name != "request_route"]
+    sa.Table("older", sa.MetaData(), *sqlschema.table_columns()).create(engine)
+    columns = [c for c in sqlschema.table_columns() if c.name != "request_route"]
     sa.Table("oldest", sa.MetaData(), *columns).create(engine)
     engine.dispose()
     database = Database("sqlite", url, "older")
     with caplog.at_level(logging.INFO, logger="flask_traffic"):
         store = sql_store(database, stores, tmp_path)
-    assert list(_sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
+    assert list(sqlschema.SUMMARY_INDEX_COLUMNS) in index_columns(store)
     assert "adding the index ix_older_summary to the table older" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="flask_traffic"):
@@ -421,7 +429,7 @@ def test_app_starts_when_the_summary_index_cannot_be_added(
     # (building the index of a huge table, say): init_app still succeeds.
     path = tmp_path / "db.sqlite"
     engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
-    sa.Table("older", sa.MetaData(), *_sqlschema.table_columns()).create(engine)
+    sa.Table("older", sa.MetaData(), *sqlschema.table_columns()).create(engine)
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         locker.execute("BEGIN IMMEDIATE")
@@ -461,7 +469,7 @@ def test_orm_model_with_the_summary_index_summarizes_through_it(
         (Base, SQLORMModelMixin),
         {
             "__tablename__": "hits",
-            "__table_args__": (sa.Index("hits_summary", *_sqlschema.SUMMARY_INDEX_COLUMNS),),
+            "__table_args__": (sa.Index("hits_summary", *sqlschema.SUMMARY_INDEX_COLUMNS),),
         },
     )
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -563,7 +571,7 @@ def test_scan_streams_a_large_table_and_can_stop_early(
     database: Database, stores: list[Store], tmp_path: Path
 ) -> None:
     store = sql_store(database, stores, tmp_path)
-    count = 2 * _sqlschema.SCAN_CHUNK + 7
+    count = 2 * _sqltable.SCAN_CHUNK + 7
     store.export([record(START + timedelta(seconds=n), f"/{n}") for n in range(count)])
     query = store.query()
     newest = store.scan(query)
@@ -592,7 +600,7 @@ def count_rows(store: SQLStore) -> int:
 def test_retain_by_age_deletes_in_batches_and_keeps_the_rest(
     database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 7)
+    monkeypatch.setattr(_sqltable, "RETAIN_BATCH", 7)
     store = sql_store(database, stores, tmp_path)
     cutoff = START + timedelta(days=2)
     old = [record(cutoff - timedelta(minutes=n + 1), f"/old/{n}") for n in range(50)]
@@ -609,10 +617,25 @@ def test_retain_by_age_deletes_in_batches_and_keeps_the_rest(
     assert store.retain(cutoff, None) == 0
 
 
+def test_rows_older_than_max_age_are_not_read_before_retention_removes_them(
+    database: Database, stores: list[Store], tmp_path: Path
+) -> None:
+    # fetch() as read(): through query(), whose window starts max_age ago.
+    # In sync mode, with no request recorded, retention does not run.
+    store = sql_store(database, stores, tmp_path, max_age=timedelta(hours=1), sync=True)
+    now = datetime.now(UTC)
+    store.export(
+        [record(now - timedelta(hours=2), "/old"), record(now - timedelta(minutes=1), "/new")]
+    )
+    assert [row["request_path"] for row in store.fetch(10)] == ["/new"]
+    assert [row["request_path"] for row in store.read(10)] == ["/new"]
+    assert count_rows(store) == 2
+
+
 def test_retain_by_count_keeps_the_newest(
     database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 7)
+    monkeypatch.setattr(_sqltable, "RETAIN_BATCH", 7)
     store = sql_store(database, stores, tmp_path)
     store.export([record(START, f"/{n}") for n in range(60)])
     assert store.retain(None, 100) == 0
@@ -751,7 +774,7 @@ def test_retention_by_age_racing_with_threads_and_processes_loses_nothing_fresh(
 def test_retention_by_count_racing_with_writers_never_drops_below_the_limit(
     database: Database, stores: list[Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlschema, "RETAIN_BATCH", 13)
+    monkeypatch.setattr(_sqltable, "RETAIN_BATCH", 13)
     app = Flask("site", instance_path=str(tmp_path))
     app.config.update(TRAFFIC_RETENTION_INTERVAL=0.005, TRAFFIC_SCHEDULE_DELAY=0.005)
     app.config["TRAFFIC_MAX_BATCH_SIZE"] = 8

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from flask_traffic import FIELD_NAMES, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, SQLStore, Store
-from flask_traffic.stores._sqlschema import SUMMARY_INDEX_COLUMNS
+from flask_traffic.stores.sqlschema import SUMMARY_INDEX_COLUMNS
 
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 ISO_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")

@@ -17,8 +17,9 @@ from .jsonlines import JSONStore
 from .memory import MemoryStore
 
 if t.TYPE_CHECKING:
-    from .ormstore import SQLORMModelMixin, SQLORMStore
+    from .ormstore import SQLORMStore
     from .redisstream import RedisStore
+    from .sqlschema import SQLORMModelMixin
     from .sqlstore import SQLStore
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 _LAZY = {
     "SQLStore": "sqlstore",
     "SQLORMStore": "ormstore",
-    "SQLORMModelMixin": "ormstore",
+    "SQLORMModelMixin": "sqlschema",
     "RedisStore": "redisstream",
 }
 

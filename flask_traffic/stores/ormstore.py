@@ -2,43 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import typing as t
 from datetime import timedelta
 
 from .._optional import require
 from ..policy import LogPolicy
-from .sqlstore import _SQLTableStore
+from ._sqlbase import SQLTableStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import Engine, Table
     from sqlalchemy.orm import Session, scoped_session
 
-    from ._sqlschema import SQLORMModelMixin, UTCDateTime
+    from ._sqltable import TableIO
+
+# The mixin is made of SQLAlchemy column definitions, so it exists only with
+# SQLAlchemy installed; this module imports without it, so that
+# SQLORMStore() can say what to install. Both names are public in
+# flask_traffic.stores.sqlschema, and here too: migrations written by
+# earlier versions name flask_traffic.stores.ormstore.UTCDateTime.
+if importlib.util.find_spec("sqlalchemy") is not None:
+    from .sqlschema import SQLORMModelMixin, UTCDateTime
 
 __all__ = ["SQLORMModelMixin", "SQLORMStore", "UTCDateTime"]
 
 logger = logging.getLogger("flask_traffic")
 
-_ID_COLUMN = "traffic_id"
 
-
-def __getattr__(name: str) -> t.Any:
-    # The mixin is made of SQLAlchemy column definitions, so it exists only
-    # with SQLAlchemy installed; the module itself imports without it, so
-    # that SQLORMStore() can say what to install.
-    if name in ("SQLORMModelMixin", "UTCDateTime"):
-        require("sqlalchemy", extra="sqlalchemy", needed_by=name)
-        from . import _sqlschema
-
-        value = getattr(_sqlschema, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class SQLORMStore(_SQLTableStore):
+class SQLORMStore(SQLTableStore):
     """Writes records into the table of a declarative model of yours.
 
     ::
@@ -97,6 +90,8 @@ class SQLORMStore(_SQLTableStore):
         import sqlalchemy as sa
         from sqlalchemy.orm import Mapper, Session, scoped_session
 
+        from .sqlschema import ID_COLUMN
+
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         if model is None:
             raise TypeError(
@@ -110,7 +105,7 @@ class SQLORMStore(_SQLTableStore):
                 f"e.g. class Traffic(db.Model, SQLORMModelMixin), got {model!r}."
             )
         table = mapper.local_table
-        missing = [name for name in (_ID_COLUMN, *self.fields) if name not in table.c]
+        missing = [name for name in (ID_COLUMN, *self.fields) if name not in table.c]
         if missing:
             raise TypeError(
                 f"model {model.__name__} has no column {', '.join(missing)}: add "
@@ -129,8 +124,8 @@ class SQLORMStore(_SQLTableStore):
     def __repr__(self) -> str:
         return f"<SQLORMStore model={self.model.__name__} table={self._table.name!r}>"
 
-    def setup(self, app: Flask) -> None:
-        from ._sqlschema import TableIO
+    def open_table(self, app: Flask) -> tuple[Engine, TableIO]:
+        from ._sqltable import TableIO
 
         engine = self._find_engine(app)
         if type(engine.pool).__name__ in ("StaticPool", "SingletonThreadPool"):
@@ -141,8 +136,7 @@ class SQLORMStore(_SQLTableStore):
                 self.name,
                 self.model.__name__,
             )
-        self._engine = engine
-        self._io = TableIO(self._table, self.fields)
+        return engine, TableIO(self._table, self.fields)
 
     def _find_engine(self, app: Flask) -> Engine:
         import sqlalchemy as sa

@@ -5,23 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import typing as t
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from .._fork import after_fork_in_child
 from .._optional import require
 from ..policy import LogPolicy
-from ..query import Query
-from ..record import TrafficRecord
-from ..summary import SummaryBuilder
-from .base import Store, warn_if_outside_instance_folder
+from ._sqlbase import SQLTableStore
+from .base import warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import URL, Engine, Index, Table
 
-    from ._sqlschema import TableIO
+    from ._sqltable import TableIO
 
 __all__ = ["SQLStore"]
 
@@ -34,92 +30,7 @@ _SQLITE_BUSY_TIMEOUT_MS = 30_000
 _DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
 
-class _SQLTableStore(Store):
-    """What SQLStore and SQLORMStore share: one batch insert per export, in
-    one transaction on the store's own connection, and reading the newest
-    rows back.
-
-    Subclasses set :attr:`_engine` and :attr:`_io` in :meth:`setup`.
-    """
-
-    _engine: Engine | None
-    _io: TableIO | None
-    #: Whether the store made the engine (and so disposes of it at shutdown).
-    _owns_engine: bool
-
-    def __init__(
-        self,
-        log_policy: LogPolicy | None,
-        *,
-        sync: bool | None,
-        name: str | None,
-        max_age: timedelta | None,
-        max_records: int | None,
-    ) -> None:
-        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
-        self._engine = None
-        self._io = None
-        self._owns_engine = False
-        after_fork_in_child(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        # A pooled connection's socket is shared with the parent after fork
-        # (gunicorn --preload): the child must open its own. close=False
-        # leaves the parent's connections alone.
-        if self._engine is not None:
-            self._engine.dispose(close=False)
-
-    def _ready(self) -> tuple[Engine, TableIO]:
-        if self._engine is None or self._io is None:
-            raise RuntimeError(
-                f"{self.name} is not set up yet: attach it with Traffic(app, stores=...)."
-            )
-        return self._engine, self._io
-
-    def export(self, records: Sequence[TrafficRecord]) -> None:
-        engine, io = self._ready()
-        rows = io.rows(records, self.log_policy.values)
-        with engine.begin() as connection:
-            # A list of parameter sets: one executemany, which the drivers
-            # turn into multi-row inserts or a pipeline.
-            connection.execute(io.insert, rows)
-
-    def fetch(self, limit: int) -> list[dict[str, t.Any]]:
-        engine, io = self._ready()
-        with engine.connect() as connection:
-            return io.read(connection, limit)
-
-    def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
-        """The rows ``query`` selects, newest (or oldest) first, by ``traffic_id``.
-
-        One ``SELECT`` with the window on the indexed ``request_date`` and
-        the ``where`` tests in its ``WHERE`` and ``query.limit`` as its
-        ``LIMIT``, streamed in chunks: exporting millions of rows does not
-        hold them all in memory.
-        """
-        engine, io = self._ready()
-        return io.scan(engine, query, oldest_first)
-
-    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
-        """Count in the database: a few ``GROUP BY`` queries whose grouped
-        counts feed ``builder``; no row per request reaches Python."""
-        engine, io = self._ready()
-        io.summarize(engine, query, builder, self.fields)
-
-    def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
-        """Delete rows older than ``cutoff`` and all but the newest
-        ``max_records``, in batches of 10,000 rows, each its own short
-        transaction, so writers wait at most one batch."""
-        engine, io = self._ready()
-        return io.retain(engine, cutoff, max_records)
-
-    def shutdown(self, timeout: float | None = 10.0) -> None:
-        super().shutdown(timeout)
-        if self._owns_engine and self._engine is not None:
-            self._engine.dispose()
-
-
-class SQLStore(_SQLTableStore):
+class SQLStore(SQLTableStore):
     """Writes records into a table of a SQL database, through SQLAlchemy.
 
     By default a SQLite file in the app's instance folder, opened in WAL
@@ -222,8 +133,8 @@ class SQLStore(_SQLTableStore):
             raise TypeError(
                 f"database_table_name must be a non-empty str, got {database_table_name!r}."
             )
-        from ._sqlschema import summary_index as make_summary_index
-        from ._sqlschema import table_columns
+        from .sqlschema import summary_index as make_summary_index
+        from .sqlschema import table_columns
 
         self.filename = os.fspath(filename)
         self.location = None if location is None else Path(location)
@@ -233,10 +144,11 @@ class SQLStore(_SQLTableStore):
         self._summary_index = make_summary_index(self.database_log_table) if summary_index else None
         self.database_engine = database_engine
         self._sqlite_path: Path | None = None
+        #: Whether the store made the engine (and so disposes of it at shutdown).
+        self._owns_engine = False
         if database_url is not None:
             self.database_engine = self._create_engine(database_url)
             self._owns_engine = True
-        self._engine = self.database_engine
 
     def __repr__(self) -> str:
         engine = self.database_engine
@@ -296,10 +208,11 @@ class SQLStore(_SQLTableStore):
         sa.event.listen(engine, "connect", on_connect)
         return engine
 
-    def setup(self, app: Flask) -> None:
+    def open_table(self, app: Flask) -> tuple[Engine, TableIO]:
         import sqlalchemy as sa
 
-        from ._sqlschema import TableIO, create_table, existing_columns
+        from ._sqltable import TableIO
+        from .sqlschema import create_table, existing_columns
 
         if self.database_engine is None:
             folder = self.location if self.location is not None else Path(app.instance_path)
@@ -315,7 +228,6 @@ class SQLStore(_SQLTableStore):
             self._owns_engine = True
             self._sqlite_path = path
         engine = self.database_engine
-        self._engine = engine
         table = self.database_log_table
         create_table(table, engine, self.name)
         columns = existing_columns(table, engine)
@@ -332,14 +244,14 @@ class SQLStore(_SQLTableStore):
             )
         if engine.dialect.name == "sqlite" and self._summary_index is not None:
             self._add_summary_index(engine, self._summary_index, columns)
-        self._io = TableIO(table, self.fields, columns)
+        return engine, TableIO(table, self.fields, columns)
 
     def _add_summary_index(self, engine: Engine, index: Index, columns: set[str]) -> None:
         # A table made before the summary index existed gets it now, once
         # (see the summary_index parameter).
         import sqlalchemy as sa
 
-        from ._sqlschema import SUMMARY_INDEX_COLUMNS, find_index
+        from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
 
         if not columns.issuperset(SUMMARY_INDEX_COLUMNS):
             return
@@ -370,6 +282,11 @@ class SQLStore(_SQLTableStore):
                 self.database_log_table.name,
                 " ".join(str(exc.orig).split()),
             )
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        super().shutdown(timeout)
+        if self._owns_engine and self.database_engine is not None:
+            self.database_engine.dispose()
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
