@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 import typing as t
 from datetime import datetime, timezone
 
@@ -29,9 +30,13 @@ def describe_error(error: BaseException) -> str:
     """``Type: message`` of ``error``, one line and bounded, for stats and logs.
 
     Drivers put a statement's parameters (client addresses, user agents) in
-    their messages; the stores make their engines hide them, and this cuts
-    what is left to a length a log line can carry.
+    their messages: for an error that wraps a driver's (SQLAlchemy's keep it
+    as ``orig``), the driver's own error is described, without the statement
+    and its parameters; the rest is cut to a length a log line can carry.
     """
+    original = getattr(error, "orig", None)
+    if isinstance(original, BaseException):
+        error = original
     text = " ".join(str(error).split())
     name = type(error).__qualname__
     module = type(error).__module__
@@ -164,15 +169,22 @@ class Health:
             return
         self._last_failing_report = moment
         what = "retrying with back-off" if retrying else "setting aside the records that fail"
+        # The frames once per outage: they say where. Not exc_info: the
+        # exception's own text may carry the batch's values (a statement's
+        # parameters); describe_error() says why without them.
+        frames = ""
+        if first and error.__traceback__ is not None:
+            frames = "\nTraceback (most recent call last):\n" + "".join(
+                traceback.format_tb(error.__traceback__)
+            ).rstrip("\n")
         logger.warning(
-            "%s: writing %d traffic record(s) failed (%d attempt(s) in a row; %s): %s",
+            "%s: writing %d traffic record(s) failed (%d attempt(s) in a row; %s): %s%s",
             self.name,
             count,
             self._failures_in_row,
             what,
             self.last_error,
-            # The traceback once per outage: it says where; the message says why.
-            exc_info=error if first else None,
+            frames,
         )
 
     def set_aside(self, count: int, error: BaseException, where: str) -> None:

@@ -156,8 +156,15 @@ def _describe(exception: BaseException, tb: TracebackType | None) -> _ExceptionT
         stacktrace = "".join(traceback.format_exception(cls, exception, tb))
     except Exception:
         stacktrace = "<exception format_exception() failed>"
+    representation = _text_of(repr, exception, "<exception repr() failed>")
+    if len(representation) > EXCEPTION_TEXT_LIMIT:
+        # A 17 MB text is past what a database packet or column takes; its
+        # head says what it was, the tail how much there was.
+        representation = (
+            f"{representation[:EXCEPTION_TEXT_LIMIT]}... ({len(representation):,} characters)"
+        )
     return _ExceptionText(
-        _text_of(repr, exception, "<exception repr() failed>"),
+        representation,
         type_name,
         _text_of(str, exception, "<exception str() failed>")[:EXCEPTION_TEXT_LIMIT],
         stacktrace[:EXCEPTION_TEXT_LIMIT],
@@ -422,7 +429,10 @@ class TrafficRecord:
 
     @property
     def response_exception(self) -> str | None:
-        """``repr()`` of the unhandled exception, as in 0.8; else ``None``."""
+        """``repr()`` of the unhandled exception, as in 0.8; else ``None``.
+
+        A ``repr()`` longer than :data:`EXCEPTION_TEXT_LIMIT` characters is
+        cut there and ends with ``... (N characters)``."""
         given = self._given_exception
         if given is not None:
             return given

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import abc
+import functools
+import logging
+import threading
 import typing as t
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 from .._fork import after_fork_in_child
+from .._health import describe_error
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord
@@ -21,6 +25,20 @@ if t.TYPE_CHECKING:
     from ._sqltable import TableIO
 
 __all__ = ["SQLTableStore"]
+
+logger = logging.getLogger("flask_traffic")
+
+
+def _first_transient(
+    error: BaseException, is_transient: t.Callable[[BaseException], bool]
+) -> BaseException | None:
+    """``error`` or the first of its causes that may pass by itself."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if is_transient(seen):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 class SQLTableStore(Store):
@@ -46,10 +64,45 @@ class SQLTableStore(Store):
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
         self._engine = None
         self._io = None
+        # Set by setup() when the database did not answer: finishes it.
+        self._open_later: t.Callable[[], tuple[Engine, TableIO]] | None = None
+        self._open_lock = threading.Lock()
         after_fork_in_child(self._after_fork_in_child)
 
     def setup(self, app: Flask) -> None:
-        self._engine, self._io = self.open_table(app)
+        """Open the table; when the database does not answer yet (down,
+        restarting, a SQLite file locked by another process starting), say
+        so in one line and finish in the worker once it answers, the records
+        waiting in the queue meanwhile: the app starts either way.
+        Configuration mistakes still raise here."""
+        try:
+            self._engine, self._io = self.open_table(app)
+        except Exception as exc:
+            cause = _first_transient(exc, self.is_transient)
+            if cause is None:
+                raise
+            logger.warning(
+                "%s cannot reach its database yet (%s); requests are recorded and wait "
+                "in its queue, and the table is made ready when the database answers.",
+                self.name,
+                describe_error(cause),
+            )
+            self._open_later = functools.partial(self.open_table, app)
+
+    def is_transient(self, error: BaseException) -> bool:
+        """A database that is down, restarting, unreachable, timing out or
+        locked: SQLAlchemy's ``OperationalError``, ``InterfaceError`` and
+        pool time-outs, and any error after which the connection was found
+        dead. Data, integrity and programming errors are not (a value a
+        column refuses, text the database's character set cannot hold).
+        """
+        import sqlalchemy as sa
+
+        if isinstance(error, sa.exc.DBAPIError):
+            return error.connection_invalidated or isinstance(
+                error, (sa.exc.OperationalError, sa.exc.InterfaceError)
+            )
+        return isinstance(error, (sa.exc.TimeoutError, sa.exc.DisconnectionError, OSError))
 
     @abc.abstractmethod
     def open_table(self, app: Flask) -> tuple[Engine, TableIO]:
@@ -68,6 +121,14 @@ class SQLTableStore(Store):
             self._engine.dispose(close=False)
 
     def _ready(self) -> tuple[Engine, TableIO]:
+        if self._engine is None or self._io is None:
+            with self._open_lock:
+                if self._open_later is not None and self._io is None:
+                    # Raises while the database is still away: the batch
+                    # backs off and this runs again at the retry.
+                    self._engine, self._io = self._open_later()
+                    self._open_later = None
+                    logger.warning("%s: its database answers; the table is ready.", self.name)
         if self._engine is None or self._io is None:
             raise RuntimeError(
                 f"{self.name} is not set up yet: attach it with Traffic(app, stores=...)."

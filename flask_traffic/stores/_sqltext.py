@@ -11,7 +11,6 @@ stored as is.
 
 from __future__ import annotations
 
-import functools
 import json
 import typing as t
 from json.encoder import encode_basestring_ascii
@@ -21,6 +20,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import FromClause
 from sqlalchemy.sql.visitors import InternalTraversal
+
+from .._textcache import text_cache
 
 __all__ = [
     "ESCAPED",
@@ -39,7 +40,7 @@ _decode_json = json.JSONDecoder().decode
 
 
 # Text values repeat from request to request (hosts, routes, user agents).
-@functools.lru_cache(maxsize=8192)
+@text_cache(8192)
 def encode_text(value: str) -> str:
     """``value`` as stored: itself, or escaped when a database cannot hold it."""
     if value.isascii():

@@ -172,7 +172,9 @@ class SQLStore(SQLTableStore):
                 return self._sqlite_engine(parsed)
             # A pooled connection may have been closed by the server (restart,
             # idle timeout) since it was last used: test it before a batch.
-            return sa.create_engine(parsed, pool_pre_ping=True)
+            # hide_parameters: a failed statement's message (logged, kept in
+            # stats()) must not carry client addresses and user agents.
+            return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
         except ImportError as exc:
             extra = _DRIVER_EXTRAS.get(parsed.get_backend_name())
             hint = f'pip install "flask-traffic[{extra}]"' if extra else "install its driver"
@@ -189,7 +191,7 @@ class SQLStore(SQLTableStore):
     def _sqlite_engine(url: URL) -> Engine:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(url, hide_parameters=True)
 
         def on_connect(dbapi_connection: t.Any, record: t.Any) -> None:
             cursor = dbapi_connection.cursor()

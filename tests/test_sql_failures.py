@@ -1,0 +1,117 @@
+"""SQL stores when the database is down at start, and records a column refuses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import make_app, run_writers
+from own_servers import PostgreSQLCluster
+
+from flask_traffic import Traffic
+from flask_traffic.stores import SQLStore
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgreSQLCluster]:
+    made = PostgreSQLCluster()
+    yield made
+    made.remove()
+
+
+def test_the_app_starts_while_postgresql_is_down_and_writes_everything_once_it_is_up(
+    tmp_path: Path, cluster: PostgreSQLCluster, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(tmp_path, catch_all=True)
+    store = SQLStore(database_url=cluster.url, database_table_name=unique_name)
+    traffic = Traffic(app, stores=store)  # must not raise: the server is down
+    assert "cannot reach its database yet" in caplog.text
+    client = app.test_client()
+    statuses = [client.get(f"/page/{n}").status_code for n in range(60)]
+    assert statuses == [200] * 60
+    assert not store.flush(1)
+    assert store.stats()["queued"] == 60
+    cluster.start()
+    assert store.flush(60)
+    paths = [row["request_path"] for row in store.read()]
+    assert sorted(paths, key=lambda p: int(p.rsplit("/", 1)[1])) == [
+        f"/page/{n}" for n in range(60)
+    ]
+    assert store.stats()["dead_lettered"] == 0
+    assert "its database answers; the table is ready" in caplog.text
+    traffic.shutdown(app)
+
+
+def test_a_wrong_url_still_fails_at_init_app(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    with pytest.raises(ValueError, match="is not a SQLAlchemy URL"):
+        Traffic(app, stores=SQLStore(database_url="not a url"))
+
+
+def _start_and_write(number: int, folder: str, start_at: float) -> None:
+    app = make_app(folder, catch_all=True)
+    # All four start at once on a file none has made yet.
+    time.sleep(max(0.0, start_at - time.time()))
+    traffic = Traffic(app, stores=SQLStore())
+    client = app.test_client()
+    for n in range(50):
+        assert client.get(f"/w{number}/{n}").status_code == 200
+    traffic.shutdown(app, timeout=60)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_four_processes_start_on_a_fresh_sqlite_file(tmp_path: Path, attempt: int) -> None:
+    run_writers(_start_and_write, 4, str(tmp_path), time.time() + 3, processes=True)
+    app = make_app(tmp_path)
+    store = SQLStore()
+    traffic = Traffic(app, stores=store)
+    paths = {row["request_path"] for row in store.read(1000)}
+    traffic.shutdown(app)
+    assert paths == {f"/w{w}/{n}" for w in range(4) for n in range(50)}
+
+
+def test_text_the_connections_charset_cannot_hold_is_set_aside(
+    tmp_path: Path, mariadb_url: str, unique_name: str
+) -> None:
+    # 3-byte utf8 connections refuse emoji ("Incorrect string value"): that
+    # record is set aside, every other one is written, in order.
+    app = make_app(tmp_path, catch_all=True)
+    store = SQLStore(database_url=mariadb_url + "?charset=utf8", database_table_name=unique_name)
+    traffic = Traffic(app, stores=store)
+    client = app.test_client()
+    for path in ("/a", "/b/\N{GRINNING FACE}", "/c", "/d"):
+        assert client.get(path).status_code in (200, 404)
+    assert store.flush(30)
+    assert [row["request_path"] for row in store.read()] == ["/d", "/c", "/a"]
+    stats = store.stats()
+    assert stats["dead_lettered"] == 1
+    assert stats["last_error"].startswith('pymysql.err.DataError: (1366, "Incorrect string value')
+    letters = (tmp_path / "traffic-dead-letters.jsonl").read_text("ascii")
+    assert "\\ud83d\\ude00" in letters  # the record, with its path, is kept there
+    traffic.shutdown(app)
+
+
+def test_a_huge_exception_text_is_cut_and_written(
+    tmp_path: Path, mariadb_url: str, unique_name: str
+) -> None:
+    # 17 MB of exception text is past MariaDB's max_allowed_packet.
+    app = make_app(tmp_path)
+
+    @app.route("/huge-error")
+    def huge_error() -> str:
+        raise ValueError("x" * 17_000_000)
+
+    store = SQLStore(database_url=mariadb_url, database_table_name=unique_name)
+    traffic = Traffic(app, stores=store)
+    client = app.test_client()
+    assert client.get("/huge-error").status_code == 500
+    assert client.get("/").status_code == 200
+    rows = store.read()
+    assert [row["request_path"] for row in rows] == ["/", "/huge-error"]
+    text = rows[1]["response_exception"]
+    assert text.startswith("ValueError('xxx")
+    assert text.endswith("... (17,000,014 characters)")
+    assert store.stats()["dead_lettered"] == 0
+    traffic.shutdown(app)
