@@ -84,19 +84,31 @@ def _halves(records: list[TrafficRecord]) -> list[list[TrafficRecord]]:
 
 
 def isolate(
-    export: Export, batch: list[TrafficRecord], transient: IsTransient, health: Health
+    export: Export,
+    batch: list[TrafficRecord],
+    transient: IsTransient,
+    health: Health,
+    *,
+    suspect: bool = False,
 ) -> Isolated:
-    """Write ``batch``, which just failed with an error no retry mends, in
-    halves, and halves of the halves that fail, down to single records.
+    """Write ``batch``, which just failed, in halves, and halves of the halves
+    that fail, down to single records.
 
-    Records are written in their order. A record that fails alone is poison.
-    When the sink fails with a transient error meanwhile (it went away), or
+    Records are written in their order. A record that fails alone with an
+    error no retry mends is poison. With ``suspect`` (the batch failed with a
+    transient-looking error several times in a row), a record that fails
+    alone with a transient error is poison too, once the store has written
+    other records of this search: it answers, that record is what fails.
+    When the sink fails with a transient error otherwise (it went away), or
     when not a single record could be written (the sink itself is broken, not
     its records), what is left is returned as ``unwritten`` for the back-off,
     and nothing is called poison.
     """
     todo: deque[list[TrafficRecord]] = deque(_halves(batch))
     poison: list[tuple[TrafficRecord, BaseException]] = []
+    # A lone record that failed with a transient error, while suspect: poison
+    # if the store then writes the next records, not if it fails again.
+    candidate: tuple[TrafficRecord, BaseException] | None = None
     written = 0
     while todo:
         chunk = todo.popleft()
@@ -104,18 +116,27 @@ def isolate(
             export(chunk)
         except Exception as exc:
             health.note_failure(exc)
-            if transient(exc):
+            passing = transient(exc)
+            if passing and not (suspect and (len(chunk) > 1 or candidate is None)):
                 if not written:
                     return Isolated(0, [], batch, exc)
-                rest = chunk + [record for part in todo for record in part]
+                rest = [candidate[0]] if candidate is not None else []
+                rest += chunk + [record for part in todo for record in part]
                 return Isolated(written, poison, rest, exc)
-            if len(chunk) == 1:
-                poison.append((chunk[0], exc))
-            else:
+            if len(chunk) > 1:
                 todo.extendleft(reversed(_halves(chunk)))
+            elif passing:
+                candidate = (chunk[0], exc)
+            else:
+                poison.append((chunk[0], exc))
         else:
             written += len(chunk)
             health.exported_batch(len(chunk))
+            if candidate is not None:
+                poison.append(candidate)
+                candidate = None
+    if candidate is not None and written:
+        poison.append(candidate)
     if not written and poison:
         return Isolated(0, [], batch, poison[0][1])
     return Isolated(written, poison, [], None)

@@ -53,6 +53,9 @@ logger = logging.getLogger("flask_traffic")
 ExportFunction = Export
 
 _SHUTDOWN_TIMEOUT = 10.0
+#: After this many transient failures in a row of one batch, it is searched
+#: for a record that fails alone (unless the sink retries whole batches only).
+SUSPECT_AFTER = 5
 
 
 class ProcessorOptions(t.TypedDict):
@@ -160,6 +163,10 @@ class BatchProcessor:
         by default operating-system errors (``OSError``) do.
     :param dead_letter: given the records no retry can write, with their
         errors; returns how many it kept. ``None`` drops (and counts) them.
+    :param split_transient: after ``SUSPECT_AFTER`` transient failures in a
+        row, search the batch for a record that fails alone; ``False`` for a
+        sink that must see a failed batch again whole (it fences batches
+        against lost replies).
     """
 
     def __init__(
@@ -175,8 +182,10 @@ class BatchProcessor:
         maintenance_interval: float = 60.0,
         is_transient: IsTransient = is_transient_default,
         dead_letter: DeadLetterFunction | None = None,
+        split_transient: bool = True,
     ) -> None:
         self._export = export
+        self._split_transient = split_transient
         self._max_queue_size = check_positive_int(max_queue_size, "max_queue_size")
         self._max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
         self._schedule_delay = check_positive_seconds(schedule_delay, "schedule_delay")
@@ -355,11 +364,16 @@ class BatchProcessor:
         try:
             self._export(batch)
         except Exception as exc:
-            if self._transient(exc):
+            transient = self._transient(exc)
+            # A batch failing the same way time after time may hold a record
+            # that fails with a transient-looking error (a packet too big
+            # drops the connection): search it while the store answers.
+            suspect = transient and self._split_transient and pending.attempt >= SUSPECT_AFTER
+            if transient and not suspect:
                 self._health.failed(exc, len(batch), retrying=True)
                 return self._back_off(pending)
             self._health.failed(exc, len(batch), retrying=False)
-            found = isolate(self._export, batch, self._transient, self._health)
+            found = isolate(self._export, batch, self._transient, self._health, suspect=suspect)
             self._set_aside(found.poison)
             if found.unwritten:
                 pending.batch = found.unwritten
@@ -430,6 +444,7 @@ def make_processor(
     sync: bool,
     maintenance: MaintenanceFunction | None = None,
     is_transient: IsTransient = is_transient_default,
+    split_transient: bool = True,
 ) -> SyncProcessor | BatchProcessor:
     """The processor a sink gets from ``init_app``: a :class:`SyncProcessor`
     when ``sync``, else a :class:`BatchProcessor` sized by ``options``; both
@@ -455,4 +470,5 @@ def make_processor(
         maintenance_interval=options["retention_interval"],
         is_transient=is_transient,
         dead_letter=dead_letter,
+        split_transient=split_transient,
     )

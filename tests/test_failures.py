@@ -295,3 +295,47 @@ def test_a_huge_content_length_is_written_by_every_file_store(tmp_path: Path) ->
         assert rows[1]["response_size"] is None
         assert store.stats()["dead_lettered"] == 0
     traffic.shutdown(app)
+
+
+def test_a_record_failing_transiently_time_after_time_is_found_and_set_aside() -> None:
+    # A packet too big makes the server drop the connection: a transient-
+    # looking error, but always for the same record while the others pass.
+    export, letters = PickyExport({"/7"}, error=ConnectionResetError), Letters()
+    processor = BatchProcessor(export, max_batch_size=16, max_backoff=0.01, dead_letter=letters)
+    for n in range(16):
+        processor.emit(record(n))
+    assert processor.force_flush(10)
+    assert export.written == [f"/{n}" for n in range(16) if n != 7]
+    assert letters.paths == ["/7"]
+    processor.shutdown()
+
+
+def test_a_store_that_is_down_loses_nothing_to_the_search() -> None:
+    export, letters = PickyExport(set()), Letters()
+    export.down = True
+    processor = BatchProcessor(export, max_batch_size=8, max_backoff=0.01, dead_letter=letters)
+    for n in range(8):
+        processor.emit(record(n))
+    assert not processor.force_flush(1)  # many searches ran meanwhile
+    assert export.calls > 10
+    export.down = False
+    assert processor.force_flush(10)
+    assert export.written == [f"/{n}" for n in range(8)]
+    assert letters.items == []
+    processor.shutdown()
+
+
+def test_a_sink_that_fences_batches_is_retried_whole() -> None:
+    batches: list[list[str | None]] = []
+
+    def export(batch: Sequence[TrafficRecord]) -> None:
+        batches.append([item.request_path for item in batch])
+        if len(batches) < 8:
+            raise TimeoutError("the reply was lost")
+
+    processor = BatchProcessor(export, max_batch_size=4, max_backoff=0.01, split_transient=False)
+    for n in range(4):
+        processor.emit(record(n))
+    assert processor.force_flush(10)
+    assert batches == [["/0", "/1", "/2", "/3"]] * 8
+    processor.shutdown()

@@ -65,6 +65,11 @@ class Sink(abc.ABC):
 
     log_policy: LogPolicy
     processor: Processor | None
+    #: Whether a batch that keeps failing with a transient-looking error may
+    #: be written in parts to find a record that fails alone. ``False`` for a
+    #: sink that must see a failed batch again whole (one that fences
+    #: batches against lost replies, as :class:`RedisStore` does).
+    splits_transient_failures: t.ClassVar[bool] = True
 
     def __init__(
         self,
@@ -137,6 +142,7 @@ class Sink(abc.ABC):
             sync=options["sync"] if self.sync is None else self.sync,
             maintenance=self._maintenance(),
             is_transient=self.is_transient,
+            split_transient=self.splits_transient_failures,
         )
 
     def _maintenance(self) -> MaintenanceFunction | None:

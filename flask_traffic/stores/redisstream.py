@@ -360,6 +360,10 @@ class RedisStore(Store):
                 f"{version}: upgrade Redis, or use max_records= instead."
             )
 
+    # A batch whose reply was lost is retried whole, so its fence can tell
+    # whether it landed; written in parts it could be written twice.
+    splits_transient_failures = False
+
     def is_transient(self, error: BaseException) -> bool:
         """Connection errors, time-outs and a server loading, busy or without
         its primary pass by themselves; other Redis errors (a wrong type at the
