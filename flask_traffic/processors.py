@@ -260,9 +260,11 @@ class BatchProcessor:
         """Write what is queued and stop the worker. Safe to call twice.
 
         A batch that is backing off is tried once more at once (the store may
-        be back), then with back-off until ``timeout``; records that still
-        cannot be written then are counted as dropped and reported on the
-        ``flask_traffic`` logger with their number.
+        be back); when that write fails, or a write fails while the queue is
+        drained, the records left are counted as dropped and reported on the
+        ``flask_traffic`` logger with their number, at once rather than at
+        ``timeout``, so that a failing store never holds a stopping process.
+        ``timeout`` bounds the time slow writes may take.
         """
         with self._shutdown_lock:
             if self._is_shut_down:
@@ -323,6 +325,12 @@ class BatchProcessor:
                 timed_out or self._stopping or self._pending_flushes > 0 or bool(pending.batch)
             )
             self._write_queued(pending, drain_all)
+            if self._stopping and pending.batch and pending.retried_at_stop:
+                # It was tried once more at shutdown and still fails: give up
+                # now rather than hold the process (a server recycling its
+                # worker waits for it) until the deadline.
+                self._give_up(pending)
+                return
             if self._stopping and not pending.batch and not self._queue:
                 return
             if not pending.batch:
@@ -331,8 +339,9 @@ class BatchProcessor:
     def _sleep(self, pending: PendingBatch) -> bool:
         """Wait for a wake-up, the timer or a due retry; ``True`` on the timer."""
         now = time.monotonic()
-        if self._stopping and pending.batch and not pending.retried_at_stop:
-            # Shutting down while backing off: the store may be back.
+        if self._stopping and not pending.retried_at_stop:
+            # Shutting down: a batch backing off is tried once more at once
+            # (the store may be back); one failing from here on, once.
             pending.retried_at_stop = True
             pending.retry_at = now
         wait = max(0.0, pending.retry_at - now) if pending.batch else self._schedule_delay

@@ -115,3 +115,91 @@ def test_a_huge_exception_text_is_cut_and_written(
     assert text.endswith("... (17,000,014 characters)")
     assert store.stats()["dead_lettered"] == 0
     traffic.shutdown(app)
+
+
+APP_MODULE = """
+from flask import Flask
+from flask_traffic import Traffic
+from flask_traffic.stores import SQLStore
+
+def create_app():
+    app = Flask("site", instance_path={folder!r})
+    app.add_url_rule("/<int:n>", "page", lambda n: "ok")
+    Traffic(app, stores=SQLStore(database_url={url!r}, database_table_name={table!r}))
+    return app
+"""
+
+
+def _get(port: int, path: str) -> int:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        connection.close()
+
+
+def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
+    tmp_path: Path, cluster: PostgreSQLCluster, unique_name: str
+) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from own_servers import spare_port
+
+    if shutil.which("gunicorn") is None and not (Path(sys.executable).parent / "gunicorn").exists():
+        pytest.skip("gunicorn is not installed")
+    (tmp_path / "site_app.py").write_text(
+        APP_MODULE.format(folder=str(tmp_path), url=cluster.url, table=unique_name)
+    )
+    port = spare_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "--max-requests",
+            "40",
+            "--max-requests-jitter",
+            "5",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(tmp_path),
+            "--graceful-timeout",
+            "15",
+            "site_app:create_app()",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _get(port, "/0") != 200:
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        # About seven worker boots, every one with PostgreSQL down.
+        statuses = [_get(port, f"/{n}") for n in range(1, 301)]
+        assert statuses == [200] * 300
+        cluster.start()
+        # Workers booted from now on, and the ones running, write.
+        later = [_get(port, f"/{n}") for n in range(1000, 1100)]
+        assert later == [200] * 100
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=60)
+    assert b"Worker failed to boot" not in errors
+    app = make_app(tmp_path)
+    store = SQLStore(database_url=cluster.url, database_table_name=unique_name)
+    traffic = Traffic(app, stores=store)
+    written = {row["request_path"] for row in store.read(10_000)}
+    traffic.shutdown(app)
+    # What the last workers were given after the database came back is there.
+    assert {f"/{n}" for n in range(1060, 1100)} <= written
