@@ -12,6 +12,7 @@ import importlib.util
 import os
 import socket
 import sys
+import typing as t
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -118,3 +119,30 @@ def stores() -> Iterator[list[Store]]:
     yield made
     for store in made:
         store.shutdown()
+
+
+# -- the fault report ---------------------------------------------------------------------
+
+_FAULTS: list[tuple[str, int, int, int, int]] = []
+
+
+@pytest.fixture
+def fault_report() -> Callable[..., None]:
+    """Record what a fault test saw, for the table printed at the end of the
+    run: ``fault_report(fault, answered=, expected=, stored=, duplicates=)``."""
+
+    def add(fault: str, *, answered: int, expected: int, stored: int, duplicates: int) -> None:
+        _FAULTS.append((fault, answered, expected, stored, duplicates))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    if not _FAULTS:
+        return
+    terminalreporter.section("faults: requests answered / records expected / stored / duplicates")
+    width = max(len(fault) for fault, *_ in _FAULTS)
+    for fault, answered, expected, stored, duplicates in _FAULTS:
+        terminalreporter.write_line(
+            f"{fault:<{width}}  {answered:>6}  {expected:>6}  {stored:>6}  {duplicates:>4}"
+        )

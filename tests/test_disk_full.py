@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,9 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("kind", ["json", "csv"])
-def test_a_full_disk_neither_duplicates_nor_tears(kind: str, tmp_path: Path) -> None:
+def test_a_full_disk_neither_duplicates_nor_tears(
+    kind: str, tmp_path: Path, fault_report: Callable[..., None]
+) -> None:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, kind, str(tmp_path)],
         capture_output=True,
@@ -54,6 +57,13 @@ def test_a_full_disk_neither_duplicates_nor_tears(kind: str, tmp_path: Path) -> 
         check=True,
     )
     result = json.loads(done.stdout.splitlines()[-1])
+    fault_report(
+        f"full disk under a {kind.upper()} store (RLIMIT_FSIZE)",
+        answered=result["statuses"].count(200),
+        expected=200,
+        stored=len(set(result["paths"])),
+        duplicates=len(result["paths"]) - len(set(result["paths"])),
+    )
     assert result["statuses"] == [200] * 200
     assert result["full"] is False  # the disk was full for a while
     assert result["failed"] >= 1
