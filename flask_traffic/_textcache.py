@@ -3,9 +3,14 @@
 Values such as user agents, hosts and routes repeat from request to request,
 so the stores cache what they make of them. A client can send a new 8 kB
 header every time, though: an entry-bounded cache then holds thousands of
-large strings. Text longer than a real value of its kind is computed every
-time instead of cached, so a cache holds at most ``maxsize`` keys of at most
-``max_length`` characters each.
+large strings. Here a long string (over ``max_length`` characters, longer
+than real values of its kind) counts toward a budget of characters, and the
+cache starts afresh when the budget is spent; short ones fill it as usual.
+So it holds at most ``maxsize`` short keys and ``budget`` characters of long
+ones, and their values.
+
+A hit costs what ``functools.lru_cache`` costs (C code, no Python frame):
+the accounting runs on misses only, inside the cached function.
 """
 
 from __future__ import annotations
@@ -14,34 +19,40 @@ import functools
 import typing as t
 from collections.abc import Callable
 
-__all__ = ["MAX_CACHED_LENGTH", "text_cache"]
+__all__ = ["LONG_TEXT", "LONG_TEXT_BUDGET", "text_cache"]
 
-#: Longer strings are not cached. Real user agents are 100-300 characters,
-#: hosts and routes shorter.
-MAX_CACHED_LENGTH = 512
+#: Longer strings count toward the budget. Real user agents are 100-300
+#: characters, hosts and routes shorter.
+LONG_TEXT = 512
+#: Characters of long strings a cache may take in before it is cleared.
+LONG_TEXT_BUDGET = 1_000_000
 
 _R = t.TypeVar("_R")
 
 
 def text_cache(
-    maxsize: int, max_length: int = MAX_CACHED_LENGTH
+    maxsize: int, max_length: int = LONG_TEXT, budget: int = LONG_TEXT_BUDGET
 ) -> Callable[[Callable[[t.Any], _R]], Callable[[t.Any], _R]]:
     """Decorate a one-argument function of text (or ``None``) with an LRU
-    cache of ``maxsize`` entries that leaves out strings over ``max_length``
-    characters: at most ``maxsize * max_length`` characters of keys, and
-    their values."""
+    cache of ``maxsize`` entries that is cleared whenever strings over
+    ``max_length`` characters have brought ``budget`` characters into it."""
 
     def decorate(function: Callable[[t.Any], _R]) -> Callable[[t.Any], _R]:
-        cached = functools.lru_cache(maxsize=maxsize)(function)
+        taken_in = 0
 
-        @functools.wraps(function)
-        def lookup(value: t.Any) -> _R:
+        def compute(value: t.Any) -> _R:
+            # Runs on a miss only. The count is shared by the worker threads
+            # without a lock: a lost update only moves the next clear a little.
+            nonlocal taken_in
             if isinstance(value, str) and len(value) > max_length:
-                return function(value)
-            return cached(value)
+                taken_in += len(value)
+                if taken_in > budget:
+                    taken_in = 0
+                    cached.cache_clear()
+            return function(value)
 
-        lookup.cache_info = cached.cache_info  # type: ignore[attr-defined]
-        lookup.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-        return lookup
+        cached = functools.lru_cache(maxsize=maxsize)(compute)
+        functools.update_wrapper(cached, function)
+        return cached
 
     return decorate
