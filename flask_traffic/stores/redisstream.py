@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
 from .._optional import require
-from .._textcache import text_cache
 from ..policy import LogPolicy
 from ..query import Query
-from ..record import FIELDS, FieldType, TrafficRecord
+from ..record import TrafficRecord
+from ._redisentries import CODECS, EMPTY_ENTRY, next_id
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -32,10 +32,6 @@ logger = logging.getLogger("flask_traffic")
 #: dead or unreachable server fails the export (to be retried by the
 #: processor) instead of holding the worker forever.
 _TIMEOUT = 5.0
-
-# A stream entry needs at least one field: a record whose kept fields are all
-# None is written with this one, which read() ignores.
-_EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
 
 #: Seconds a writer's fence key outlives its last batch: a batch retried
 #: after an outage longer than this may be written twice.
@@ -58,73 +54,10 @@ _CLOCK_MARGIN_MS = 60_000
 #: responsive while a large backlog goes; what is left goes at the next run.
 _MAX_TRIMS = 1000
 
-#: The largest sequence number of a stream id (``<ms>-<seq>``).
-_MAX_SEQ = 2**64 - 1
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
 _Row = dict[str, t.Any]
-
-
-# Text is stored as UTF-8, with surrogatepass: WSGI strings are latin-1
-# decoded bytes and may carry lone surrogates after Werkzeug's decoding, and
-# both must come back unchanged. Numbers are stored as their repr so that
-# read() parses back the very same value.
-def _encode_text(value: str) -> bytes:
-    return value.encode("utf-8", "surrogatepass")
-
-
-def _decode_text(value: bytes) -> str:
-    return value.decode("utf-8", "surrogatepass")
-
-
-def _encode_int(value: int) -> bytes:
-    return b"%d" % value
-
-
-def _encode_float(value: float) -> bytes:
-    return repr(value).encode("ascii")
-
-
-_ENCODERS: dict[FieldType, Callable[[t.Any], bytes]] = {
-    # Cached: text values repeat from request to request (user agents, hosts,
-    # routes).
-    "str": text_cache(8192)(_encode_text),
-    # Unique per request: caching would only evict the values that repeat.
-    "datetime": _encode_text,
-    "int": _encode_int,
-    "float": _encode_float,
-}
-
-_PARSERS: dict[FieldType, Callable[[bytes], t.Any]] = {
-    "str": _decode_text,
-    "datetime": _decode_text,
-    "int": int,
-    "float": float,
-}
-
-#: field name -> (name as stored, encoder, parser), derived from FIELDS.
-_CODECS: dict[str, tuple[bytes, Callable[[t.Any], bytes], Callable[[bytes], t.Any]]] = {
-    field.name: (field.name.encode("ascii"), _ENCODERS[field.type], _PARSERS[field.type])
-    for field in FIELDS
-}
-
-
-def _next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
-    """The stream id just after ``entry_id`` (just before it when reading
-    newest first), or ``None`` if there is none.
-
-    Computed rather than written as an exclusive range (``(id``), which
-    Redis understands only from 6.2 on.
-    """
-    ms_text, _, seq_text = entry_id.partition(b"-")
-    ms, seq = int(ms_text), int(seq_text)
-    if oldest_first:
-        return b"%d-%d" % ((ms, seq + 1) if seq < _MAX_SEQ else (ms + 1, 0))
-    if seq:
-        return b"%d-%d" % (ms, seq - 1)
-    return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
 
 
 def _same_records(a: Sequence[TrafficRecord], b: Sequence[TrafficRecord]) -> bool:
@@ -403,7 +336,7 @@ class RedisStore(Store):
             self._batch_number += 1
             number = self._batch_number
         self._unsure = None
-        codecs = [_CODECS[name] for name in self.fields]
+        codecs = [CODECS[name] for name in self.fields]
         key = self.event_name
         max_len = self.max_len
         values = self.log_policy.values
@@ -415,7 +348,7 @@ class RedisStore(Store):
                         for (name, encode, _), value in zip(codecs, values(record), strict=True)
                         if value is not None
                     }
-                    pipe.xadd(key, entry or _EMPTY_ENTRY, maxlen=max_len, approximate=True)
+                    pipe.xadd(key, entry or EMPTY_ENTRY, maxlen=max_len, approximate=True)
                 pipe.set(self._fence_key, number, ex=_FENCE_TTL)
                 pipe.execute()
         except self._unsure_errors:
@@ -475,14 +408,14 @@ class RedisStore(Store):
             yield from (rows if test is None else filter(test, rows))
             if len(entries) < size:
                 return
-            following = _next_id(entries[-1][0], oldest_first)
+            following = next_id(entries[-1][0], oldest_first)
             if following is None:
                 return
             first = following
             size = min(size * 2, _CHUNK)
 
     def _decode(self, entries: list[t.Any]) -> list[_Row]:
-        codecs = [(name, _CODECS[name][0], _CODECS[name][2]) for name in self.fields]
+        codecs = [(name, CODECS[name][0], CODECS[name][2]) for name in self.fields]
         rows = []
         for _, stored in entries:
             if stored is None:

@@ -30,7 +30,7 @@ from bench_summary_files import UTC, rows
 
 from flask_traffic import FIELD_NAMES
 from flask_traffic.stores import RedisStore
-from flask_traffic.stores.redisstream import _CODECS
+from flask_traffic.stores._redisentries import CODECS
 
 PIPELINE = 10_000
 
@@ -50,7 +50,7 @@ def write(client: redis.Redis, key: str, args: argparse.Namespace) -> float:
     pipe = client.pipeline(transaction=False)
     for n, (entry_id, values) in enumerate(entries(args.records, args.days), 1):
         fields = {
-            _CODECS[name][0]: _CODECS[name][1](value)
+            CODECS[name][0]: CODECS[name][1](value)
             for name, value in values.items()
             if value is not None
         }

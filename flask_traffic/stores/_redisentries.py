@@ -1,0 +1,82 @@
+"""How RedisStore lays a record out in a stream entry, and steps between
+stream ids."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Callable
+
+from .._textcache import text_cache
+from ..record import FIELDS, FieldType
+
+if t.TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+__all__ = ["CODECS", "EMPTY_ENTRY", "next_id"]
+
+# A stream entry needs at least one field: a record whose kept fields are all
+# None is written with this one, which read() ignores.
+EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
+
+#: The largest sequence number of a stream id (``<ms>-<seq>``).
+_MAX_SEQ = 2**64 - 1
+
+
+# Text is stored as UTF-8, with surrogatepass: WSGI strings are latin-1
+# decoded bytes and may carry lone surrogates after Werkzeug's decoding, and
+# both must come back unchanged. Numbers are stored as their repr so that
+# read() parses back the very same value.
+def _encode_text(value: str) -> bytes:
+    return value.encode("utf-8", "surrogatepass")
+
+
+def _decode_text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogatepass")
+
+
+def _encode_int(value: int) -> bytes:
+    return b"%d" % value
+
+
+def _encode_float(value: float) -> bytes:
+    return repr(value).encode("ascii")
+
+
+_ENCODERS: dict[FieldType, Callable[[t.Any], bytes]] = {
+    # Cached: text values repeat from request to request (user agents, hosts,
+    # routes).
+    "str": text_cache(8192)(_encode_text),
+    # Unique per request: caching would only evict the values that repeat.
+    "datetime": _encode_text,
+    "int": _encode_int,
+    "float": _encode_float,
+}
+
+_PARSERS: dict[FieldType, Callable[[bytes], t.Any]] = {
+    "str": _decode_text,
+    "datetime": _decode_text,
+    "int": int,
+    "float": float,
+}
+
+#: field name -> (name as stored, encoder, parser), derived from FIELDS.
+CODECS: dict[str, tuple[bytes, Callable[[t.Any], bytes], Callable[[bytes], t.Any]]] = {
+    field.name: (field.name.encode("ascii"), _ENCODERS[field.type], _PARSERS[field.type])
+    for field in FIELDS
+}
+
+
+def next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
+    """The stream id just after ``entry_id`` (just before it when reading
+    newest first), or ``None`` if there is none.
+
+    Computed rather than written as an exclusive range (``(id``), which
+    Redis understands only from 6.2 on.
+    """
+    ms_text, _, seq_text = entry_id.partition(b"-")
+    ms, seq = int(ms_text), int(seq_text)
+    if oldest_first:
+        return b"%d-%d" % ((ms, seq + 1) if seq < _MAX_SEQ else (ms + 1, 0))
+    if seq:
+        return b"%d-%d" % (ms, seq - 1)
+    return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
