@@ -17,7 +17,7 @@ import typing as t
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 if t.TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -248,20 +248,18 @@ class TraceEncoder:
 
     def _span(self, span: ReadableSpan) -> bytes:
         """One ``ScopeSpans.spans`` field."""
-        context = t.cast(SpanContext, span.context)
+        context: SpanContext = span.context
         parent = span.parent
         parts = [
-            _SPAN_TRACE_ID,
-            context.trace_id.to_bytes(16, "big"),
-            _SPAN_SPAN_ID,
-            context.span_id.to_bytes(8, "big"),
+            _SPAN_TRACE_ID
+            + context.trace_id.to_bytes(16, "big")
+            + _SPAN_SPAN_ID
+            + context.span_id.to_bytes(8, "big")
         ]
-        state = _trace_state(context)
-        if state:
-            parts.append(_field(_SPAN_TRACE_STATE, _utf8(state)))
+        if context.trace_state:
+            parts.append(_field(_SPAN_TRACE_STATE, _utf8(_trace_state(context))))
         if parent is not None:
-            parts.append(_SPAN_PARENT_ID)
-            parts.append(parent.span_id.to_bytes(8, "big"))
+            parts.append(_SPAN_PARENT_ID + parent.span_id.to_bytes(8, "big"))
         names = self._names
         name = span.name
         encoded_name = names.get(name)
@@ -269,9 +267,11 @@ class TraceEncoder:
             if len(names) >= _CACHE_LIMIT:
                 names.clear()
             encoded_name = names[name] = _field(_SPAN_NAME, _utf8(name)) if name else b""
-        parts.append(encoded_name)
-        parts.append(_KINDS[span.kind])
-        parts.append(_times(0x39, span.start_time or 0, 0x41, span.end_time or 0))
+        parts.append(
+            encoded_name
+            + _KINDS[span.kind]
+            + _times(0x39, span.start_time or 0, 0x41, span.end_time or 0)
+        )
 
         pairs = self._pairs
         for key, value in (span.attributes or {}).items():
@@ -322,10 +322,10 @@ class TraceEncoder:
             parts.append(_SPAN_DROPPED_LINKS + varint(span.dropped_links))
 
         status = span.status
-        code = status.status_code.value
-        if code == 0 and not status.description:
+        if status.status_code is StatusCode.UNSET and not status.description:
             parts.append(_EMPTY_STATUS)
         else:
+            code = status.status_code.value
             body = _field(_STATUS_MESSAGE, _utf8(status.description)) if status.description else b""
             if code:
                 body += _STATUS_CODE + varint(code)
