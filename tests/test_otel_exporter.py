@@ -1401,3 +1401,64 @@ def test_tls_from_the_url_scheme(
         assert only_span(trusted, receiver).attributes["url.path"] == "/item/5"
     finally:
         receiver.close()
+
+
+class TunnelProxy:
+    """An HTTP proxy on 127.0.0.1 that only knows CONNECT; counts tunnels."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            target = head.split()[1].decode()
+            self.tunnels.append(target)
+            host, _, port = target.rpartition(":")
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_proxy_from_the_environment(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = TunnelProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        exporter = shutdown_later(OTelExporter(receiver.traces_endpoint))
+        app = make_app(tmp_path)
+        Traffic(app, stores=exporter)
+        app.test_client().get("/item/8")
+        assert only_span(exporter, receiver).attributes["url.path"] == "/item/8"
+        assert proxy.tunnels == [f"127.0.0.1:{receiver.port}"]
+    finally:
+        proxy.close()
