@@ -4,12 +4,14 @@ An ``http.server`` on 127.0.0.1 and a free port that takes what an
 OpenTelemetry OTLP/HTTP exporter sends to ``/v1/traces`` and ``/v1/metrics``,
 decodes the real protobuf requests with ``opentelemetry-proto``, and keeps
 them. It can also hold every export until released, to stand for a
-collector that hangs.
+collector that hangs; answer the next exports with error statuses, to stand
+for one that is overloaded; and serve TLS with a certificate given.
 """
 
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import time
 import typing as t
@@ -68,7 +70,7 @@ class ReceivedSpan:
 class OTLPReceiver:
     """Collects OTLP/HTTP exports on ``http://127.0.0.1:<port>``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.trace_requests: list[ExportTraceServiceRequest] = []
         self.metric_requests: list[ExportMetricsServiceRequest] = []
         #: When each of trace_requests arrived, ns since the epoch.
@@ -79,6 +81,10 @@ class OTLPReceiver:
         self._release = threading.Event()
         self._release.set()
         self._held = 0
+        # (status, Retry-After) answers for the next exports, in order.
+        self._failures: list[tuple[int, str | None]] = []
+        #: Every export's answer, refused ones included, in order.
+        self.statuses: list[int] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -92,6 +98,15 @@ class OTLPReceiver:
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 receiver._hold_here()
+                failure = receiver._next_failure()
+                if failure is not None:
+                    status, retry_after = failure
+                    self.send_response(status)
+                    if retry_after is not None:
+                        self.send_header("Retry-After", retry_after)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 reply = receiver._take(self.path, body, dict(self.headers.items()))
                 if reply is None:
                     self.send_error(404)
@@ -107,8 +122,12 @@ class OTLPReceiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.traces_endpoint = f"{self.endpoint}/v1/traces"
         self.metrics_endpoint = f"{self.endpoint}/v1/metrics"
         self._thread = threading.Thread(
@@ -122,9 +141,26 @@ class OTLPReceiver:
         self._server.server_close()
         self._thread.join()
 
+    # A collector that refuses exports for a while.
+
+    def fail_next(self, *statuses: int, retry_after: str | None = None) -> None:
+        """Answer the next exports with ``statuses``, one each, then as usual."""
+        with self._changed:
+            self._failures.extend((status, retry_after) for status in statuses)
+
+    def _next_failure(self) -> tuple[int, str | None] | None:
+        with self._changed:
+            if not self._failures:
+                return None
+            failure = self._failures.pop(0)
+            self.statuses.append(failure[0])
+            self._changed.notify_all()
+            return failure
+
     def _take(self, path: str, body: bytes, headers: dict[str, str]) -> bytes | None:
         reply: bytes | None
         with self._changed:
+            self.statuses.append(200)
             self.headers.append({key.lower(): value for key, value in headers.items()})
             if path == "/v1/traces":
                 self.trace_requests.append(ExportTraceServiceRequest.FromString(body))

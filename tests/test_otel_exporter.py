@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import traceback
@@ -52,6 +54,13 @@ OTEL_ENV = (
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",
     "OTEL_TRACES_SAMPLER",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
 )
 
 
@@ -1117,3 +1126,329 @@ def test_span_reaches_the_collector_within_the_schedule_delay(
     # a machine shared with other test runs, not for a second queue's delay.
     assert max(late) < delay + 0.5, late
     assert min(late) >= 0
+
+
+# The bridge's own OTLP encoder and sender.
+
+
+def _sample_spans() -> list[t.Any]:
+    """Finished spans with every kind of field the OTLP encoder writes."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceState
+    from opentelemetry.trace import Status as SpanStatus
+
+    resource = Resource.create({"service.name": "shop", "replicas": 3})
+    other = Resource({"flag": True}, "https://example.com/resource-schema")
+    scope = InstrumentationScope("scope", "1.2", "https://example.com/schema", {"k": "v"})
+    spans = []
+    for n in range(24):
+        parent = SpanContext(5, 7 + n, is_remote=bool(n % 2)) if n % 3 else None
+        state = TraceState([("vendor", "value")]) if n % 4 == 0 else None
+        spans.append(
+            ReadableSpan(
+                name="" if n == 5 else f"GET /café/{n % 3}",
+                context=SpanContext(2**127 + n, 2**63 + n, False, trace_state=state),
+                parent=parent,
+                resource=resource if n < 16 else other,
+                attributes={
+                    "text": "prix: 12 € — 東京",
+                    "n": n,
+                    "negative": -5,
+                    "big": 2**62,
+                    "yes": True,
+                    "one": 1,
+                    "ratio": 1.5,
+                    "list": ["a", "b"],
+                    "numbers": [1, 2],
+                    "raw": b"\x00\xff",
+                    "status": 200,
+                },
+                events=(
+                    (Event("exception", {"exception.type": "ValueError", "n": 1}, timestamp=9),)
+                    if n % 5 == 0
+                    else ()
+                ),
+                links=(Link(SpanContext(1, 2, True), {"linked": 1}),) if n == 7 else (),
+                kind=SpanKind.SERVER if n else SpanKind.INTERNAL,
+                status=(
+                    SpanStatus(StatusCode.ERROR, "ValueError: boom" if n % 2 else None)
+                    if n % 3 == 0
+                    else SpanStatus(StatusCode.UNSET)
+                ),
+                start_time=10**18 + n,
+                end_time=10**18 + 2 * n,
+                instrumentation_scope=scope if n < 12 else None,
+            )
+        )
+    return spans
+
+
+def test_encoder_writes_what_the_sdk_encoder_writes() -> None:
+    from flask_traffic_otel._protobuf import TraceEncoder
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    spans = _sample_spans()
+    encoder = TraceEncoder()
+    expected = encode_spans(spans)
+    first = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+    assert first == expected
+    # Again, from the bytes kept of the first batch.
+    assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == expected
+    assert ExportTraceServiceRequest.FromString(encoder.encode(spans[3:9])) == encode_spans(
+        spans[3:9]
+    )
+    assert encoder.encode([]) == b""
+
+
+def test_retries_on_overload_statuses(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    receiver.fail_next(429, 502, 503, 504, retry_after="0")
+    app.test_client().get("/item/1")
+    assert [s.attributes["url.path"] for s in sent(exporter, receiver)] == ["/item/1"]
+    assert receiver.statuses == [429, 502, 503, 504, 200]
+
+
+def test_retry_backs_off_without_retry_after(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver
+) -> None:
+    receiver.fail_next(503)
+    app.test_client().get("/")
+    started = time.monotonic()
+    assert len(sent(exporter, receiver)) == 1
+    # The first back-off is 1 s, give or take 20 %.
+    assert time.monotonic() - started >= 0.8
+    assert receiver.statuses == [503, 200]
+
+
+def test_refused_export_is_not_retried(
+    app: Flask, exporter: OTelExporter, receiver: OTLPReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.fail_next(400)
+    client = app.test_client()
+    client.get("/")
+    assert sent(exporter, receiver) == []
+    assert receiver.statuses == [400]
+    assert any(
+        r.name == "flask_traffic" and r.levelno == logging.ERROR and "400" in r.getMessage()
+        for r in caplog.records
+    )
+    client.get("/item/2")
+    assert [s.span.name for s in sent(exporter, receiver)] == ["GET /item/<int:n>"]
+
+
+def test_retries_end_within_the_timeout(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, timeout=1.5))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    receiver.fail_next(*[503] * 10)
+    app.test_client().get("/")
+    started = time.monotonic()
+    assert sent(exporter, receiver) == []
+    # Tried at once and after ~1 s; the next back-off (~2 s) would pass the timeout.
+    assert receiver.statuses == [503, 503]
+    assert time.monotonic() - started < 1.5 + 1
+    assert any("not sent" in r.getMessage() for r in caplog.records if r.name == "flask_traffic")
+
+
+def test_shutdown_ends_a_wait_to_retry(
+    tmp_path: Path, receiver: OTLPReceiver, shutdown_later: Callable[[t.Any], t.Any]
+) -> None:
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, timeout=25))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    receiver.fail_next(503, retry_after="20")
+    app.test_client().get("/")
+    threading.Thread(target=exporter.flush, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not receiver.statuses and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert receiver.statuses == [503]
+    started = time.monotonic()
+    exporter.shutdown(timeout=1)
+    assert time.monotonic() - started < 5
+    assert receiver.statuses == [503]
+
+
+@pytest.mark.parametrize(
+    ("variable", "argument", "encodings"),
+    [
+        # Traces, then metrics.
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", None, ["gzip", None]),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", None, ["gzip", "gzip"]),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "deflate", ["deflate", "deflate"]),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none", [None, None]),
+    ],
+)
+def test_compression(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    argument: str | None,
+    encodings: list[str | None],
+) -> None:
+    monkeypatch.setenv(variable, "gzip")
+    exporter = shutdown_later(
+        OTelExporter(
+            receiver.traces_endpoint,
+            metrics_endpoint=receiver.metrics_endpoint,
+            compression=argument,
+        )
+    )
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/item/4?page=1", headers={"User-Agent": CHROME})
+    span = only_span(exporter, receiver)
+    assert span.attributes["url.query"] == "page=1"
+    assert receiver.metrics("http.server.request.duration")
+    assert [h.get("content-encoding") for h in receiver.headers] == encodings
+
+
+def test_compression_must_be_known() -> None:
+    with pytest.raises(ValueError, match=r"^compression must be one of 'gzip', 'deflate' or"):
+        OTelExporter(compression="brotli")
+
+
+def test_traces_variables_win_for_traces(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=all")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=traces,x-api-key=k%20ey")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")
+    exporter = shutdown_later(OTelExporter(receiver.traces_endpoint, headers={"x-api-key": "arg"}))
+    app = make_app(tmp_path)
+    Traffic(app, stores=exporter)
+    app.test_client().get("/")
+    only_span(exporter, receiver)
+    (headers,) = receiver.headers
+    assert headers["x-team"] == "traces"
+    assert headers["x-api-key"] == "arg"  # the argument wins over the environment
+    assert headers["content-type"] == "application/x-protobuf"
+    # OTEL_EXPORTER_OTLP_TRACES_TIMEOUT bounds an export to a collector that hangs.
+    with receiver.hanging():
+        app.test_client().get("/")
+        started = time.monotonic()
+        assert exporter.flush(timeout=20)
+        assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command makes the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_tls_from_the_url_scheme(
+    tmp_path: Path,
+    certificate: tuple[str, str],
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver = OTLPReceiver(tls=certificate)
+    try:
+        assert receiver.traces_endpoint.startswith("https://127.0.0.1:")
+        # Without the certificate trusted, the collector is not believed.
+        untrusted = shutdown_later(OTelExporter(receiver.traces_endpoint, timeout=0.5))
+        app = make_app(tmp_path / "a")
+        Traffic(app, stores=untrusted)
+        app.test_client().get("/")
+        assert sent(untrusted, receiver) == []
+        assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", certificate[0])
+        trusted = shutdown_later(OTelExporter(receiver.traces_endpoint))
+        app = make_app(tmp_path / "b")
+        Traffic(app, stores=trusted)
+        app.test_client().get("/item/5")
+        assert only_span(trusted, receiver).attributes["url.path"] == "/item/5"
+    finally:
+        receiver.close()
+
+
+class TunnelProxy:
+    """An HTTP proxy on 127.0.0.1 that only knows CONNECT; counts tunnels."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            target = head.split()[1].decode()
+            self.tunnels.append(target)
+            host, _, port = target.rpartition(":")
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_proxy_from_the_environment(
+    tmp_path: Path,
+    receiver: OTLPReceiver,
+    shutdown_later: Callable[[t.Any], t.Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = TunnelProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        exporter = shutdown_later(OTelExporter(receiver.traces_endpoint))
+        app = make_app(tmp_path)
+        Traffic(app, stores=exporter)
+        app.test_client().get("/item/8")
+        assert only_span(exporter, receiver).attributes["url.path"] == "/item/8"
+        assert proxy.tunnels == [f"127.0.0.1:{receiver.port}"]
+    finally:
+        proxy.close()

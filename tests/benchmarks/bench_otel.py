@@ -1,7 +1,8 @@
 """Per-request cost of OTelExporter against bare Flask, beside
 opentelemetry-instrumentation-flask, in the same run.
 
-    python tests/benchmarks/bench_otel.py [--requests 500] [--rounds 30] [--metrics] [-v]
+    python tests/benchmarks/bench_otel.py [--requests 500] [--rounds 30] [--metrics]
+        [--tracer-provider] [-v]
 
 Three apps with the same routes: bare Flask (A); Flask with flask-traffic and
 an OTelExporter (B); Flask instrumented by ``FlaskInstrumentor().instrument_app``
@@ -9,7 +10,10 @@ with an SDK TracerProvider and a BatchSpanProcessor (C). B and C export over
 OTLP/HTTP to the same local receiver, a separate process on 127.0.0.1 that
 decodes every request (tests/otel_receiver.py), so its work is not counted.
 Rounds rotate the order of A, B and C so drift on the machine hits all
-three; each B and C round ends with a flush, so making, encoding and sending
+three (``--tracer-provider``: B's spans are made by a tracer of an SDK
+TracerProvider of its own, with a BatchSpanProcessor and the SDK's OTLP
+exporter, instead of the exporter's own encoder and sender); each B and C
+round ends with a flush, so making, encoding and sending
 the spans is inside the timed part. Prints the median per-round ratios B/A
 and C/A, of wall time and of this process's CPU time (all threads). A
 benchmark, not a test: nothing asserts; the exit status says only whether
@@ -94,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="A/B/C rounds")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop after this long")
     parser.add_argument("--metrics", action="store_true", help="OTelExporter records metrics too")
+    parser.add_argument(
+        "--tracer-provider",
+        action="store_true",
+        help="OTelExporter makes its spans with a TracerProvider of the benchmark's",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
     args = parser.parse_args(argv)
 
@@ -111,8 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         bare = make_app(folder, "bare")
         traffic_app = make_app(folder, "traffic")
+        own_provider = None
+        if args.tracer_provider:
+            own_provider = TracerProvider(
+                resource=Resource.create({"service.name": "traffic"}), shutdown_on_exit=False
+            )
+            own_provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(f"{endpoint}/v1/traces"))
+            )
         exporter = OTelExporter(
-            f"{endpoint}/v1/traces",
+            None if own_provider else f"{endpoint}/v1/traces",
+            tracer_provider=own_provider,
             metrics_endpoint=f"{endpoint}/v1/metrics" if args.metrics else None,
         )
         Traffic(traffic_app, stores=exporter)
@@ -170,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         exporter.shutdown()
         provider.shutdown()
+        if own_provider is not None:
+            own_provider.shutdown()
 
     receiver.stdin.close()
     arrived = int(receiver.stdout.readline().strip() or 0)
@@ -177,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     expected = 2 * args.requests * (rounds + 1)
     print(f"spans received: {arrived} (expected {expected})")
     labels = {
-        "traffic": "Flask + flask-traffic + OTelExporter" + (" (+metrics)" if args.metrics else ""),
+        "traffic": "Flask + flask-traffic + OTelExporter"
+        + (" (+metrics)" if args.metrics else "")
+        + (" (own tracer_provider)" if args.tracer_provider else ""),
         "instrumented": "Flask + opentelemetry-instrumentation-flask",
     }
     for name, pairs in ratios.items():

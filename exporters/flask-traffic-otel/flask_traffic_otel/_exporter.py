@@ -12,8 +12,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -34,7 +34,9 @@ from ._semconv import (
     known_methods,
     redacted_query_keys,
 )
+from ._span_exporter import SpanSender
 from ._spans import SpanBuilder, trace
+from ._transport import OTLPSender, check_compression
 from ._version import __version__
 
 if t.TYPE_CHECKING:
@@ -117,11 +119,14 @@ class OTelExporter(Sink):
     sent and which fields become attributes.
 
     One queue, one thread: in the store's worker, each batch of records
-    becomes finished spans that go straight to the OTLP span exporter, so a
-    span reaches the collector within ``TRAFFIC_SCHEDULE_DELAY`` plus the
-    export's own time. No tracer and no span processor of OpenTelemetry's is
+    becomes finished spans, encoded as one OTLP/HTTP request by the
+    exporter's own protobuf writer and posted to the collector (with the
+    OTLP exporters' settings, environment variables and retries), so a span
+    reaches the collector within ``TRAFFIC_SCHEDULE_DELAY`` plus the export's
+    own time. No tracer and no span processor of OpenTelemetry's is
     involved, unless you pass a ``tracer_provider``: then the spans are made
-    by its tracer and go through its span processors. The exporter never
+    by its tracer and go through its span processors (slower: the SDK's
+    span objects and OTLP encoder). The exporter never
     touches OpenTelemetry's global providers, so it works beside
     ``opentelemetry-instrument`` or your own set-up. It is a
     :class:`~flask_traffic.stores.Sink`: it keeps nothing to read back, so it
@@ -152,6 +157,11 @@ class OTelExporter(Sink):
     :param timeout: seconds one export to the collector may take, retries
         included; the OTLP exporters' default (10 s, or
         ``OTEL_EXPORTER_OTLP_TIMEOUT``) when ``None``.
+    :param compression: ``"gzip"``, ``"deflate"`` or ``"none"`` for the
+        requests to the collector; ``None`` (default):
+        ``OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`` /
+        ``OTEL_EXPORTER_OTLP_COMPRESSION`` (``METRICS`` for metrics), else
+        none.
     :param redact_query: more query parameter names, e.g. ``("token",)``,
         whose values ``url.query`` shows as ``REDACTED``, beyond the four the
         conventions name.
@@ -174,6 +184,7 @@ class OTelExporter(Sink):
         metrics: bool | None = None,
         metrics_endpoint: str | None = None,
         timeout: float | None = None,
+        compression: str | None = None,
         redact_query: t.Iterable[str] = (),
         sync: bool | None = None,
         name: str | None = None,
@@ -201,6 +212,7 @@ class OTelExporter(Sink):
         ):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self._headers = _check_headers(headers)
+        self._compression = None if compression is None else check_compression(compression)
         self._timeout = None if timeout is None else float(timeout)
         self._service_name = service_name
         self._given_provider = tracer_provider
@@ -235,7 +247,7 @@ class OTelExporter(Sink):
         self._methods = known_methods()
         self._mapper: SpanMapper | None = None
         self._tracer: Tracer | None = None
-        self._span_exporter: OTLPSpanExporter | None = None
+        self._span_exporter: SpanSender | None = None
         # Set up with the exporter's own span exporter; see setup().
         self._builder: SpanBuilder | None = None
         self._sync_processor: BatchSpanProcessor | None = None
@@ -278,13 +290,22 @@ class OTelExporter(Sink):
             self._builder = SpanBuilder(
                 resource, InstrumentationScope(_SCOPE, __version__, SCHEMA_URL)
             )
-            self._span_exporter = OTLPSpanExporter(
-                endpoint=self._endpoint, headers=self._headers, timeout=self._timeout
+            sender = OTLPSender(
+                t.cast(str, self._endpoint),
+                headers=self._headers,
+                timeout=self._timeout,
+                compression=self._compression,
+                name=self.name,
             )
+            self._span_exporter = SpanSender(sender)
         if self._metrics_endpoint is not None:
+            compression = None if self._compression is None else Compression(self._compression)
             reader = PeriodicExportingMetricReader(
                 OTLPMetricExporter(
-                    endpoint=self._metrics_endpoint, headers=self._headers, timeout=self._timeout
+                    endpoint=self._metrics_endpoint,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    compression=compression,
                 )
             )
             self._meter_provider = MeterProvider(
@@ -313,8 +334,9 @@ class OTelExporter(Sink):
         """Turn the records into spans (and histogram points) and send them.
 
         With the exporter's own span exporter the spans are sent here, in the
-        store's worker; a collector that is down or refuses them is logged by
-        OpenTelemetry's exporter, and the batch is not retried. With a
+        store's worker; a collector that is down or refuses them is logged on
+        the ``flask_traffic`` logger after the sender's own retries, and the
+        batch is not retried. With a
         ``tracer_provider``, its span processors take the spans.
         """
         if self._span_exporter is None and self._tracer is None:
@@ -336,7 +358,7 @@ class OTelExporter(Sink):
             self._send(spans)
 
     def _send(self, spans: list[ReadableSpan]) -> None:
-        exporter = t.cast(OTLPSpanExporter, self._span_exporter)
+        exporter = t.cast(SpanSender, self._span_exporter)
         if isinstance(self.processor, SyncProcessor):
             # In the request thread: an SDK batch processor sends for us.
             processor = self._sync_processor
@@ -345,8 +367,8 @@ class OTelExporter(Sink):
             for span in spans:
                 processor.on_end(span)
             return
-        # A failure is logged by the OTLP exporter; not raised, so the batch
-        # is not retried on top of the exporter's own retries.
+        # A failure is logged by the sender; not raised, so the batch is not
+        # retried on top of the sender's own retries.
         exporter.export(spans)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -394,7 +416,7 @@ class OTelExporter(Sink):
             )
         if exporter is not None:
             # Also ends the retries of an export still waiting on the collector.
-            exporter.shutdown()  # type: ignore[no-untyped-call]
+            exporter.shutdown()
         elif given is not None and not _within(lambda: given.force_flush(_FOREVER_MS), deadline):
             logger.warning("%s: the tracer_provider did not flush within %ss.", self.name, timeout)
         if self._meter_provider is not None:
