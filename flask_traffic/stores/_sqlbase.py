@@ -125,8 +125,16 @@ class SQLTableStore(Store):
             with self._open_lock:
                 if self._open_later is not None and self._io is None:
                     # Raises while the database is still away: the batch
-                    # backs off and this runs again at the retry.
-                    self._engine, self._io = self._open_later()
+                    # backs off and this runs again at the retry. The
+                    # driver's error, not the wrapping "cannot create the
+                    # table", so that it is seen as the outage it is.
+                    try:
+                        self._engine, self._io = self._open_later()
+                    except Exception as exc:
+                        cause = _first_transient(exc, self.is_transient)
+                        if cause is None or cause is exc:
+                            raise
+                        raise cause from None
                     self._open_later = None
                     logger.warning("%s: its database answers; the table is ready.", self.name)
         if self._engine is None or self._io is None:
