@@ -12,6 +12,19 @@ from flask_traffic import Traffic
 from flask_traffic.dashboard import Dashboard
 from flask_traffic.stores import Store
 
+#: Debian's Chromium, and the flags it needs here: run as root, no GPU, and
+#: none of its own network traffic (this machine's network is closed).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
 PASSWORD = "correct horse battery"
 # Few iterations: the tests check the login, not the hash's strength.
 PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")

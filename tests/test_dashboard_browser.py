@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from dashboard_apps import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     HOSTILE_AGENT,
     HOSTILE_EXCEPTION,
     HOSTILE_PATH,
@@ -35,16 +37,6 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from flask_traffic.stores import MemoryStore
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 PAGE = "/traffic/dashboard/"
 TIMEOUT_MS = 15_000
 

@@ -30,21 +30,16 @@ from werkzeug.serving import make_server
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_summary_sql import fill
 
+# The tests' folder holds the browser set-up the browser tests use.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dashboard_apps import CHROMIUM, CHROMIUM_ARGS
+
 from flask_traffic import Traffic
 from flask_traffic.dashboard import Dashboard
 from flask_traffic.stores import SQLStore
 
 STATIC = Path(__file__).parents[2] / "flask_traffic" / "dashboard" / "static"
 PASSWORD = "benchmark password"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 def front_end_size() -> None:
@@ -80,9 +75,7 @@ def page_load(origin: str, since: str, screenshot: Path | None) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(
             http_credentials={"username": "bench", "password": PASSWORD},
             viewport={"width": 1280, "height": 900},
