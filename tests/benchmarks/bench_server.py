@@ -511,11 +511,14 @@ def one_run(
     spans_before = receiver.spans() if receiver is not None and "otel" in kinds else 0
     port = _spare_port()
     script = work / "load.lua"
+    if not script.exists():
+        paths = ", ".join(f'"{path}"' for path in PATHS)
+        script.write_text(_WRK_SCRIPT % (paths, ", ".join(f'"{a}"' for a in USER_AGENTS)))
     try:
         with gunicorn(args, env, port, folder) as pids:
 
             def load(seconds: float) -> Load:
-                if shutil.which("wrk"):
+                if args.load == "wrk":
                     return run_wrk(f"http://127.0.0.1:{port}", seconds, args.connections, script)
                 return run_python_client(port, seconds, args.connections)
 
@@ -557,10 +560,7 @@ def _ratio(runs: list[Run], index: int, value: t.Callable[[Run], float]) -> floa
     return value(runs[index]) / ((value(before) + value(after)) / 2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--client":
-        python_client(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
-        return 0
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--stores", default=DEFAULT_CONFIGS, help="comma-separated configurations")
     parser.add_argument("--duration", type=float, default=10, help="seconds of load per run")
@@ -571,12 +571,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     parser.add_argument("--switch-interval", type=float, default=0, help="sys.setswitchinterval")
     parser.add_argument("--py-spy", metavar="FOLDER", help="py-spy record --gil each store run")
+    parser.add_argument(
+        "--load",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="the load generator: wrk (the default when installed) or a Python client",
+    )
     parser.add_argument("--max-seconds", type=float, default=1200, help="start no run after")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--client":
+        python_client(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+        return 0
+    args = parse_args(argv)
     configs = [ALL_FIVE if c == "all" else c for c in args.stores.split(",") if c]
     unknown = {k for c in configs for k in c.split("+")} - {*KINDS, "none", "bare"}
     if unknown:
-        parser.error(f"unknown store kinds {sorted(unknown)}; the kinds: {', '.join(KINDS)}, none")
+        kinds = ", ".join(KINDS)
+        raise SystemExit(f"unknown store kinds {sorted(unknown)}; the kinds: {kinds}, none")
     if args.py_spy:
         Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     order = ["bare"]
@@ -589,13 +603,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            (work / "load.lua").write_text(
-                _WRK_SCRIPT
-                % (
-                    ", ".join(f'"{p}"' for p in PATHS),
-                    ", ".join(f'"{a}"' for a in USER_AGENTS),
-                )
-            )
             for number, config in enumerate(order):
                 if time.monotonic() - started > args.max_seconds and config != "bare":
                     break
