@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -181,6 +182,15 @@ def create_app() -> t.Any:
         return inner(environ, start_response)
 
     app.wsgi_app = counted
+    collected = [0.0, 0.0]  # seconds in the garbage collector; when the current one began
+
+    def time_collections(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected[1] = time.perf_counter()
+        else:
+            collected[0] += time.perf_counter() - collected[1]
+
+    gc.callbacks.append(time_collections)
     start = resource.getrusage(resource.RUSAGE_SELF)
 
     # Registered after flask-traffic's own: runs first, with its workers still alive.
@@ -196,6 +206,8 @@ def create_app() -> t.Any:
             "requests": int(repr(counter)[6:-1]),
             "cpu": end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime,
             "system_cpu": end.ru_stime - start.ru_stime,
+            "gc": collected[0],
+            "collections": [generation["collections"] for generation in gc.get_stats()],
             # Records refused by a full queue: counted and logged, not lost unseen.
             "dropped": {sink.name: sink.stats()["dropped"] for sink in sinks},
             "switches": end.ru_nvcsw + end.ru_nivcsw - start.ru_nvcsw - start.ru_nivcsw,
@@ -328,6 +340,8 @@ class Run:
     dropped: dict[str, int] = field(default_factory=dict)  # by a full queue, counted
     cpu_us: float = 0.0  # CPU per request, every thread of the workers
     system_cpu_us: float = 0.0  # of it, in the kernel
+    gc_us: float = 0.0  # of it, in the garbage collector
+    collections: tuple[int, ...] = ()  # by generation, both workers
     store_cpu_us: float = 0.0  # of it, the flask-traffic worker threads
     switches: float = 0.0  # context switches per request, every thread
     store_switches: float = 0.0
@@ -564,6 +578,8 @@ def one_run(
         per = 1e6 / max(run.requests, 1)
         run.cpu_us = sum(report["cpu"] for report in reports) * per
         run.system_cpu_us = sum(report["system_cpu"] for report in reports) * per
+        run.gc_us = sum(report["gc"] for report in reports) * per
+        run.collections = tuple(map(sum, zip(*(r["collections"] for r in reports), strict=True)))
         for figures in reports:
             for sink, dropped in figures["dropped"].items():
                 run.dropped[sink] = run.dropped.get(sink, 0) + dropped
@@ -642,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{run.config:>28}: {run.load.requests_per_s:8,.0f} req/s, "
                     f"p50 {run.load.p50_ms:6.2f} ms, p99 {run.load.p99_ms:6.2f} ms, "
-                    f"CPU {run.cpu_us:5.0f} us/req (system {run.system_cpu_us:3.0f}) "
+                    f"CPU {run.cpu_us:5.0f} us/req (system {run.system_cpu_us:3.0f}, "
+                    f"GC {run.gc_us:4.1f}, collections {run.collections}) "
                     f"(flask-traffic workers {run.store_cpu_us:4.0f}), "
                     f"switches {run.switches:5.2f}/req (workers {run.store_switches:4.2f}), "
                     f"errors {run.load.errors}, load {run.load_average:.2f}; "
