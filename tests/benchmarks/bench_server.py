@@ -2,7 +2,8 @@
 
     python tests/benchmarks/bench_server.py [--stores json,csv,...,all,otel] [--duration 10]
         [--rounds 1] [--worker-class gthread|sync] [--workers 2] [--threads 4]
-        [--connections 16] [--switch-interval SECONDS] [--py-spy FOLDER] [--max-seconds 1200]
+        [--connections 16] [--load wrk|python] [--switch-interval SECONDS] [--py-spy FOLDER]
+        [--max-seconds 1200]
 
 Each run starts gunicorn on 127.0.0.1 (``--reuse-port``) serving the tests'
 app (``tests/helpers.py``), bare or with the stores of one configuration,
@@ -11,7 +12,8 @@ warms it for a second, loads it for ``--duration`` seconds with Debian's
 Python keep-alive client in a process of its own when ``wrk`` is absent), then
 stops it with SIGTERM and reads every store back: the record count must equal
 the requests the workers answered (each worker counts them and reports at
-exit), so nothing was lost on the way out. Bare runs alternate with store
+exit), less what a full queue made a store drop (counted and reported), so
+nothing was lost on the way out. Bare runs alternate with store
 runs (bare, A, bare, B, ..., bare), and each store run is compared with the
 mean of the bare runs on either side: requests/s, p50 and p99 latency.
 
@@ -22,14 +24,16 @@ suite's OTLP receiver, ``tests/otel_receiver.py``, in a process of its own),
 ``all`` (json+csv+sqlite+sqlorm+redis), any ``+``-joined list of these, and
 two for finding where the time goes: ``null`` (a sink whose ``export`` does
 nothing: the request thread and the processor's queue and wake-ups, but no
-encoding or I/O) and ``none`` (flask-traffic with no store: the record and the
-signal only). ``--switch-interval`` sets ``sys.setswitchinterval`` in every
-worker (bare ones too). ``--py-spy FOLDER`` samples one worker of each store
-run with ``py-spy record --gil`` and prints which threads held the GIL.
+encoding or I/O) and ``none`` (flask-traffic with no store: its WSGI wrapper,
+which makes no record when nothing receives it). ``--switch-interval``
+sets ``sys.setswitchinterval`` in every worker (bare ones too).
+``--py-spy FOLDER`` samples one worker of each store run with ``py-spy
+record --gil`` and prints which threads held the GIL.
 
 Per run it also prints, from the workers' own ``getrusage`` and
 ``/proc/self/task``, the CPU time per request (all threads, and the part of
-the flask-traffic worker threads) and context switches per request. Tables
+the flask-traffic worker threads; in the kernel; in the garbage collector,
+timed with ``gc.callbacks``) and context switches per request. Tables
 and streams are dropped, files removed. A benchmark, not a test: the exit
 status says only whether every record was read back.
 """
@@ -195,7 +199,7 @@ def create_app() -> t.Any:
 
     # Registered after flask-traffic's own: runs first, with its workers still alive.
     @atexit.register
-    def report() -> None:
+    def write_report() -> None:
         end = resource.getrusage(resource.RUSAGE_SELF)
         workers = [
             _task_figures(thread.native_id)
