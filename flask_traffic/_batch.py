@@ -326,7 +326,11 @@ class BatchProcessor:
             # (the store may be back); one failing from here on, once.
             pending.retried_at_stop = True
             pending.retry_at = now
-        wait = max(0.0, pending.retry_at - now) if pending.batch else self._schedule_delay
+        if pending.batch:
+            wait = max(0.0, pending.retry_at - now)
+        else:
+            # Spooled records (taken over at start, say) are written at once.
+            wait = 0.0 if self._backlog() else self._schedule_delay
         if self._stopping:
             wait = min(wait, max(0.0, self._deadline - now))
         timed_out = not self._wake.wait(wait)

@@ -265,7 +265,7 @@ class Spool:
         self.spilled = 0
         self.replayed = 0
         self._replay_started: float | None = None
-        self._replay_start_count = 0
+        self._replayed_before = 0
         self._unreported_spills = 0
         self._last_spill_report = -_SPILL_REPORT_INTERVAL
 
@@ -281,7 +281,8 @@ class Spool:
 
     @property
     def replaying(self) -> bool:
-        """Whether a replay has started and not finished."""
+        """Whether the store has taken spooled records since it last failed
+        and the spool is not empty yet."""
         return self._replay_started is not None
 
     def adopt_orphans(self) -> None:
@@ -351,15 +352,6 @@ class Spool:
             file = self._files[0]
             records, end = file.read(limit) if file.position < file.records else ([], file.size)
             if records:
-                if self._replay_started is None:
-                    self._replay_started = time.monotonic()
-                    self._replay_start_count = self.backlog
-                    logger.warning(
-                        "%s: replaying %d spooled traffic record(s) (%d bytes).",
-                        self.name,
-                        self._replay_start_count,
-                        self.backlog_bytes,
-                    )
                 return ReplayBatch(file, records, file.position, end)
             # Read to its end (or to a frame that fails its check).
             self._finish(file)
@@ -369,6 +361,15 @@ class Spool:
         """``batch`` is written: move past it. Returns the spool id of a
         file thereby finished (and removed), for the store to forget."""
         file = batch.file
+        if self._replay_started is None:
+            self._replay_started = time.monotonic()
+            self._replayed_before = self.replayed
+            logger.warning(
+                "%s: the store answers; replaying %d spooled traffic record(s) (%d bytes).",
+                self.name,
+                self.backlog,
+                self.backlog_bytes,
+            )
         file.offset = batch.end_offset
         file.position = batch.start + len(batch.records)
         self.replayed += len(batch.records)
@@ -379,7 +380,7 @@ class Spool:
             logger.warning(
                 "%s: replay finished: %d spooled traffic record(s) written in %.1f s.",
                 self.name,
-                self._replay_start_count,
+                self.replayed - self._replayed_before,
                 time.monotonic() - self._replay_started,
             )
             self._replay_started = None

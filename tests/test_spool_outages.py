@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from helpers import http_status
 from own_servers import PostgreSQLCluster, RedisServer
 
 from flask_traffic import Traffic
@@ -272,3 +273,83 @@ def test_sigkill_during_a_spill_loses_at_most_the_record_being_written(
         assert answered - whole <= 200
     finally:
         server.stop()
+
+
+def test_stats_and_status_show_the_spool(tmp_path: Path, unique_name: str) -> None:
+    server = RedisServer(tmp_path)  # never started: Redis is down
+    app, store, traffic = site_app(tmp_path, RedisStore(url=server.url, event_name=unique_name))
+    client = app.test_client()
+    for n in range(300):
+        client.get(f"/page/{n}")
+        time.sleep(0.001)
+    wait_until(lambda: store.stats()["spooled"] > 0)
+    stats = store.stats()
+    assert stats["spooled_bytes"] > 0
+    assert stats["spilled"] >= stats["spooled"]
+    runner = app.test_cli_runner()
+    table = runner.invoke(args=["traffic", "status"])
+    assert table.exit_code == 1
+    print(table.stdout)
+    header, *lines = table.stdout.splitlines()
+    assert "Spool" in header.split()
+    assert any(" rec, 1 file(s) " in line for line in lines)
+    found = json.loads(runner.invoke(args=["traffic", "status", "--json"]).stdout)
+    assert found["RedisStore"]["spooled"] > 0
+    assert found["RedisStore"]["spool_files"] == 1
+    assert found["RedisStore"]["spool_files_bytes"] > 0
+    assert found["RedisStore"]["replaying"] is False
+    traffic.shutdown(app, 2)
+    assert store.stats()["dropped"] == 0
+
+
+GUNICORN_APP = """
+from flask import Flask
+from flask_traffic import Traffic
+from flask_traffic.stores import RedisStore
+
+def create_app():
+    app = Flask("site", instance_path={folder!r})
+    app.config.update(TRAFFIC_MAX_QUEUE_SIZE=200, TRAFFIC_MAX_BATCH_SIZE=50)
+    app.add_url_rule("/page/<int:n>", "page", lambda n: "ok")
+    Traffic(app, stores=RedisStore(url={url!r}, event_name={table!r}))
+    return app
+"""
+
+
+def test_a_sigterm_of_gunicorn_during_an_outage_keeps_every_record(
+    tmp_path: Path, unique_name: str, fault_report: Callable[..., None]
+) -> None:
+    import shutil
+
+    from own_servers import spare_port
+
+    if shutil.which("gunicorn") is None and not (Path(sys.executable).parent / "gunicorn").exists():
+        pytest.skip("gunicorn is not installed")
+    server = RedisServer(tmp_path)  # down during the whole run
+    backend = Backend("redis", server.url, server.start, server.stop)
+    (tmp_path / "site_app.py").write_text(
+        GUNICORN_APP.format(folder=str(tmp_path), url=server.url, table=unique_name)
+    )
+    port = spare_port()
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4", "-b",
+         f"127.0.0.1:{port}", "--chdir", str(tmp_path), "site_app:create_app()"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: http_status(port, "/page/0") == 200, 30)
+        statuses = [http_status(port, f"/page/{n}") for n in range(1, 1000)]
+    finally:
+        gunicorn.terminate()  # SIGTERM: a deploy
+        gunicorn.wait(60)
+    try:
+        server.start()
+        site_stats(run_site(tmp_path, backend, unique_name, 0, 0, "--replay"))
+        rows = stored_paths(backend, unique_name, tmp_path)
+    finally:
+        server.stop()
+    answered = statuses.count(200) + 1
+    report(fault_report, "SIGTERM of gunicorn (2x4) while Redis is down", answered, 1000, rows)
+    assert answered == 1000
+    assert Counter(rows) == Counter(pages(0, 1000))

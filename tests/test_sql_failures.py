@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_app, run_writers
+from helpers import http_status, make_app, run_writers
 from own_servers import PostgreSQLCluster
 
 from flask_traffic import Traffic
@@ -165,19 +165,6 @@ def create_app():
 """
 
 
-def _get(port: int, path: str) -> int:
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        connection.close()
-
-
 def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
     tmp_path: Path,
     cluster: PostgreSQLCluster,
@@ -220,15 +207,15 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
     )
     try:
         deadline = time.monotonic() + 30
-        while _get(port, "/0") != 200:
+        while http_status(port, "/0") != 200:
             assert time.monotonic() < deadline, "gunicorn did not start"
             time.sleep(0.2)
         # About seven worker boots, every one with PostgreSQL down.
-        statuses = [_get(port, f"/{n}") for n in range(1, 301)]
+        statuses = [http_status(port, f"/{n}") for n in range(1, 301)]
         assert statuses == [200] * 300
         cluster.start()
         # Workers booted from now on, and the ones running, write.
-        later = [_get(port, f"/{n}") for n in range(1000, 1100)]
+        later = [http_status(port, f"/{n}") for n in range(1000, 1100)]
         assert later == [200] * 100
     finally:
         server.terminate()

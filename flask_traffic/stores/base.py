@@ -101,6 +101,7 @@ class Sink(abc.ABC):
         self.sync = sync
         self.spool = spool
         self.processor = None
+        self._spool_folder: Path | None = None
         self._name = name
 
     def __repr__(self) -> str:
@@ -147,6 +148,7 @@ class Sink(abc.ABC):
         self.log_policy.freeze(self.name)
         sync = options["sync"] if self.sync is None else self.sync
         spool = None if sync else self._make_spool(options)
+        self._spool_folder = None if spool is None else spool.folder
         self.processor = make_processor(
             self._export_kept,
             name=self.name,
@@ -188,13 +190,15 @@ class Sink(abc.ABC):
 
     @property
     def supports_spool(self) -> bool:
-        """Whether this sink fences replayed spool batches
-        (:meth:`export_spooled`), so that records wait on disk while it fails.
-
-        The file stores do not: a spool on the same disk would not outlive
-        what makes them fail. Nor does the OpenTelemetry bridge.
-        """
+        """Whether records wait on disk while this sink fails: it fences
+        replayed spool batches (:meth:`export_spooled`). The file stores do
+        not (a spool on their disk would not outlive what makes them fail)."""
         return type(self).export_spooled is not Sink.export_spooled
+
+    @property
+    def spool_folder(self) -> Path | None:
+        """The folder of this sink's spool files, or ``None`` (no spool)."""
+        return self._spool_folder
 
     def spool_position(self, spool_id: str) -> int:
         """How many records of spool file ``spool_id`` this sink has written
@@ -214,12 +218,8 @@ class Sink(abc.ABC):
         """Spool file ``spool_id`` is replayed and removed: drop its position."""
 
     def replay_spooled(self, records: list[TrafficRecord], spool_id: str, first: int) -> None:
-        """Write records ``first`` on of spool file ``spool_id``, skipping
-        those already written (a batch written before a crash is in the
-        spool still).
-
-        :meta private:
-        """
+        """Write records ``first`` on of spool file ``spool_id``, but those
+        written already (before a crash, say). :meta private:"""
         done = self.spool_position(spool_id)
         end = first + len(records)
         if done >= end:
@@ -294,7 +294,9 @@ class Sink(abc.ABC):
         raised), ``dead_lettered`` (records set aside because no retry could
         write them), ``last_error`` (``"Type: message"`` of the last failure,
         or ``None``), ``last_error_at`` and ``last_export_at`` (ISO 8601 UTC,
-        or ``None``).
+        or ``None``); for a sink that spools, ``spooled`` and
+        ``spooled_bytes`` (waiting in the disk spool), ``spilled``,
+        ``replayed`` and ``replaying`` (0 and ``False`` otherwise).
         """
         if self.processor is None:
             return Health(self.name).stats(0)
