@@ -46,8 +46,8 @@ class SpoolTarget(t.Protocol):
         """Write records ``first`` on of spool ``spool_id``, skipping those
         already written; raise on failure, like ``export``."""
 
-    def forget_spool(self, spool_id: str) -> None:
-        """Spool ``spool_id`` is replayed and removed: drop its fence."""
+    def spool_finished(self, spool_id: str) -> None:
+        """Spool ``spool_id`` is replayed and removed: drop its fence; never raises."""
 
 
 class _FlushMarker:
@@ -436,18 +436,12 @@ class BatchProcessor:
         assert self._spool_target is not None
         finished = self._spool.advance(replay)
         if finished is not None:
-            try:
-                self._spool_target.forget_spool(finished)
-            except Exception as exc:
-                # A fence left behind costs a row; the records are written.
-                logger.info(
-                    "%s: could not drop spool fence %s: %s", self._health.name, finished, exc
-                )
+            self._spool_target.spool_finished(finished)
 
     def _spill(self, pending: PendingBatch) -> None:
-        """Move the batch in hand (unless it is a replay, already on disk) and
-        the queue to the spool; what does not fit is dropped and counted. The
-        batch in hand becomes the spool's oldest records, keeping its back-off."""
+        """Move the batch in hand (unless a replay: on disk already) and the
+        queue to the spool, dropping and counting what does not fit; the
+        spool's oldest records become the batch in hand, keeping its back-off."""
         spool = self._spool
         if spool is None:
             return

@@ -30,13 +30,15 @@ import time
 import typing as t
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .record import TrafficRecord
 
 __all__ = [
     "SPOOL_FOLDER",
+    "FencedReplay",
+    "FencedSink",
     "ReplayBatch",
     "Spool",
     "SpoolFile",
@@ -72,7 +74,10 @@ def encode_record(record: TrafficRecord) -> bytes:
 
 def decode_record(payload: bytes) -> TrafficRecord:
     """The record a frame's payload holds, identical to the one spilled."""
-    values = json.loads(payload)
+    return _record(json.loads(payload))
+
+
+def _record(values: list[t.Any]) -> TrafficRecord:
     if values[5] is not None:  # server: (name, port), a list in JSON
         values[5] = tuple(values[5])
     return TrafficRecord(*values)
@@ -216,12 +221,16 @@ class SpoolFile:
 
     def read(self, limit: int) -> tuple[list[TrafficRecord], int]:
         """Up to ``limit`` records from the replay offset, and the offset after them."""
-        records = []
+        payloads = []
         offset = self.offset
         for payload, after in _frames(self.fd, self.offset, self.size, limit):
-            records.append(decode_record(payload))
+            payloads.append(payload)
             offset = after
-        return records, offset
+        if not payloads:
+            return [], offset
+        # One JSON document for the batch: a third of the cost of one each.
+        rows = json.loads(b"[" + b",".join(payloads) + b"]")
+        return [_record(values) for values in rows], offset
 
     def close(self, *, delete: bool) -> None:
         """Release the file (and the lock); ``delete``: remove it first, under the lock."""
@@ -417,3 +426,64 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+class FencedSink(t.Protocol):
+    """The hooks of a :class:`~flask_traffic.stores.Sink` that spools."""
+
+    name: str
+
+    def spool_position(self, spool_id: str) -> int: ...
+
+    def export_spooled(
+        self, records: Sequence[TrafficRecord], spool_id: str, position: int
+    ) -> None: ...
+
+    def forget_spool(self, spool_id: str) -> None: ...
+
+
+class FencedReplay:
+    """What a processor replays a spool into: ``sink``'s fenced writes,
+    skipping the records of a spool file the sink has written already
+    (before a crash, or before a reply was lost).
+
+    :param sink: the sink.
+    :param kept: the sink's worker-side filter of a batch (``skip_bots``).
+    """
+
+    def __init__(
+        self,
+        sink: FencedSink,
+        kept: Callable[[Sequence[TrafficRecord]], Sequence[TrafficRecord]],
+    ) -> None:
+        self.sink = sink
+        self._kept = kept
+        #: Per spool file, its position after the last batch written; a
+        #: batch whose outcome is unknown leaves none, so it is read again.
+        self._positions: dict[str, int] = {}
+
+    def replay_spooled(self, records: list[TrafficRecord], spool_id: str, first: int) -> None:
+        """Write records ``first`` on of spool file ``spool_id``, but those written already."""
+        done = self._positions.pop(spool_id, None)
+        if done is None:
+            done = self.sink.spool_position(spool_id)
+        end = first + len(records)
+        if done >= end:
+            self._positions[spool_id] = done
+            logger.info(
+                "%s: %d spooled record(s) were written before; not writing them again.",
+                self.sink.name,
+                len(records),
+            )
+            return
+        self.sink.export_spooled(self._kept(records[max(0, done - first) :]), spool_id, end)
+        self._positions[spool_id] = end
+
+    def spool_finished(self, spool_id: str) -> None:
+        """Spool file ``spool_id`` is replayed and removed: its fence goes."""
+        self._positions.pop(spool_id, None)
+        try:
+            self.sink.forget_spool(spool_id)
+        except Exception as exc:
+            # A fence left behind costs a row or a key; the records are written.
+            logger.info("%s: could not drop spool fence %s: %s", self.sink.name, spool_id, exc)

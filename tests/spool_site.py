@@ -50,6 +50,7 @@ def main(argv: list[str]) -> None:
             if client.get(f"/page/{n}").status_code == 200:
                 print(n, flush=True)
             n += 1
+            time.sleep(0.001)
     for n in range(start, start + int(count)):
         answered += client.get(f"/page/{n}").status_code == 200
         time.sleep(0.001)  # requests flow (the test client alone is ~3,000/s)

@@ -64,7 +64,7 @@ class FencedSink:
             self.lose_reply = False
             raise ConnectionError("reply lost")
 
-    def forget_spool(self, spool_id: str) -> None:
+    def spool_finished(self, spool_id: str) -> None:
         self.positions.pop(spool_id, None)
 
 
@@ -165,8 +165,8 @@ def test_a_held_spool_is_not_taken_over(tmp_path: Path) -> None:
 def test_an_outage_longer_than_the_queue_spills_and_replays_in_order(tmp_path: Path) -> None:
     sink = FencedSink()
     sink.fail = True
-    p = processor(sink, tmp_path)
-    for n in range(200):  # ten times the queue
+    p = processor(sink, tmp_path, max_queue_size=100)
+    for n in range(500):  # five times the queue
         p.emit(record(n))
         time.sleep(0.001)
     assert wait_for(lambda: p.stats()["spooled"] > 0)
@@ -175,7 +175,7 @@ def test_an_outage_longer_than_the_queue_spills_and_replays_in_order(tmp_path: P
     assert stats["spooled_bytes"] > 0
     sink.fail = False
     assert p.force_flush(10)
-    assert sink.written == paths(200)
+    assert sink.written == paths(500)
     assert wait_for(lambda: p.stats()["spooled"] == 0)
     assert p.stats()["replayed"] == p.stats()["spilled"] > 0
     p.shutdown()

@@ -183,6 +183,9 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
         APP_MODULE.format(folder=str(tmp_path), url=cluster.url, table=unique_name)
     )
     port = spare_port()
+    # A file, not a pipe: workers that take over spools log their retries,
+    # more than a pipe holds unread.
+    log = (tmp_path / "gunicorn.log").open("wb")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -203,7 +206,7 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
             "site_app:create_app()",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 30
@@ -219,7 +222,9 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
         assert later == [200] * 100
     finally:
         server.terminate()
-        _, errors = server.communicate(timeout=60)
+        server.wait(60)
+        log.close()
+    errors = (tmp_path / "gunicorn.log").read_bytes()
     assert b"Worker failed to boot" not in errors
     app = make_app(tmp_path)
     store = SQLStore(database_url=cluster.url, database_table_name=unique_name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .._health import Health
 from .._isolation import is_transient_default
-from .._spool import Spool, spool_folder
+from .._spool import FencedReplay, Spool, spool_folder
 from ..policy import LogPolicy
 from ..processors import (
     MaintenanceFunction,
@@ -158,7 +158,7 @@ class Sink(abc.ABC):
             is_transient=self.is_transient,
             split_transient=self.splits_transient_failures,
             spool=spool,
-            spool_target=None if spool is None else self,
+            spool_target=None if spool is None else FencedReplay(self, self._kept),
         )
 
     def _make_spool(self, options: ProcessorOptions) -> Spool | None:
@@ -216,20 +216,6 @@ class Sink(abc.ABC):
 
     def forget_spool(self, spool_id: str) -> None:  # noqa: B027 - optional hook, empty by design
         """Spool file ``spool_id`` is replayed and removed: drop its position."""
-
-    def replay_spooled(self, records: list[TrafficRecord], spool_id: str, first: int) -> None:
-        """Write records ``first`` on of spool file ``spool_id``, but those
-        written already (before a crash, say). :meta private:"""
-        done = self.spool_position(spool_id)
-        end = first + len(records)
-        if done >= end:
-            logger.info(
-                "%s: %d spooled record(s) were written before; not writing them again.",
-                self.name,
-                len(records),
-            )
-            return
-        self.export_spooled(self._kept(records[max(0, done - first) :]), spool_id, end)
 
     def setup(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
         """Open what the sink writes to; runs once, in ``init_app``, for the
