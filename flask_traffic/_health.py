@@ -93,6 +93,12 @@ class Health:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_export_at": self.last_export_at,
+            # The disk spool's, filled in by a processor that has one.
+            "spooled": 0,
+            "spooled_bytes": 0,
+            "spilled": 0,
+            "replayed": 0,
+            "replaying": False,
         }
 
     @property

@@ -54,7 +54,15 @@ class PendingBatch:
     may be fencing it against a lost reply.)
     """
 
-    __slots__ = ("attempt", "batch", "markers", "may_grow", "retried_at_stop", "retry_at")
+    __slots__ = (
+        "attempt",
+        "batch",
+        "markers",
+        "may_grow",
+        "replay",
+        "retried_at_stop",
+        "retry_at",
+    )
 
     def __init__(self) -> None:
         self.batch: list[TrafficRecord] = []
@@ -63,6 +71,9 @@ class PendingBatch:
         self.retry_at = 0.0
         self.may_grow = False
         self.retried_at_stop = False
+        #: The spool batch (a :class:`~._spool.ReplayBatch`) when the records
+        #: are replayed from the spool, else ``None``.
+        self.replay: t.Any = None
 
 
 class Isolated(t.NamedTuple):

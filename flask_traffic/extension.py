@@ -14,6 +14,7 @@ from flask import Flask
 from . import middleware
 from ._deadletter import DEAD_LETTER_FILE, DeadLetterFile
 from ._health import is_failing
+from ._spool import SPOOL_FOLDER
 from .processors import (
     ProcessorOptions,
     check_positive_int,
@@ -41,6 +42,9 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     # None: the app's instance folder.
     "TRAFFIC_DEAD_LETTER_DIR": None,
     "TRAFFIC_DEAD_LETTER_MAX_BYTES": 64 * 1024 * 1024,
+    # None: the app's instance folder; 0 bytes: no spool.
+    "TRAFFIC_SPOOL_DIR": None,
+    "TRAFFIC_SPOOL_MAX_BYTES": 1024 * 1024 * 1024,
 }
 
 StoresArg = Sink | Iterable[Sink] | None
@@ -164,6 +168,20 @@ def _name_stores(stores: list[Sink]) -> None:
         taken.add(store.name)
 
 
+def _folder_and_bound(app: Flask, prefix: str) -> tuple[Path | None, int]:
+    """``<prefix>_DIR`` (``None``: the instance folder) and ``<prefix>_MAX_BYTES``
+    checked; the folder is ``None`` when the bound is 0 (turned off)."""
+    folder = app.config[f"{prefix}_DIR"]
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"{prefix}_DIR must be a folder path or None, got {folder!r}.")
+    max_bytes = app.config[f"{prefix}_MAX_BYTES"]
+    if max_bytes != 0:
+        check_positive_int(max_bytes, f"{prefix}_MAX_BYTES")
+    if not max_bytes:
+        return None, 0
+    return Path(app.instance_path if folder is None else folder), max_bytes
+
+
 def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
     for key, default in CONFIG_DEFAULTS.items():
         app.config.setdefault(key, default)
@@ -171,16 +189,9 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
     for key in ("TRAFFIC_ENABLED", "TRAFFIC_SYNC"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} must be True or False, got {config[key]!r}.")
-    folder = config["TRAFFIC_DEAD_LETTER_DIR"]
-    if folder is not None and not isinstance(folder, (str, os.PathLike)):
-        raise ValueError(f"TRAFFIC_DEAD_LETTER_DIR must be a folder path or None, got {folder!r}.")
-    max_bytes = config["TRAFFIC_DEAD_LETTER_MAX_BYTES"]
-    if max_bytes != 0:
-        check_positive_int(max_bytes, "TRAFFIC_DEAD_LETTER_MAX_BYTES")
-    dead_letters = None
-    if max_bytes:
-        path = Path(app.instance_path if folder is None else folder) / DEAD_LETTER_FILE
-        dead_letters = DeadLetterFile(path, max_bytes)
+    folder, max_bytes = _folder_and_bound(app, "TRAFFIC_DEAD_LETTER")
+    dead_letters = None if folder is None else DeadLetterFile(folder / DEAD_LETTER_FILE, max_bytes)
+    spool_dir, spool_max_bytes = _folder_and_bound(app, "TRAFFIC_SPOOL")
     options: ProcessorOptions = {
         "sync": config["TRAFFIC_SYNC"],
         "max_queue_size": check_positive_int(
@@ -196,6 +207,8 @@ def _read_config(app: Flask) -> tuple[bool, ProcessorOptions]:
             config["TRAFFIC_RETENTION_INTERVAL"], "TRAFFIC_RETENTION_INTERVAL"
         ),
         "dead_letters": dead_letters,
+        "spool_dir": None if spool_dir is None else spool_dir / SPOOL_FOLDER,
+        "spool_max_bytes": spool_max_bytes,
     }
     return config["TRAFFIC_ENABLED"], options
 

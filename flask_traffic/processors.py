@@ -8,38 +8,28 @@ prefer that cost to a queue.
 
 from __future__ import annotations
 
-import atexit
 import functools
-import logging
-import threading
-import time
 import typing as t
-import weakref
-from collections import deque
+from pathlib import Path
 
+from ._batch import SUSPECT_AFTER, BatchProcessor, SpoolTarget
 from ._checks import check_positive_int, check_positive_seconds
 from ._deadletter import DeadLetterFile
-from ._fork import after_fork_in_child
-from ._health import Health
-from ._isolation import (
-    DeadLetterFunction,
-    Export,
-    IsTransient,
-    PendingBatch,
-    backoff_delay,
-    is_transient_default,
-    isolate,
-)
-from ._maintenance import Maintenance, MaintenanceFunction
+from ._isolation import Export, IsTransient, is_transient_default
+from ._maintenance import MaintenanceFunction
+from ._spool import Spool
+from ._stopping import shutdown_in_parallel
 from ._sync import SyncProcessor
 from .record import TrafficRecord
 
 __all__ = [
+    "SUSPECT_AFTER",
     "BatchProcessor",
     "ExportFunction",
     "MaintenanceFunction",
     "Processor",
     "ProcessorOptions",
+    "SpoolTarget",
     "SyncProcessor",
     "check_positive_int",
     "check_positive_seconds",
@@ -47,15 +37,8 @@ __all__ = [
     "shutdown_in_parallel",
 ]
 
-logger = logging.getLogger("flask_traffic")
-
 #: What a processor calls with each batch; it raises on failure.
 ExportFunction = Export
-
-_SHUTDOWN_TIMEOUT = 10.0
-#: After this many transient failures in a row of one batch, it is searched
-#: for a record that fails alone (unless the sink retries whole batches only).
-SUSPECT_AFTER = 5
 
 
 class ProcessorOptions(t.TypedDict):
@@ -68,6 +51,10 @@ class ProcessorOptions(t.TypedDict):
     retention_interval: float
     #: Where records no retry can write are set aside; ``None``: dropped.
     dead_letters: DeadLetterFile | None
+    #: The folder of the stores' spool folders; ``None``: no spool.
+    spool_dir: Path | None
+    #: The size each store's spool file of a process may reach.
+    spool_max_bytes: int
 
 
 class Processor(t.Protocol):
@@ -88,363 +75,6 @@ class Processor(t.Protocol):
         ``last_error_at``, ``last_export_at``."""
 
 
-class _FlushMarker:
-    """Put in the queue by force_flush; set once everything before it is written."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-_live_processors: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
-
-
-def shutdown_in_parallel(
-    shutdowns: t.Iterable[t.Callable[[float | None], None]], timeout: float | None
-) -> None:
-    """Call every ``shutdown(timeout)`` at once, each in a thread of its own,
-    and wait for them within one budget of ``timeout`` seconds in all: an
-    app's stores stop together, within a server's graceful timeout, rather
-    than one after another."""
-    threads = [
-        threading.Thread(target=shutdown, args=(timeout,), name="flask-traffic shutdown")
-        for shutdown in shutdowns
-    ]
-    for thread in threads:
-        thread.start()
-    # Each processor gives up at its deadline itself; the margin lets it
-    # count and report what it drops.
-    deadline = None if timeout is None else time.monotonic() + timeout + 1.0
-    for thread in threads:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-
-@atexit.register
-def _shutdown_all() -> None:
-    shutdown_in_parallel([p.shutdown for p in list(_live_processors)], _SHUTDOWN_TIMEOUT)
-
-
-class BatchProcessor:
-    """A bounded queue and a worker thread that writes records in batches.
-
-    The request thread only appends to the queue. The worker writes a batch
-    when ``max_batch_size`` records are waiting, or every ``schedule_delay``
-    seconds, or on :meth:`force_flush`.
-
-    A write that fails with an error that may pass (``is_transient``: a
-    connection refused, a time-out, a locked database) is logged, counted and
-    retried unchanged with exponential back-off up to ``max_backoff``
-    seconds; the records wait meanwhile. A write that fails with an error no
-    retry mends (bad data, an encoding error, a value out of range) is split
-    in halves until the records that fail on their own are found: those are
-    set aside (``dead_letter``) and every other record is written, in order.
-    When even single records all fail, the sink itself is broken: the batch
-    backs off and takes queued records in at the next attempt, so that a bad
-    record is found beside good ones.
-
-    When ``max_queue_size`` records are waiting, new ones are dropped and
-    counted, with one line a minute saying how many, so a request never
-    blocks. At shutdown a batch backing off is tried once more at once.
-    After ``os.fork`` the child starts a worker of its own with an empty
-    queue (the parent writes what it had queued).
-
-    :param export: the store's ``export`` method.
-    :param name: how log messages name the store.
-    :param max_queue_size: records that may wait before new ones are dropped.
-    :param max_batch_size: records handed to one ``export`` call at most.
-    :param schedule_delay: seconds between writes when the batch is not full.
-    :param max_backoff: longest wait, in seconds, between retries.
-    :param maintenance: called by the worker between batches at most once
-        per ``maintenance_interval`` seconds (retention); its failures are
-        logged and it is tried again at the next interval.
-    :param maintenance_interval: seconds between maintenance runs.
-    :param is_transient: whether an error of ``export`` may pass by itself;
-        by default operating-system errors (``OSError``) do.
-    :param dead_letter: given the records no retry can write, with their
-        errors; returns how many it kept. ``None`` drops (and counts) them.
-    :param split_transient: after ``SUSPECT_AFTER`` transient failures in a
-        row, search the batch for a record that fails alone; ``False`` for a
-        sink that must see a failed batch again whole (it fences batches
-        against lost replies).
-    """
-
-    def __init__(
-        self,
-        export: ExportFunction,
-        *,
-        name: str = "store",
-        max_queue_size: int = 10_000,
-        max_batch_size: int = 512,
-        schedule_delay: float = 1.0,
-        max_backoff: float = 30.0,
-        maintenance: MaintenanceFunction | None = None,
-        maintenance_interval: float = 60.0,
-        is_transient: IsTransient = is_transient_default,
-        dead_letter: DeadLetterFunction | None = None,
-        split_transient: bool = True,
-    ) -> None:
-        self._export = export
-        self._split_transient = split_transient
-        self._max_queue_size = check_positive_int(max_queue_size, "max_queue_size")
-        self._max_batch_size = check_positive_int(max_batch_size, "max_batch_size")
-        self._schedule_delay = check_positive_seconds(schedule_delay, "schedule_delay")
-        self._max_backoff = check_positive_seconds(max_backoff, "max_backoff")
-        self._health = Health(name)
-        self._maintenance = Maintenance(maintenance, maintenance_interval, name)
-        self._transient = is_transient
-        self._dead_letter = dead_letter
-        self._is_shut_down = False
-        self._init_worker()
-        _live_processors.add(self)
-        after_fork_in_child(self._at_fork_reinit)
-
-    def _at_fork_reinit(self) -> None:
-        # The child gets fresh locks and a thread of its own (threads do not
-        # survive fork); what the parent had queued is the parent's to write.
-        if not self._is_shut_down:
-            self._health = Health(self._health.name)
-            self._init_worker()
-
-    def _init_worker(self) -> None:
-        self._queue: deque[TrafficRecord | _FlushMarker] = deque()
-        self._in_flight = 0
-        # Flush markers queued and not yet released; changed under the lock.
-        self._pending_flushes = 0
-        self._flush_lock = threading.Lock()
-        self._backing_off = False
-        self._wake = threading.Event()
-        self._stopping = False
-        self._deadline = float("inf")
-        self._shutdown_lock = threading.Lock()
-        self._worker = threading.Thread(
-            target=self._run, name=f"flask-traffic {self._health.name}", daemon=True
-        )
-        self._worker.start()
-
-    def emit(self, record: TrafficRecord) -> None:
-        queue = self._queue
-        if self._stopping:
-            self._health.drop(1, "processor is shut down")
-            return
-        if len(queue) + self._in_flight >= self._max_queue_size:
-            self._health.drop(
-                1,
-                f"queue full at {self._max_queue_size}: a larger TRAFFIC_MAX_QUEUE_SIZE "
-                f"holds more during an outage",
-            )
-            return
-        queue.append(record)
-        if len(queue) >= self._max_batch_size and not self._backing_off:
-            self._wake.set()
-
-    def force_flush(self, timeout: float | None = None) -> bool:
-        """Write every record taken so far.
-
-        :param timeout: seconds to wait at most; ``None`` waits until done.
-        :return: ``True`` when everything was written, ``False`` on time-out
-            (for example while the store is failing and being retried).
-        """
-        if not self._worker.is_alive():
-            return not self._queue
-        marker = _FlushMarker()
-        with self._flush_lock:
-            self._pending_flushes += 1
-            self._queue.append(marker)
-        self._wake.set()
-        return marker.done.wait(timeout)
-
-    flush = force_flush
-
-    def shutdown(self, timeout: float | None = _SHUTDOWN_TIMEOUT) -> None:
-        """Write what is queued and stop the worker. Safe to call twice.
-
-        A batch that is backing off is tried once more at once (the store may
-        be back); when that write fails, or a write fails while the queue is
-        drained, the records left are counted as dropped and reported on the
-        ``flask_traffic`` logger with their number, at once rather than at
-        ``timeout``, so that a failing store never holds a stopping process.
-        ``timeout`` bounds the time slow writes may take.
-        """
-        with self._shutdown_lock:
-            if self._is_shut_down:
-                return
-            self._is_shut_down = True
-        self._deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
-        self._stopping = True
-        self._wake.set()
-        # The worker gives up at the deadline itself; the margin lets it
-        # count what it drops before this checks on it.
-        self._worker.join(None if timeout is None else timeout + 1.0)
-        if self._worker.is_alive():
-            logger.warning(
-                "%s: shutdown timed out after %ss with %d record(s) unwritten.",
-                self._health.name,
-                timeout,
-                len(self._queue) + self._in_flight,
-            )
-        self._health.report_drops(now=True)
-        _live_processors.discard(self)
-
-    def stats(self) -> dict[str, t.Any]:
-        queued = sum(1 for item in list(self._queue) if not isinstance(item, _FlushMarker))
-        return self._health.stats(queued + self._in_flight)
-
-    def _take(self, pending: PendingBatch) -> None:
-        queue = self._queue
-        limit = self._max_batch_size
-        batch = pending.batch
-        while queue and len(batch) < limit:
-            item = queue.popleft()
-            if isinstance(item, _FlushMarker):
-                pending.markers.append(item)
-            else:
-                batch.append(item)
-        self._in_flight = len(batch)
-
-    def _run(self) -> None:
-        pending = PendingBatch()
-        while True:
-            timed_out = self._sleep(pending)
-            self._health.report_drops()
-            stopped = self._stopping and time.monotonic() >= self._deadline
-            if stopped and (pending.batch or self._queue):
-                self._give_up(pending)
-                return
-            if pending.batch and time.monotonic() < pending.retry_at:
-                # Backing off: neither a full queue nor a flush brings the
-                # retry forward, or a store that is down would be retried at
-                # the request rate.
-                continue
-            # The timer, a flush, shutdown or a due retry write everything; a
-            # full batch wakes the worker for full batches only, so that
-            # writes stay large while requests keep coming. A flush is seen
-            # as long as its marker waits: the count only drops when a
-            # marker is released, so no flag can be reset under a new one.
-            drain_all = (
-                timed_out or self._stopping or self._pending_flushes > 0 or bool(pending.batch)
-            )
-            self._write_queued(pending, drain_all)
-            if self._stopping and pending.batch and pending.retried_at_stop:
-                # It was tried once more at shutdown and still fails: give up
-                # now rather than hold the process (a server recycling its
-                # worker waits for it) until the deadline.
-                self._give_up(pending)
-                return
-            if self._stopping and not pending.batch and not self._queue:
-                return
-            if not pending.batch:
-                self._maintenance.run_if_due()
-
-    def _sleep(self, pending: PendingBatch) -> bool:
-        """Wait for a wake-up, the timer or a due retry; ``True`` on the timer."""
-        now = time.monotonic()
-        if self._stopping and not pending.retried_at_stop:
-            # Shutting down: a batch backing off is tried once more at once
-            # (the store may be back); one failing from here on, once.
-            pending.retried_at_stop = True
-            pending.retry_at = now
-        wait = max(0.0, pending.retry_at - now) if pending.batch else self._schedule_delay
-        if self._stopping:
-            wait = min(wait, max(0.0, self._deadline - now))
-        timed_out = not self._wake.wait(wait)
-        self._wake.clear()
-        return timed_out
-
-    def _write_queued(self, pending: PendingBatch, drain_all: bool) -> None:
-        """Write batches until the queue is empty (``drain_all``) or holds
-        less than a full batch, or a write fails and backs off."""
-        while True:
-            if not pending.batch or pending.may_grow:
-                if not pending.batch and not drain_all and len(self._queue) < self._max_batch_size:
-                    return
-                pending.may_grow = False
-                self._take(pending)
-            if pending.batch and not self._write_pending(pending):
-                return
-            self._release(pending.markers)
-            if not self._queue:
-                return
-
-    def _write_pending(self, pending: PendingBatch) -> bool:
-        """Write the batch in hand; ``False`` when it backs off."""
-        batch = pending.batch
-        pending.attempt += 1
-        try:
-            self._export(batch)
-        except Exception as exc:
-            transient = self._transient(exc)
-            # A batch failing the same way time after time may hold a record
-            # that fails with a transient-looking error (a packet too big
-            # drops the connection): search it while the store answers.
-            suspect = transient and self._split_transient and pending.attempt >= SUSPECT_AFTER
-            if transient and not suspect:
-                self._health.failed(exc, len(batch), retrying=True)
-                return self._back_off(pending)
-            self._health.failed(exc, len(batch), retrying=False)
-            found = isolate(self._export, batch, self._transient, self._health, suspect=suspect)
-            self._set_aside(found.poison)
-            if found.unwritten:
-                pending.batch = found.unwritten
-                self._in_flight = len(found.unwritten)
-                # Nothing could be written: take more records in next time,
-                # unless the store went away (then retry it unchanged).
-                pending.may_grow = found.written == 0 and not (
-                    found.error is not None and self._transient(found.error)
-                )
-                return self._back_off(pending)
-        else:
-            self._health.exported_batch(len(batch))
-        pending.batch, pending.attempt = [], 0
-        self._in_flight = 0
-        self._backing_off = False
-        # Between batches too: under a steady flow the worker may never see
-        # an empty queue, and retention must still run.
-        self._maintenance.run_if_due()
-        return True
-
-    def _back_off(self, pending: PendingBatch) -> bool:
-        pending.retry_at = time.monotonic() + backoff_delay(pending.attempt, self._max_backoff)
-        self._backing_off = True
-        return False
-
-    def _set_aside(self, poison: list[tuple[TrafficRecord, BaseException]]) -> None:
-        if not poison:
-            return
-        kept = 0 if self._dead_letter is None else self._dead_letter(poison)
-        if kept:
-            self._health.set_aside(kept, poison[0][1], "the dead-letter file")
-        self._health.drop(
-            len(poison) - kept,
-            "no retry can write them and the dead-letter file is full or off: see "
-            "TRAFFIC_DEAD_LETTER_MAX_BYTES",
-        )
-
-    def _release(self, markers: list[_FlushMarker]) -> None:
-        if not markers:
-            return
-        for marker in markers:
-            marker.done.set()
-        with self._flush_lock:
-            self._pending_flushes -= len(markers)
-        markers.clear()
-
-    def _give_up(self, pending: PendingBatch) -> None:
-        lost = len(pending.batch)
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, _FlushMarker):
-                pending.markers.append(item)
-            else:
-                lost += 1
-        pending.batch = []
-        self._in_flight = 0
-        self._health.drop(lost, "store still failing at shutdown")
-
-        self._health.report_drops(now=True)
-        self._release(pending.markers)
-
-
 def make_processor(
     export: ExportFunction,
     *,
@@ -454,6 +84,8 @@ def make_processor(
     maintenance: MaintenanceFunction | None = None,
     is_transient: IsTransient = is_transient_default,
     split_transient: bool = True,
+    spool: Spool | None = None,
+    spool_target: SpoolTarget | None = None,
 ) -> SyncProcessor | BatchProcessor:
     """The processor a sink gets from ``init_app``: a :class:`SyncProcessor`
     when ``sync``, else a :class:`BatchProcessor` sized by ``options``; both
@@ -480,4 +112,6 @@ def make_processor(
         is_transient=is_transient,
         dead_letter=dead_letter,
         split_transient=split_transient,
+        spool=spool,
+        spool_target=spool_target,
     )

@@ -324,6 +324,22 @@ class TrafficRecord:
         # Values computed off the request thread, shared by every store.
         self._cache: dict[t.Hashable, t.Any] = {}
 
+    def raw_values(self) -> tuple[t.Any, ...]:
+        """The constructor's arguments, in order, that make this record again
+        (``TrafficRecord(*values)``): what a disk spool keeps. An exception
+        is kept as its ``repr()`` (``response_exception``).
+
+        .. versionadded:: 1.0
+        """
+        return (
+            self.start_time_ns, self.duration_ns, self.request_method, self.url_scheme,
+            self._host_header, self._server, self.request_path, self.query_string,
+            self.server_protocol, self.request_endpoint, self.request_route,
+            self.request_remote_address, self.request_referrer, self.request_user_agent,
+            self.response_status_code, self._content_length, self._content_type,
+            self.response_exception, self.traceparent, self.tracestate,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         return (
             f"<TrafficRecord {self.request_method} {self.request_path!r}"

@@ -142,3 +142,18 @@ def run_writers(
     if processes:
         codes = {runner.name: runner.exitcode for runner in runners}
         assert set(codes.values()) == {0}, f"writers exited with {codes}"
+
+
+def http_status(port: int, path: str) -> int:
+    """The status of ``GET path`` from a server on a loopback ``port``; 0
+    when it does not answer."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        connection.close()

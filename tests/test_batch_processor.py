@@ -14,7 +14,7 @@ from types import FrameType
 import pytest
 from flask import Flask
 
-from flask_traffic import Traffic, TrafficRecord, processors
+from flask_traffic import Traffic, TrafficRecord, _batch
 from flask_traffic.processors import BatchProcessor, SyncProcessor
 from flask_traffic.stores import MemoryStore
 
@@ -235,11 +235,11 @@ def test_failing_store_never_fails_requests_and_recovers(
 
 
 def _worker_lines(run: Callable[[BatchProcessor], None]) -> set[int]:
-    """The lines of processors.py the worker thread runs during ``run``."""
+    """The lines of _batch.py the worker thread runs during ``run``."""
     seen: set[int] = set()
 
     def trace(frame: FrameType, event: str, arg: object) -> t.Any:
-        if frame.f_code.co_filename != processors.__file__:
+        if frame.f_code.co_filename != _batch.__file__:
             return None
         if event == "line":
             seen.add(frame.f_lineno)
@@ -271,7 +271,7 @@ def _flush_landing_at(line: int) -> list[bool]:
     processor: BatchProcessor | None = None
 
     def trace(frame: FrameType, event: str, arg: object) -> t.Any:
-        if frame.f_code.co_filename != processors.__file__:
+        if frame.f_code.co_filename != _batch.__file__:
             return None
         if event == "line" and frame.f_lineno == line and armed.is_set() and not flushers:
             assert processor is not None

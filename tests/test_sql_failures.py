@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_app, run_writers
+from helpers import http_status, make_app, run_writers
 from own_servers import PostgreSQLCluster
 
 from flask_traffic import Traffic
@@ -165,19 +165,6 @@ def create_app():
 """
 
 
-def _get(port: int, path: str) -> int:
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        connection.close()
-
-
 def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
     tmp_path: Path,
     cluster: PostgreSQLCluster,
@@ -196,6 +183,9 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
         APP_MODULE.format(folder=str(tmp_path), url=cluster.url, table=unique_name)
     )
     port = spare_port()
+    # A file, not a pipe: workers that take over spools log their retries,
+    # more than a pipe holds unread.
+    log = (tmp_path / "gunicorn.log").open("wb")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -216,23 +206,25 @@ def test_gunicorn_recycling_workers_keeps_serving_while_the_database_is_down(
             "site_app:create_app()",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 30
-        while _get(port, "/0") != 200:
+        while http_status(port, "/0") != 200:
             assert time.monotonic() < deadline, "gunicorn did not start"
             time.sleep(0.2)
         # About seven worker boots, every one with PostgreSQL down.
-        statuses = [_get(port, f"/{n}") for n in range(1, 301)]
+        statuses = [http_status(port, f"/{n}") for n in range(1, 301)]
         assert statuses == [200] * 300
         cluster.start()
         # Workers booted from now on, and the ones running, write.
-        later = [_get(port, f"/{n}") for n in range(1000, 1100)]
+        later = [http_status(port, f"/{n}") for n in range(1000, 1100)]
         assert later == [200] * 100
     finally:
         server.terminate()
-        _, errors = server.communicate(timeout=60)
+        server.wait(60)
+        log.close()
+    errors = (tmp_path / "gunicorn.log").read_bytes()
     assert b"Worker failed to boot" not in errors
     app = make_app(tmp_path)
     store = SQLStore(database_url=cluster.url, database_table_name=unique_name)

@@ -53,7 +53,7 @@ from ._options import (
 from .export import WRITERS, export_store, format_of
 from .follow import Follower
 from .render import duration_text, log_line, records_text, summary_lines
-from .status import check_sinks, status_lines
+from .status import check_sinks, status_json, status_lines
 
 __all__ = ["traffic_cli"]
 
@@ -248,16 +248,7 @@ def status_command(as_json: bool) -> None:
     state = app_state()
     statuses = check_sinks(state.sinks, state.dead_letter_path)
     if as_json:
-        found = {
-            status.name: {
-                "reachable": status.reachable,
-                "failing": status.failing,
-                "error": status.error,
-                "read_seconds": status.seconds,
-                "dead_letters": status.dead_letters,
-            }
-            for status in statuses
-        }
+        found = {status.name: status_json(status) for status in statuses}
         click.echo(json.dumps(found, indent=2, ensure_ascii=True))
     else:
         click.echo("\n".join(status_lines(statuses, state.dead_letter_path)))

@@ -14,7 +14,15 @@ from .._health import describe_error, is_failing
 from ..stores.base import Sink, Store
 from .render import safe_text, table
 
-__all__ = ["SinkStatus", "check_sinks", "count_dead_letters", "status_lines"]
+__all__ = [
+    "SinkStatus",
+    "check_sinks",
+    "count_dead_letters",
+    "spool_on_disk",
+    "spool_text",
+    "status_json",
+    "status_lines",
+]
 
 
 class SinkStatus(t.NamedTuple):
@@ -32,6 +40,9 @@ class SinkStatus(t.NamedTuple):
     dead_letters: int
     #: This process's :meth:`~flask_traffic.stores.Sink.stats`.
     stats: dict[str, t.Any]
+    #: Spool files in the sink's spool folder (every process's) and their
+    #: bytes; ``None`` when the sink does not spool.
+    spool_on_disk: tuple[int, int] | None = None
 
     @property
     def failing(self) -> bool:
@@ -72,8 +83,52 @@ def check_sinks(sinks: Sequence[Sink], dead_letter_path: Path | None) -> list[Si
         stats = sink.stats()
         if error is None and is_failing(stats):
             error = stats["last_error"]
-        found.append(SinkStatus(sink.name, reachable, error, seconds, letters[sink.name], stats))
+        spool = None if sink.spool_folder is None else spool_on_disk(sink.spool_folder)
+        found.append(
+            SinkStatus(sink.name, reachable, error, seconds, letters[sink.name], stats, spool)
+        )
     return found
+
+
+def status_json(status: SinkStatus) -> dict[str, t.Any]:
+    """What ``flask traffic status --json`` says of one sink; the spool's
+    counts only for a sink that spools."""
+    found: dict[str, t.Any] = {
+        "reachable": status.reachable,
+        "failing": status.failing,
+        "error": status.error,
+        "read_seconds": status.seconds,
+        "dead_letters": status.dead_letters,
+    }
+    if status.spool_on_disk is not None:
+        stats = status.stats
+        for key in ("spooled", "spooled_bytes", "replayed", "replaying"):
+            found[key] = stats[key]
+        found["spool_files"], found["spool_files_bytes"] = status.spool_on_disk
+    return found
+
+
+def spool_on_disk(folder: Path) -> tuple[int, int]:
+    """How many spool files ``folder`` holds, and their bytes."""
+    sizes = []
+    for path in folder.glob("*.spool"):
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            continue  # replayed and removed meanwhile
+    return len(sizes), sum(sizes)
+
+
+def spool_text(status: SinkStatus) -> str:
+    """The ``Spool`` cell: records waiting in this process, files on disk, replay."""
+    if status.spool_on_disk is None:
+        return "-"
+    files, size = status.spool_on_disk
+    stats = status.stats
+    text = f"{stats['spooled']:,} rec, {files} file(s) {size / 1024:,.0f} kB"
+    if stats["replaying"]:
+        text += f", replaying ({stats['replayed']:,} done)"
+    return text
 
 
 def status_lines(statuses: Sequence[SinkStatus], dead_letter_path: Path | None) -> list[str]:
@@ -96,7 +151,13 @@ def status_lines(statuses: Sequence[SinkStatus], dead_letter_path: Path | None) 
                 safe_text(status.error, 70),
             ]
         )
-    lines = table(["Store", "State", "Read", "Dead letters", "Error"], rows, {2, 3})
+    headers = ["Store", "State", "Read", "Dead letters", "Error"]
+    if any(status.spool_on_disk is not None for status in statuses):
+        # Only for sites whose stores spool.
+        headers.insert(4, "Spool")
+        for row, status in zip(rows, statuses, strict=True):
+            row.insert(4, spool_text(status))
+    lines = table(headers, rows, {2, 3})
     if any(status.dead_letters for status in statuses) and dead_letter_path is not None:
         lines.append(f"  Records set aside are in {dead_letter_path}.")
     return lines

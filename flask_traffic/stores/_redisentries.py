@@ -10,9 +10,15 @@ from .._textcache import text_cache
 from ..record import FIELDS, FieldType
 
 if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis.client import Pipeline
     from redis.typing import EncodableT, FieldT
 
-__all__ = ["CODECS", "EMPTY_ENTRY", "next_id"]
+    from ..policy import LogPolicy
+    from ..record import TrafficRecord
+
+__all__ = ["CODECS", "EMPTY_ENTRY", "add_entries", "next_id"]
 
 # A stream entry needs at least one field: a record whose kept fields are all
 # None is written with this one, which read() ignores.
@@ -80,3 +86,23 @@ def next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
     if seq:
         return b"%d-%d" % (ms, seq - 1)
     return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
+
+
+def add_entries(
+    pipe: Pipeline,
+    key: str,
+    records: Sequence[TrafficRecord],
+    policy: LogPolicy,
+    max_len: int | None,
+) -> None:
+    """Queue one ``XADD`` per record on ``pipe``: the policy's fields that are
+    not ``None``, each encoded by its codec."""
+    codecs = [CODECS[name] for name in policy.enabled_fields]
+    values = policy.values
+    for record in records:
+        entry: dict[FieldT, EncodableT] = {
+            name: encode(value)
+            for (name, encode, _), value in zip(codecs, values(record), strict=True)
+            if value is not None
+        }
+        pipe.xadd(key, entry or EMPTY_ENTRY, maxlen=max_len, approximate=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import functools
 import logging
+import os
 import threading
 import typing as t
 from collections.abc import Iterator, Sequence
@@ -19,8 +20,9 @@ from ..summary import SummaryBuilder
 from .base import Store
 
 if t.TYPE_CHECKING:
+    import sqlalchemy as sa
     from flask import Flask
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from ._sqltable import TableIO
 
@@ -60,10 +62,14 @@ class SQLTableStore(Store):
         name: str | None,
         max_age: timedelta | None,
         max_records: int | None,
+        spool: str | os.PathLike[str] | bool | None,
     ) -> None:
-        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        super().__init__(
+            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+        )
         self._engine = None
         self._io = None
+        self._fence: sa.Table | None = None
         # Set by setup() when the database did not answer: finishes it.
         self._open_later: t.Callable[[], tuple[Engine, TableIO]] | None = None
         self._open_lock = threading.Lock()
@@ -145,11 +151,60 @@ class SQLTableStore(Store):
 
     def export(self, records: Sequence[TrafficRecord]) -> None:
         engine, io = self._ready()
-        rows = io.rows(records, self.log_policy.values)
         with engine.begin() as connection:
+            self._insert(connection, io, records)
+
+    def _insert(
+        self, connection: Connection, io: TableIO, records: Sequence[TrafficRecord]
+    ) -> None:
+        rows = io.rows(records, self.log_policy.values)
+        if rows:
             # A list of parameter sets: one executemany, which the drivers
             # turn into multi-row inserts or a pipeline.
             connection.execute(io.insert, rows)
+
+    def _fence_table(self, engine: Engine, io: TableIO) -> sa.Table:
+        """``<table>_spool_fence``: per spool file, how many of its records
+        are in the table. Made when a spool is first replayed."""
+        if self._fence is None:
+            from ._sqltable import make_fence_table
+
+            self._fence = make_fence_table(engine, io.table)
+        return self._fence
+
+    def spool_position(self, spool_id: str) -> int:
+        engine, io = self._ready()
+        fence = self._fence_table(engine, io)
+        with engine.connect() as connection:
+            found = connection.execute(
+                fence.select()
+                .with_only_columns(fence.c.records_written)
+                .where(fence.c.spool_id == spool_id)
+            ).scalar()
+        return 0 if found is None else int(found)
+
+    def export_spooled(
+        self, records: Sequence[TrafficRecord], spool_id: str, position: int
+    ) -> None:
+        """The rows and the spool file's row of ``<table>_spool_fence`` in one
+        transaction."""
+        engine, io = self._ready()
+        fence = self._fence_table(engine, io)
+        with engine.begin() as connection:
+            self._insert(connection, io, records)
+            moved = connection.execute(
+                fence.update().where(fence.c.spool_id == spool_id).values(records_written=position)
+            ).rowcount
+            if not moved:
+                connection.execute(
+                    fence.insert().values(spool_id=spool_id, records_written=position)
+                )
+
+    def forget_spool(self, spool_id: str) -> None:
+        engine, io = self._ready()
+        fence = self._fence_table(engine, io)
+        with engine.begin() as connection:
+            connection.execute(fence.delete().where(fence.c.spool_id == spool_id))
 
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[dict[str, t.Any]]:
         """The rows ``query`` selects, newest (or oldest) first, by ``traffic_id``.

@@ -14,7 +14,7 @@ from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
 from .sqlschema import ID_COLUMN
 
-__all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO", "date_text"]
+__all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO", "date_text", "make_fence_table"]
 
 #: Rows fetched at a time while streaming a scan (an export of millions of
 #: rows holds this many in memory, not all).
@@ -278,3 +278,21 @@ _request_date = operator.attrgetter("request_date")
 
 def _apply(reader: Callable[[t.Any], t.Any], value: t.Any) -> t.Any:
     return reader(value)
+
+
+def make_fence_table(engine: sa.Engine, table: sa.Table) -> sa.Table:
+    """``<table>_spool_fence(spool_id, records_written)``, created if missing
+    (by another process at the same moment too)."""
+    metadata = sa.MetaData(schema=table.schema)
+    fence = sa.Table(
+        f"{table.name}_spool_fence",
+        metadata,
+        sa.Column("spool_id", sa.String(64), primary_key=True),
+        sa.Column("records_written", sa.BigInteger, nullable=False),
+    )
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sa.exc.DBAPIError:
+        if not sa.inspect(engine).has_table(fence.name, schema=table.schema):
+            raise
+    return fence

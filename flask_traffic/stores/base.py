@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import typing as t
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .._health import Health
 from .._isolation import is_transient_default
+from .._spool import FencedReplay, Spool, spool_folder
 from ..policy import LogPolicy
 from ..processors import (
     MaintenanceFunction,
@@ -59,6 +61,10 @@ class Sink(abc.ABC):
     :param name: how the ``flask traffic`` commands and log messages name the
         sink; by default its class name, numbered when an app has several
         (``JSONStore``, ``JSONStore-2``).
+    :param spool: where records wait on disk while the sink fails: ``None``
+        for ``<TRAFFIC_SPOOL_DIR>/traffic-spool/<name>/`` (the instance
+        folder by default), a folder of its own, or ``False`` for none. Only
+        sinks that fence replayed batches (:attr:`supports_spool`) spool.
 
     .. versionadded:: 1.0
     """
@@ -77,6 +83,7 @@ class Sink(abc.ABC):
         *,
         sync: bool | None = None,
         name: str | None = None,
+        spool: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if log_policy is None:
             log_policy = LogPolicy()
@@ -88,9 +95,13 @@ class Sink(abc.ABC):
             raise TypeError(f"sync must be True, False or None, got {sync!r}.")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"name must be a non-empty str, got {name!r}.")
+        if spool is not None and not isinstance(spool, (bool, str, os.PathLike)):
+            raise TypeError(f"spool must be a folder path, False or None, got {spool!r}.")
         self.log_policy = log_policy
         self.sync = sync
+        self.spool = spool
         self.processor = None
+        self._spool_folder: Path | None = None
         self._name = name
 
     def __repr__(self) -> str:
@@ -135,29 +146,76 @@ class Sink(abc.ABC):
             return
         self.setup(app)
         self.log_policy.freeze(self.name)
+        sync = options["sync"] if self.sync is None else self.sync
+        spool = None if sync else self._make_spool(options)
+        self._spool_folder = None if spool is None else spool.folder
         self.processor = make_processor(
             self._export_kept,
             name=self.name,
             options=options,
-            sync=options["sync"] if self.sync is None else self.sync,
+            sync=sync,
             maintenance=self._maintenance(),
             is_transient=self.is_transient,
             split_transient=self.splits_transient_failures,
+            spool=spool,
+            spool_target=None if spool is None else FencedReplay(self, self._kept),
         )
+
+    def _make_spool(self, options: ProcessorOptions) -> Spool | None:
+        base, max_bytes = options["spool_dir"], options["spool_max_bytes"]
+        if self.spool is False or not max_bytes or not self.supports_spool:
+            return None
+        if isinstance(self.spool, (str, os.PathLike)):
+            return Spool(Path(self.spool), max_bytes, self.name)
+        return None if base is None else Spool(spool_folder(base, self.name), max_bytes, self.name)
 
     def _maintenance(self) -> MaintenanceFunction | None:
         # What the processor runs between batches; stores with retention
         # limits return their retention pass.
         return None
 
-    def _export_kept(self, records: Sequence[TrafficRecord]) -> None:
+    def _kept(self, records: Sequence[TrafficRecord]) -> Sequence[TrafficRecord]:
         # The policy's costly filters (skip_bots) run here, in the worker.
         policy = self.log_policy
         if policy.skip_bots:
-            records = [record for record in records if policy.keeps_in_worker(record)]
-            if not records:
-                return
-        self.export(records)
+            return [record for record in records if policy.keeps_in_worker(record)]
+        return records
+
+    def _export_kept(self, records: Sequence[TrafficRecord]) -> None:
+        records = self._kept(records)
+        if records:
+            self.export(records)
+
+    # -- the disk spool --------------------------------------------------------
+
+    @property
+    def supports_spool(self) -> bool:
+        """Whether records wait on disk while this sink fails: it fences
+        replayed spool batches (:meth:`export_spooled`). The file stores do
+        not (a spool on their disk would not outlive what makes them fail)."""
+        return type(self).export_spooled is not Sink.export_spooled
+
+    @property
+    def spool_folder(self) -> Path | None:
+        """The folder of this sink's spool files, or ``None`` (no spool)."""
+        return self._spool_folder
+
+    def spool_position(self, spool_id: str) -> int:
+        """How many records of spool file ``spool_id`` this sink has written
+        (0 for one it has never seen). Implement with :meth:`export_spooled`."""
+        raise NotImplementedError
+
+    def export_spooled(
+        self, records: Sequence[TrafficRecord], spool_id: str, position: int
+    ) -> None:
+        """Write ``records`` (replayed from spool file ``spool_id``) and set
+        its :meth:`spool_position` to ``position``, both or neither: in one
+        transaction. A sink that implements it spools; raise on failure as
+        :meth:`export` does."""
+        raise NotImplementedError
+
+    def forget_spool(self, spool_id: str) -> None:  # noqa: B027 - optional hook, empty by design
+        """Spool file ``spool_id`` is replayed and removed: drop its position."""
 
     def setup(self, app: Flask) -> None:  # noqa: B027 - optional hook, empty by design
         """Open what the sink writes to; runs once, in ``init_app``, for the
@@ -222,7 +280,9 @@ class Sink(abc.ABC):
         raised), ``dead_lettered`` (records set aside because no retry could
         write them), ``last_error`` (``"Type: message"`` of the last failure,
         or ``None``), ``last_error_at`` and ``last_export_at`` (ISO 8601 UTC,
-        or ``None``).
+        or ``None``); for a sink that spools, ``spooled`` and
+        ``spooled_bytes`` (waiting in the disk spool), ``spilled``,
+        ``replayed`` and ``replaying`` (0 and ``False`` otherwise).
         """
         if self.processor is None:
             return Health(self.name).stats(0)
@@ -255,8 +315,9 @@ class Store(Sink):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
+        spool: str | os.PathLike[str] | bool | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync, name=name)
+        super().__init__(log_policy, sync=sync, name=name, spool=spool)
         if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
             raise ValueError(f"max_age must be a positive datetime.timedelta, got {max_age!r}.")
         if max_records is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import typing as t
 from datetime import timedelta
 
@@ -67,6 +68,8 @@ class SQLORMStore(SQLTableStore):
         ``TRAFFIC_RETENTION_INTERVAL`` seconds.
     :param max_records: keep only the newest this many rows (by
         ``traffic_id``); older ones are deleted the same way.
+    :param spool: where records wait on disk while the database is down:
+        ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
 
     :meth:`read`, :meth:`summary` and retention run in the database, as
     :class:`~flask_traffic.stores.SQLStore`'s do.
@@ -85,6 +88,7 @@ class SQLORMStore(SQLTableStore):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
+        spool: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMStore")
         import sqlalchemy as sa
@@ -92,7 +96,9 @@ class SQLORMStore(SQLTableStore):
 
         from .sqlschema import ID_COLUMN
 
-        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        super().__init__(
+            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+        )
         if model is None:
             raise TypeError(
                 "SQLORMStore needs a model: pass a declarative model class that uses "

@@ -16,13 +16,12 @@ from .._optional import require
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord
-from ._redisentries import CODECS, EMPTY_ENTRY, next_id
+from ._redisentries import CODECS, add_entries, next_id
 from .base import Store
 
 if t.TYPE_CHECKING:
     import redis
     from flask import Flask
-    from redis.typing import EncodableT, FieldT
 
 __all__ = ["RedisStore"]
 
@@ -120,6 +119,8 @@ class RedisStore(Store):
         what is read until then.
     :param max_records: keep about this many entries, the newest, trimmed in
         the background (``XTRIM MAXLEN ~``); never fewer.
+    :param spool: where records wait on disk while Redis is down:
+        ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
 
     .. versionchanged:: 1.0
         ``url``, ``client``, ``max_len`` and ``sync``; ``None`` is left out
@@ -147,8 +148,11 @@ class RedisStore(Store):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
+        spool: str | os.PathLike[str] | bool | None = None,
     ) -> None:
-        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        super().__init__(
+            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+        )
         redis_module = require("redis", extra="redis", needed_by="RedisStore")
         if not isinstance(event_name, str) or not event_name:
             raise TypeError(
@@ -336,24 +340,34 @@ class RedisStore(Store):
             self._batch_number += 1
             number = self._batch_number
         self._unsure = None
-        codecs = [CODECS[name] for name in self.fields]
-        key = self.event_name
-        max_len = self.max_len
-        values = self.log_policy.values
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                for record in records:
-                    entry: dict[FieldT, EncodableT] = {
-                        name: encode(value)
-                        for (name, encode, _), value in zip(codecs, values(record), strict=True)
-                        if value is not None
-                    }
-                    pipe.xadd(key, entry or EMPTY_ENTRY, maxlen=max_len, approximate=True)
+                add_entries(pipe, self.event_name, records, self.log_policy, self.max_len)
                 pipe.set(self._fence_key, number, ex=_FENCE_TTL)
                 pipe.execute()
         except self._unsure_errors:
             self._unsure = (records, number)
             raise
+
+    def _spool_key(self, spool_id: str) -> str:
+        return f"{self.event_name}:flask-traffic-spool:{spool_id}"
+
+    def spool_position(self, spool_id: str) -> int:
+        """The spool file's fence key (``<event_name>:flask-traffic-spool:<id>``)."""
+        landed = self._client.get(self._spool_key(spool_id))
+        return 0 if landed is None else int(landed)
+
+    def export_spooled(
+        self, records: Sequence[TrafficRecord], spool_id: str, position: int
+    ) -> None:
+        """The entries and the spool file's fence key in one ``MULTI``/``EXEC``."""
+        with self._client.pipeline(transaction=True) as pipe:
+            add_entries(pipe, self.event_name, records, self.log_policy, self.max_len)
+            pipe.set(self._spool_key(spool_id), position, ex=_FENCE_TTL)
+            pipe.execute()
+
+    def forget_spool(self, spool_id: str) -> None:
+        self._client.delete(self._spool_key(spool_id))
 
     def scan(self, query: Query, *, oldest_first: bool = False) -> Iterator[_Row]:
         """The entries ``query`` selects, newest first (``XREVRANGE``) or

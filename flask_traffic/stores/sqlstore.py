@@ -62,6 +62,8 @@ class SQLStore(SQLTableStore):
         ``TRAFFIC_RETENTION_INTERVAL`` seconds.
     :param max_records: keep only the newest this many rows (by
         ``traffic_id``); older ones are deleted the same way.
+    :param spool: where records wait on disk while the database is down:
+        ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
     :param summary_index: on SQLite, give the table (also an existing one)
         the index :meth:`summary` reads, on ``request_route``,
         ``response_status_code``, ``request_browser``, ``request_platform``,
@@ -104,11 +106,14 @@ class SQLStore(SQLTableStore):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         summary_index: bool = True,
+        spool: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
         import sqlalchemy as sa
 
-        super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        super().__init__(
+            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+        )
         if database_url is not None and database_engine is not None:
             raise ValueError(
                 "SQLStore takes database_url or database_engine, not both: pass one of them."

@@ -1,0 +1,300 @@
+"""The disk spool: its file format, spill and replay in the batch processor,
+takeover of a stopped process's spool, and the fence that keeps a replayed
+batch from being written twice."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import typing as t
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_traffic import Traffic, TrafficRecord
+from flask_traffic._spool import Spool, SpoolFile, decode_record, encode_record
+from flask_traffic.processors import BatchProcessor
+from flask_traffic.stores import JSONStore, MemoryStore, SQLStore
+
+
+def record(n: int, **extra: t.Any) -> TrafficRecord:
+    return TrafficRecord(
+        start_time_ns=1_700_000_000_000_000_000 + n * 1000,
+        duration_ns=1_000_000,
+        request_method="GET",
+        request_path=f"/r/{n}",
+        response_status_code=200,
+        **extra,
+    )
+
+
+class FencedSink:
+    """A sink that keeps what it writes in a list and fences spool batches
+    as a database would: rows and position in one step."""
+
+    def __init__(self) -> None:
+        self.written: list[str | None] = []
+        self.positions: dict[str, int] = {}
+        self.fail = False
+        #: Write, then raise as if the reply were lost.
+        self.lose_reply = False
+        self.lock = threading.Lock()
+
+    def export(self, records: Sequence[TrafficRecord]) -> None:
+        if self.fail:
+            raise ConnectionError("down")
+        with self.lock:
+            self.written.extend(r.request_path for r in records)
+
+    def replay_spooled(self, records: list[TrafficRecord], spool_id: str, first: int) -> None:
+        if self.fail:
+            raise ConnectionError("down")
+        done = self.positions.get(spool_id, 0)
+        end = first + len(records)
+        if done >= end:
+            return
+        with self.lock:
+            self.written.extend(r.request_path for r in records[max(0, done - first) :])
+            self.positions[spool_id] = end
+        if self.lose_reply:
+            self.lose_reply = False
+            raise ConnectionError("reply lost")
+
+    def spool_finished(self, spool_id: str) -> None:
+        self.positions.pop(spool_id, None)
+
+
+def processor(sink: FencedSink, folder: Path, **options: t.Any) -> BatchProcessor:
+    options.setdefault("max_queue_size", 20)
+    options.setdefault("max_batch_size", 5)
+    options.setdefault("schedule_delay", 0.05)
+    options.setdefault("max_backoff", 0.2)
+    return BatchProcessor(
+        sink.export,
+        name="fenced",
+        spool=Spool(folder, options.pop("max_bytes", 1 << 30), "fenced"),
+        spool_target=sink,
+        **options,
+    )
+
+
+def wait_for(test: t.Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def paths(count: int, start: int = 0) -> list[str | None]:
+    return [f"/r/{n}" for n in range(start, start + count)]
+
+
+def stopped_while_failing(folder: Path, count: int) -> tuple[FencedSink, BatchProcessor]:
+    """A processor given ``count`` records while its sink fails, shut down."""
+    sink = FencedSink()
+    sink.fail = True
+    p = processor(sink, folder)
+    for n in range(count):
+        p.emit(record(n))
+    p.shutdown(5)
+    return sink, p
+
+
+def test_a_frame_gives_back_the_very_same_record() -> None:
+    original = TrafficRecord(
+        1_700_000_000_123_456_789,
+        42_000,
+        "POST",
+        "https",
+        "example.com:8443",
+        ("10.0.0.1", 8443),
+        "/caf\udce9?x",
+        "a=1",
+        "HTTP/1.1",
+        "shop.item",
+        "/item/<int:n>",
+        "203.0.113.9",
+        "https://ref/",
+        "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0",
+        500,
+        "123",
+        "text/html; charset=utf-8",
+        None,
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "k=v",
+        KeyError("boom"),
+    )
+    frame = encode_record(original)
+    copy = decode_record(frame[8:])
+    assert copy.raw_values() == original.raw_values()
+    assert copy.as_dict() == original.as_dict()
+    assert copy.server_port == 8443
+
+
+def test_a_torn_tail_is_skipped_and_the_whole_records_kept(tmp_path: Path) -> None:
+    spool = SpoolFile.create(tmp_path)
+    assert spool.append([encode_record(record(n)) for n in range(10)], 1 << 20) == 10
+    size = spool.size
+    spool.close(delete=False)
+    with open(spool.path, "r+b") as file:
+        file.truncate(size - 3)  # the last record cut short, as by SIGKILL
+    taken = SpoolFile.adopt(spool.path)
+    assert taken is not None
+    assert taken.records == 9
+    records, _ = taken.read(100)
+    assert [r.request_path for r in records] == paths(9)
+    taken.close(delete=True)
+
+
+def test_a_held_spool_is_not_taken_over(tmp_path: Path) -> None:
+    spool = SpoolFile.create(tmp_path)
+    spool.append([encode_record(record(0))], 1 << 20)
+    assert SpoolFile.adopt(spool.path) is None
+    spool.close(delete=False)
+    taken = SpoolFile.adopt(spool.path)
+    assert taken is not None
+    taken.close(delete=True)
+
+
+def test_an_outage_longer_than_the_queue_spills_and_replays_in_order(tmp_path: Path) -> None:
+    sink = FencedSink()
+    sink.fail = True
+    p = processor(sink, tmp_path, max_queue_size=100)
+    for n in range(500):  # five times the queue
+        p.emit(record(n))
+        time.sleep(0.001)
+    assert wait_for(lambda: p.stats()["spooled"] > 0)
+    stats = p.stats()
+    assert stats["dropped"] == 0
+    assert stats["spooled_bytes"] > 0
+    sink.fail = False
+    assert p.force_flush(10)
+    assert sink.written == paths(500)
+    assert wait_for(lambda: p.stats()["spooled"] == 0)
+    assert p.stats()["replayed"] == p.stats()["spilled"] > 0
+    p.shutdown()
+    assert list(tmp_path.iterdir()) == []  # replayed spools are removed
+
+
+def test_shutdown_while_failing_spills_and_the_next_process_replays(tmp_path: Path) -> None:
+    sink, p = stopped_while_failing(tmp_path, 15)
+    assert p.stats()["dropped"] == 0
+    assert len(list(tmp_path.glob("*.spool"))) == 1
+    sink.fail = False
+    again = processor(sink, tmp_path)
+    assert wait_for(lambda: len(sink.written) == 15)
+    again.emit(record(15))
+    assert again.force_flush(5)
+    assert sink.written == paths(16)
+    again.shutdown()
+    assert list(tmp_path.glob("*.spool")) == []
+
+
+def test_shutdown_while_backing_off_with_the_store_back_writes(tmp_path: Path) -> None:
+    sink = FencedSink()
+    sink.fail = True
+    p = processor(sink, tmp_path, max_backoff=30.0)
+    for n in range(8):
+        p.emit(record(n))
+    assert wait_for(lambda: p.stats()["failed_exports"] > 0)
+    sink.fail = False
+    p.shutdown(5)
+    assert sink.written == paths(8)
+    assert p.stats()["spilled"] == 0
+    assert list(tmp_path.glob("*.spool")) == []
+
+
+def test_a_replayed_batch_whose_reply_was_lost_is_not_written_twice(tmp_path: Path) -> None:
+    sink, _ = stopped_while_failing(tmp_path, 15)
+    sink.fail = False
+    sink.lose_reply = True
+    again = processor(sink, tmp_path)
+    assert wait_for(lambda: not list(tmp_path.glob("*.spool")))
+    again.shutdown()
+    assert sink.written == paths(15)
+
+
+def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
+    sink = FencedSink()
+    sink.fail = True
+    p = processor(sink, tmp_path, max_bytes=2000)
+    for n in range(100):
+        p.emit(record(n))
+        time.sleep(0.001)
+    p.shutdown(5)
+    stats = p.stats()
+    assert stats["spilled"] > 0
+    assert stats["dropped"] > 0
+    assert stats["spilled"] + stats["dropped"] == 100
+    sink.fail = False
+    again = processor(sink, tmp_path)
+    assert wait_for(lambda: len(sink.written) == stats["spilled"])
+    again.shutdown()
+    assert sink.written == sorted(set(sink.written), key=lambda p: int(p.split("/")[-1]))  # type: ignore[union-attr]
+
+
+def test_a_forked_child_leaves_its_parents_spool_alone(tmp_path: Path) -> None:
+    sink = FencedSink()
+    sink.fail = True
+    p = processor(sink, tmp_path)
+    for n in range(15):
+        p.emit(record(n))
+    assert wait_for(lambda: p.stats()["spooled"] > 0)
+    pid = os.fork()
+    if pid == 0:  # the child: shuts down its own processor, exits
+        try:
+            p.shutdown(1)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    (held,) = tmp_path.glob("*.spool")
+    assert SpoolFile.adopt(held) is None  # still the parent's
+    sink.fail = False
+    assert p.force_flush(10)
+    p.shutdown()
+    assert sink.written == paths(15)
+
+
+def test_stores_without_a_fence_do_not_spool(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    json_store = JSONStore()
+    memory = MemoryStore()
+    Traffic(app, stores=[json_store, memory])
+    assert not json_store.supports_spool
+    assert not memory.supports_spool
+    assert json_store.stats()["spooled"] == 0
+    json_store.shutdown()
+    memory.shutdown()
+
+
+def test_spool_settings_are_checked(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config["TRAFFIC_SPOOL_MAX_BYTES"] = -1
+    with pytest.raises(ValueError, match="TRAFFIC_SPOOL_MAX_BYTES"):
+        Traffic(app, stores=[MemoryStore()])
+    with pytest.raises(TypeError, match="spool must be"):
+        SQLStore(database_url="sqlite://", spool=3)  # type: ignore[arg-type]
+
+
+def test_spill_and_replay_each_log_a_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = FencedSink()
+    sink.fail = True
+    with caplog.at_level(logging.WARNING, logger="flask_traffic"):
+        p = processor(sink, tmp_path)
+        for n in range(60):
+            p.emit(record(n))
+            time.sleep(0.001)
+        assert wait_for(lambda: p.stats()["spooled"] > 0)
+        sink.fail = False
+        assert p.force_flush(10)
+        p.shutdown()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("spilled" in m for m in messages) == 1
+    assert sum("replaying" in m for m in messages) == 1
+    assert sum("replay finished" in m for m in messages) == 1
