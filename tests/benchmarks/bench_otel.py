@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Run as a script, this folder is on sys.path: the same user agents as bench_ingest.
+from bench_ingest import USER_AGENTS
 from flask import Flask
 from flask_traffic_otel import OTelExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -46,12 +48,6 @@ from flask_traffic import Traffic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import make_app
 
-USER_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-    "curl/8.5.0",
-)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 # The receiver runs in a process of its own: it prints its port, then

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Run as a script, this folder is on sys.path.
-from bench_ingest import MAKERS
+from bench_ingest import MAKERS, USER_AGENTS
 from flask import Flask
 
 from flask_traffic import Traffic
@@ -35,15 +35,6 @@ from flask_traffic.stores import Store
 # The tests' folder holds the shared test app.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import make_app
-
-USER_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
-    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-    "curl/8.5.0",
-)
 
 
 def run_requests(app: Flask, count: int) -> None:

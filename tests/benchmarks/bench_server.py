@@ -63,6 +63,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Run as a script, this folder is on sys.path: the same user agents as bench_ingest.
+from bench_ingest import USER_AGENTS
+
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
@@ -75,14 +78,6 @@ ALL_FIVE = "json+csv+sqlite+sqlorm+redis"
 DEFAULT_CONFIGS = "json,csv,sqlite,postgresql,mariadb,sqlorm,redis,all,otel"
 
 PATHS = ("/", "/item/1", "/item/22", "/echo/a/b", "/", "/item/333")
-USER_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
-    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-    "curl/8.5.0",
-)
 
 # -- The app gunicorn serves (``bench_server:create_app()``), set by the environment.
 
