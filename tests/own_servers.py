@@ -85,14 +85,22 @@ class PostgreSQLCluster:
 
 
 class RedisServer:
-    """A ``redis-server`` of the test's own on a spare loopback port, keeping
-    nothing on disk (``--save "" --appendonly no``): stopped and started by
-    its pid, never the shared one."""
+    """A ``redis-server`` of the test's own on a spare loopback port, stopped
+    and started by its pid, never the shared one.
 
-    def __init__(self, folder: Path) -> None:
+    By default it keeps nothing on disk (``--save "" --appendonly no``); with
+    ``durable`` it keeps an append-only file in ``folder``, fsynced on every
+    write, so a restart on the same port finds what was written before the
+    stop. ``args`` go to ``redis-server`` as they are (``"--requirepass",
+    "x"``).
+    """
+
+    def __init__(self, folder: Path, *args: str, durable: bool = False) -> None:
         if shutil.which("redis-server") is None:
             _missing("redis-server is not on PATH")
         self.folder = folder
+        self.args = args
+        self.durable = durable
         self.port = spare_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -104,9 +112,16 @@ class RedisServer:
         import time
 
         assert self.process is None
+        keeping = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--hz", "100"],
+             *keeping, "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"),
+             # Acts on SIGTERM within milliseconds, not at the next 100 ms tick.
+             "--hz", "100", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -115,7 +130,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
                     probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
+                    # Up: it answers, or asks for the password it was given.
+                    if probe.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -124,7 +140,12 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
             self.process.wait(10)
-            self.process = None
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import helpers
 import pytest
 import redis
 from flask import Flask
+from own_servers import RedisServer
 
 from flask_traffic import FIELD_NAMES, FIELDS, LogPolicy, Traffic
 from flask_traffic.stores import JSONStore, RedisStore, Store
@@ -73,87 +73,16 @@ def server(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class OwnRedis:
-    """A redis-server of the test's own on a free loopback port.
-
-    It keeps an append-only file in ``folder`` (fsync on every write), so a
-    restart on the same port finds what was written before the stop.
-    """
-
-    def __init__(self, folder: Path, *args: str) -> None:
-        self.folder = folder
-        self.args = args
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.process is None
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--dir", str(self.folder),
-                "--logfile", str(self.folder / "redis.log"),
-                # Acts on SIGTERM within milliseconds, not at the next 100 ms tick.
-                "--hz", "100",
-                *self.args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=self.port, socket_connect_timeout=1) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.AuthenticationError:
-                    return  # up, and wants a password
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                    time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Callable[..., OwnRedis]]:
-    """Start a redis-server of the test's own: ``own_redis("--requirepass", "x")``."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not on PATH; CI needs it (see .ci/run).")
-        pytest.skip("redis-server is not on PATH.")
-    servers: list[OwnRedis] = []
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a redis-server of the test's own, keeping an append-only file so
+    a restart finds what was written: ``own_redis("--requirepass", "x")``."""
+    servers: list[RedisServer] = []
 
-    def start(*args: str) -> OwnRedis:
+    def start(*args: str) -> RedisServer:
         folder = tmp_path / f"redis{len(servers)}"
         folder.mkdir()
-        own = OwnRedis(folder, *args)
+        own = RedisServer(folder, *args, durable=True)
         servers.append(own)
         own.start()
         return own
@@ -244,7 +173,7 @@ class LostReplyProxy:
 
 
 def test_0_8_signature_with_host_password_and_port(
-    tmp_path: Path, own_redis: Callable[..., OwnRedis], stores: list[Store]
+    tmp_path: Path, own_redis: Callable[..., RedisServer], stores: list[Store]
 ) -> None:
     own = own_redis("--requirepass", "s3cret")
     store = RedisStore("127.0.0.1", "traffic", "s3cret", own.port)
@@ -258,7 +187,7 @@ def test_0_8_signature_with_host_password_and_port(
 
 
 def test_wrong_password_fails_at_init_app(
-    tmp_path: Path, own_redis: Callable[..., OwnRedis], stores: list[Store]
+    tmp_path: Path, own_redis: Callable[..., RedisServer], stores: list[Store]
 ) -> None:
     own = own_redis("--requirepass", "s3cret")
     store = RedisStore("127.0.0.1", "traffic", "wrong", own.port)
@@ -569,7 +498,7 @@ def _send_until(app: Flask, stop: threading.Event, statuses: list[int], limit: i
 
 def test_redis_stops_and_comes_back_and_nothing_is_lost(
     tmp_path: Path,
-    own_redis: Callable[..., OwnRedis],
+    own_redis: Callable[..., RedisServer],
     stores: list[Store],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -643,7 +572,7 @@ def test_a_transaction_whose_reply_was_lost_is_not_written_twice(
 
 def test_redis_down_when_the_app_starts(
     tmp_path: Path,
-    own_redis: Callable[..., OwnRedis],
+    own_redis: Callable[..., RedisServer],
     stores: list[Store],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -767,7 +696,7 @@ def test_example_app_serves_its_traffic(
 def test_example_reads_redis_url_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    own_redis: Callable[..., OwnRedis],
+    own_redis: Callable[..., RedisServer],
     load_example: Callable[[str], ModuleType],
 ) -> None:
     own = own_redis()
