@@ -317,6 +317,9 @@ class BatchProcessor:
                 return
             if not pending.batch:
                 self._maintenance.run_if_due()
+                if self._spool is not None:
+                    self._spool.adopt_orphans_if_due()
+                    self._spilling = self._spilling or self._backlog() > 0
 
     def _sleep(self, pending: PendingBatch) -> bool:
         """Wait for a wake-up, the timer or a due retry; ``True`` on the timer."""

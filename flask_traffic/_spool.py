@@ -6,8 +6,9 @@ by default). Each process appends to a file of its own,
 ``<pid>-<random>.spool``, which it holds under an exclusive ``flock`` for as
 long as it lives; a file nobody holds was left by a process that died or
 stopped, and the next process to look takes it over, under the lock, and
-replays it. A file is a header line and then one frame per record: its
-length and CRC-32, then the record's constructor values as JSON. A frame torn
+replays it. A file is a header line and then one frame per record
+(:mod:`._spoolframes`: the row the store made of it, when it made one, and
+the record's constructor values, after a length and a CRC). A frame torn
 by a crash (``SIGKILL`` in the middle of a write) fails its length or CRC
 check and ends the file there.
 
@@ -21,18 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import re
-import struct
 import time
 import typing as t
 import uuid
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._spoolframes import decode_batch, encode_record, read_frames
 from .record import TrafficRecord
 
 __all__ = [
@@ -42,8 +41,6 @@ __all__ = [
     "ReplayBatch",
     "Spool",
     "SpoolFile",
-    "decode_record",
-    "encode_record",
     "spool_folder",
 ]
 
@@ -54,69 +51,13 @@ logger = logging.getLogger("flask_traffic")
 SPOOL_FOLDER = "traffic-spool"
 _SUFFIX = ".spool"
 _MAGIC = b"flask-traffic spool 1\n"
-#: A frame's header: payload length, CRC-32 of the payload.
-_HEADER = struct.Struct("<II")
-_READ_BLOCK = 1 << 20
-#: The largest frame a reader believes: a length past it is a torn header.
-_MAX_FRAME = 64 << 20
 #: At most one spill line a minute per store; each says how many since.
 _SPILL_REPORT_INTERVAL = 60.0
-
-
-def encode_record(record: TrafficRecord) -> bytes:
-    """One frame: the record's :meth:`~flask_traffic.TrafficRecord.raw_values`
-    as JSON (ASCII, so lone surrogates survive), after its length and CRC."""
-    payload = json.dumps(
-        record.raw_values(), ensure_ascii=True, separators=(",", ":"), default=str
-    ).encode("ascii")
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_record(payload: bytes) -> TrafficRecord:
-    """The record a frame's payload holds, identical to the one spilled."""
-    return _record(json.loads(payload))
-
-
-def _record(values: list[t.Any]) -> TrafficRecord:
-    if values[5] is not None:  # server: (name, port), a list in JSON
-        values[5] = tuple(values[5])
-    return TrafficRecord(*values)
 
 
 def spool_folder(base: Path, store_name: str) -> Path:
     """The folder of ``store_name``'s spool files under ``base``."""
     return base / (re.sub(r"[^A-Za-z0-9._-]", "_", store_name).lstrip(".") or "store")
-
-
-def _frames(fd: int, offset: int, end: int, limit: int) -> Iterator[tuple[bytes, int]]:
-    """The payloads of up to ``limit`` whole frames from ``offset`` on, with
-    the offset after each; stops at ``end`` or at the first torn frame."""
-    buffer = b""
-    pos = 0  # of the next frame in buffer
-    base = offset  # file offset of buffer[0]
-    count = 0
-    while count < limit:
-        avail = len(buffer) - pos
-        need = _HEADER.size
-        if avail >= need:
-            length, crc = _HEADER.unpack_from(buffer, pos)
-            if length == 0 or length > _MAX_FRAME:
-                return
-            need += length
-        if avail < need:
-            buffer, base, pos = buffer[pos:], base + pos, 0
-            want = min(max(need - avail, _READ_BLOCK), end - base - len(buffer))
-            chunk = os.pread(fd, want, base + len(buffer)) if want > 0 else b""
-            if not chunk:
-                return
-            buffer += chunk
-            continue
-        payload = buffer[pos + _HEADER.size : pos + need]
-        if zlib.crc32(payload) != crc:
-            return
-        pos += need
-        count += 1
-        yield payload, base + pos
 
 
 class SpoolFile:
@@ -169,7 +110,7 @@ class SpoolFile:
             os.close(fd)
             return None
         size, records = len(_MAGIC), 0
-        for _, after in _frames(fd, len(_MAGIC), end, 1 << 62):
+        for _, after in read_frames(fd, len(_MAGIC), end, 1 << 62):
             size = after
             records += 1
         found = cls(path, fd, size, records)
@@ -219,18 +160,17 @@ class SpoolFile:
             logger.warning("%s: cannot cut a torn write off.", self.path, exc_info=True)
         self.size = size
 
-    def read(self, limit: int) -> tuple[list[TrafficRecord], int]:
-        """Up to ``limit`` records from the replay offset, and the offset after them."""
+    def read(self, limit: int, key: str | None = None) -> tuple[list[TrafficRecord], int]:
+        """Up to ``limit`` records from the replay offset, and the offset
+        after them; rows spilled under policy ``key`` come back ready to write."""
         payloads = []
         offset = self.offset
-        for payload, after in _frames(self.fd, self.offset, self.size, limit):
+        for payload, after in read_frames(self.fd, self.offset, self.size, limit):
             payloads.append(payload)
             offset = after
         if not payloads:
             return [], offset
-        # One JSON document for the batch: a third of the cost of one each.
-        rows = json.loads(b"[" + b",".join(payloads) + b"]")
-        return [_record(values) for values in rows], offset
+        return decode_batch(payloads, key), offset
 
     def close(self, *, delete: bool) -> None:
         """Release the file (and the lock); ``delete``: remove it first, under the lock."""
@@ -262,10 +202,25 @@ class Spool:
     :param max_bytes: the size this process's spool file may reach; records
         past it are dropped (the caller counts them).
     :param name: how log lines name the store.
+    :param rows: the store's policy values key and ``values`` function: each
+        spilled record keeps its row too, and replay writes the rows kept
+        under the same key without making the records again.
     """
 
-    def __init__(self, folder: Path, max_bytes: int, name: str) -> None:
+    #: Seconds between looks for spool files left by processes that stopped
+    #: while this one runs (a server recycling a worker, say): the worker
+    #: looks when idle, at most this often.
+    rescan_interval = 30.0
+
+    def __init__(
+        self,
+        folder: Path,
+        max_bytes: int,
+        name: str,
+        rows: tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]] | None = None,
+    ) -> None:
         self.folder = folder
+        self._rows = rows
         self.max_bytes = max_bytes
         self.name = name
         self._own: SpoolFile | None = None
@@ -277,6 +232,7 @@ class Spool:
         self._replayed_before = 0
         self._unreported_spills = 0
         self._last_spill_report = -_SPILL_REPORT_INTERVAL
+        self._last_scan = time.monotonic()
 
     @property
     def backlog(self) -> int:
@@ -294,8 +250,14 @@ class Spool:
         and the spool is not empty yet."""
         return self._replay_started is not None
 
+    def adopt_orphans_if_due(self) -> None:
+        """:meth:`adopt_orphans`, if :attr:`rescan_interval` has passed since the last look."""
+        if time.monotonic() - self._last_scan >= self.rescan_interval:
+            self.adopt_orphans()
+
     def adopt_orphans(self) -> None:
         """Take over the spool files in the folder that no live process holds."""
+        self._last_scan = time.monotonic()
         try:
             paths = sorted(self.folder.glob(f"*{_SUFFIX}"), key=_mtime)
         except OSError:
@@ -330,9 +292,7 @@ class Spool:
             if self._own is None:
                 self._own = SpoolFile.create(self.folder)
                 self._files.append(self._own)
-            written = self._own.append(
-                [encode_record(record) for record in records], self.max_bytes
-            )
+            written = self._own.append(list(map(self._encode, records)), self.max_bytes)
         except OSError:
             logger.warning(
                 "%s: cannot open a spool file in %s.", self.name, self.folder, exc_info=True
@@ -355,11 +315,26 @@ class Spool:
             self._last_spill_report = moment
         return written
 
+    def _encode(self, record: TrafficRecord) -> bytes:
+        rows = self._rows
+        if rows is None:
+            return encode_record(record)
+        try:
+            row = (rows[0], rows[1](record))
+        except Exception:
+            # The store's write fails on it too: the dead-letter file will
+            # tell; the spool keeps what makes the record again.
+            row = None
+        return encode_record(record, row)
+
     def next_batch(self, limit: int) -> ReplayBatch | None:
         """The oldest records not replayed yet, at most ``limit``."""
         while self._files:
             file = self._files[0]
-            records, end = file.read(limit) if file.position < file.records else ([], file.size)
+            key = None if self._rows is None else self._rows[0]
+            records, end = (
+                file.read(limit, key) if file.position < file.records else ([], file.size)
+            )
             if records:
                 return ReplayBatch(file, records, file.position, end)
             # Read to its end (or to a frame that fails its check).

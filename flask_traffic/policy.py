@@ -366,6 +366,18 @@ class LogPolicy:
             object.__setattr__(self, "_row_plan", plan)
         return t.cast(_RowPlan, plan)
 
+    @property
+    def values_key(self) -> str:
+        """The key :meth:`values` keeps its tuple under on a record
+        (:meth:`~flask_traffic.TrafficRecord.computed`): text naming the fields
+        and the options that shape them, equal for equal policies in any
+        process. A disk spool keeps it beside the values it spills, so that
+        they are only reused under the same policy.
+
+        .. versionadded:: 1.0
+        """
+        return self._plan().key
+
     def values(self, record: TrafficRecord) -> tuple[t.Any, ...]:
         """The enabled fields of ``record``, in schema order, JSON-ready.
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_traffic import Traffic, TrafficRecord
-from flask_traffic._spool import Spool, SpoolFile, decode_record, encode_record
+from flask_traffic import LogPolicy, Traffic, TrafficRecord
+from flask_traffic._spool import Spool, SpoolFile
+from flask_traffic._spoolframes import decode_record, encode_record
 from flask_traffic.processors import BatchProcessor
 from flask_traffic.stores import JSONStore, MemoryStore, SQLStore
 
@@ -106,8 +107,8 @@ def stopped_while_failing(folder: Path, count: int) -> tuple[FencedSink, BatchPr
     return sink, p
 
 
-def test_a_frame_gives_back_the_very_same_record() -> None:
-    original = TrafficRecord(
+def hostile_record() -> TrafficRecord:
+    return TrafficRecord(
         1_700_000_000_123_456_789,
         42_000,
         "POST",
@@ -130,11 +131,43 @@ def test_a_frame_gives_back_the_very_same_record() -> None:
         "k=v",
         KeyError("boom"),
     )
+
+
+def test_a_frame_gives_back_the_very_same_record() -> None:
+    original = hostile_record()
     frame = encode_record(original)
     copy = decode_record(frame[8:])
     assert copy.raw_values() == original.raw_values()
     assert copy.as_dict() == original.as_dict()
     assert copy.server_port == 8443
+
+
+@pytest.mark.parametrize("same_policy", [True, False])
+def test_a_spilled_row_is_written_as_it_was_made_and_the_record_stays_whole(
+    tmp_path: Path, same_policy: bool
+) -> None:
+    # Replay writes the row the store made before it failed; under another
+    # policy (the app changed between processes) the row is made again.
+    spilled_under = LogPolicy().set_from_true()
+    spilled_under.anonymize_ip = True
+    replayed_under = spilled_under if same_policy else LogPolicy().set_from_true()
+    original = hostile_record()
+    spool = Spool(tmp_path, 1 << 20, "s", rows=(spilled_under.values_key, spilled_under.values))
+    assert spool.spill([original]) == 1
+    spool.close()
+    again = Spool(tmp_path, 1 << 20, "s", rows=(replayed_under.values_key, replayed_under.values))
+    again.adopt_orphans()
+    batch = again.next_batch(10)
+    assert batch is not None
+    (copy,) = batch.records
+    assert replayed_under.values(copy) == replayed_under.values(original)
+    assert (spilled_under.values_key == replayed_under.values_key) == same_policy
+    # Everything else is there too, for a dead letter or a skip_bots test.
+    assert copy.raw_values() == original.raw_values()
+    assert copy.as_dict() == original.as_dict()
+    assert copy.request_browser == "Chrome 131"
+    again.advance(batch)
+    again.close()
 
 
 def test_a_torn_tail_is_skipped_and_the_whole_records_kept(tmp_path: Path) -> None:
@@ -194,6 +227,25 @@ def test_shutdown_while_failing_spills_and_the_next_process_replays(tmp_path: Pa
     assert sink.written == paths(16)
     again.shutdown()
     assert list(tmp_path.glob("*.spool")) == []
+
+
+def test_a_running_process_takes_over_a_spool_left_after_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server recycles one worker while another keeps running: the one
+    # still running finds the spool on its next look, without a restart.
+    monkeypatch.setattr(Spool, "rescan_interval", 0.1)
+    sink = FencedSink()
+    running = processor(sink, tmp_path)
+    running.emit(record(100))
+    assert running.force_flush(5)
+    stopped_while_failing(tmp_path, 15)
+    assert len(list(tmp_path.glob("*.spool"))) == 1
+    assert wait_for(lambda: len(sink.written) == 16)
+    assert sink.written == ["/r/100", *paths(15)]
+    assert wait_for(lambda: list(tmp_path.glob("*.spool")) == [])
+    assert running.stats()["replayed"] == 15
+    running.shutdown()
 
 
 def test_shutdown_while_backing_off_with_the_store_back_writes(tmp_path: Path) -> None:

@@ -166,8 +166,13 @@ class Sink(abc.ABC):
         if self.spool is False or not max_bytes or not self.supports_spool:
             return None
         if isinstance(self.spool, (str, os.PathLike)):
-            return Spool(Path(self.spool), max_bytes, self.name)
-        return None if base is None else Spool(spool_folder(base, self.name), max_bytes, self.name)
+            folder = Path(self.spool)
+        elif base is None:
+            return None
+        else:
+            folder = spool_folder(base, self.name)
+        policy = self.log_policy
+        return Spool(folder, max_bytes, self.name, rows=(policy.values_key, policy.values))
 
     def _maintenance(self) -> MaintenanceFunction | None:
         # What the processor runs between batches; stores with retention
