@@ -1,0 +1,368 @@
+"""Rollups: per-minute, per-hour and per-day aggregates of stored traffic, so
+that ``summary()`` of a month reads a few thousand aggregate rows instead of
+millions of records.
+
+A store that keeps rollups *folds* its records into them: in its worker,
+between batches, it reads the records written since its last fold (by their
+position: a SQL row id), adds them up with :class:`RollupDelta` and writes
+the sums and the new position in one transaction, under a lock that lets
+one process of the site fold at a time. Nothing is added to the write path
+of a request's record. A summary then adds up the rollups of the window's
+buckets (:func:`pieces`) and, from the raw records, those written after the
+last fold, so it counts every record once, however recently it was written.
+
+What a bucket keeps, for the parts of :meth:`~flask_traffic.summary.SummaryBuilder.result`:
+sums of weights (``1 / sample_rate`` a record) per ``(part, key)``
+(:data:`PARTS`), the first and last ``request_date`` as POSIX seconds, and
+unique visitors as a HyperLogLog (:class:`HyperLogLog`, per hour and per
+day). So counts and percentiles (the same ``response_time`` histogram)
+equal the raw summary's; visitors are within about 1.6 %.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import typing as t
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from .query import iso_text
+from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, histogram_index
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "PARTS",
+    "ROLLUP_FIELDS",
+    "UNITS",
+    "HyperLogLog",
+    "Piece",
+    "RollupDelta",
+    "RollupRetention",
+    "Unit",
+    "bucket_start",
+    "count_visitors",
+    "feed",
+    "pieces",
+    "visitor_hash",
+]
+
+_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_MICROSECOND = timedelta(microseconds=1)
+Unit = t.Literal["minute", "hour", "day"]
+#: Bucket sizes, finest first.
+UNITS: tuple[Unit, ...] = ("minute", "hour", "day")
+_LENGTH: dict[Unit, timedelta] = {
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+}
+#: The parts a bucket sums weights of, by key: ``total`` and ``records`` (key
+#: ``""``: the weight, and the number of records, so a summary knows whether
+#: any was sampled), ``status`` (the code as text, ``""`` for none), ``route``
+#: and ``time`` (JSON ``[route, histogram index]``), and the top lists'
+#: fields.
+PARTS = ("total", "records", "status", "route", "time", *TOP_FIELDS)
+#: The fields a rollup reads: a store keeping them all can keep rollups.
+ROLLUP_FIELDS = frozenset(
+    {
+        "request_date",
+        "request_route",
+        "request_sample_rate",
+        "response_status_code",
+        "response_time",
+        *VISITOR_FIELDS,
+        *TOP_FIELDS.values(),
+    }
+)
+# Visitors are counted per hour and per day: a minute's share of them is
+# not kept (a window's minutes count their hour's visitors).
+_VISITOR_UNITS: tuple[Unit, ...] = ("hour", "day")
+
+
+@dataclass(frozen=True)
+class RollupRetention:
+    """How long each bucket size is kept; ``None`` keeps it forever.
+
+    The defaults keep minutes for two days (a summary of a window up to two
+    hours is counted per minute), hours for 400 days (a year and a month of
+    hourly figures), days forever: at 13 million requests a month that is
+    a few hundred thousand rows in all.
+    """
+
+    minute: timedelta | None = timedelta(days=2)
+    hour: timedelta | None = timedelta(days=400)
+    day: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        for unit in UNITS:
+            value = getattr(self, unit)
+            if value is not None and (
+                not isinstance(value, timedelta) or value < _LENGTH[unit]
+            ):
+                raise ValueError(
+                    f"rollup_retention.{unit} must be None or a timedelta of at least "
+                    f"one {unit}, not {value!r}"
+                )
+
+    def cutoff(self, unit: Unit, now: datetime) -> datetime | None:
+        """The start of the oldest ``unit`` bucket to keep at ``now``."""
+        kept = getattr(self, unit)
+        return None if kept is None else bucket_start(now - kept, unit)
+
+
+#: What stores keep when given no ``rollup_retention``.
+DEFAULT_RETENTION = RollupRetention()
+
+
+def bucket_start(moment: datetime, unit: Unit) -> datetime:
+    """The start of the ``unit`` bucket ``moment`` (aware) falls in, in UTC."""
+    moment = moment.astimezone(_UTC)
+    if unit == "minute":
+        return moment.replace(second=0, microsecond=0)
+    if unit == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil(moment: datetime, unit: Unit) -> datetime:
+    start = bucket_start(moment, unit)
+    return start if start == moment else start + _LENGTH[unit]
+
+
+class Piece(t.NamedTuple):
+    """``unit`` buckets starting at ``start`` up to (not including) ``end``."""
+
+    unit: Unit
+    start: datetime
+    end: datetime
+
+
+def pieces(since: datetime, until: datetime, coarsest: Unit) -> list[Piece]:
+    """The fewest buckets, none coarser than ``coarsest``, that cover the
+    minute-aligned window from ``since`` to ``until`` exactly: whole days in
+    the middle, hours and then minutes toward the edges."""
+    order = UNITS[: UNITS.index(coarsest) + 1][::-1]
+    found: list[Piece] = []
+
+    def cover(start: datetime, end: datetime, level: int) -> None:
+        if start >= end:
+            return
+        unit = order[level]
+        first, last = _ceil(start, unit), bucket_start(end, unit)
+        if level == len(order) - 1 or first >= last:
+            if level == len(order) - 1:
+                found.append(Piece(unit, start, end))
+            else:
+                cover(start, end, level + 1)
+            return
+        cover(start, first, level + 1)
+        found.append(Piece(unit, first, last))
+        cover(last, end, level + 1)
+
+    cover(since, until, 0)
+    return sorted(found, key=lambda piece: piece.start)
+
+
+def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str | None) -> int:
+    """A visitor's 64-bit hash for one UTC day (``day`` is ISO text), keyed
+    by ``secret``: the same in every process that has the same secret, so
+    a site's workers count a visitor once between them."""
+    text = f"{day[:10]}\x00{address}\x00{user_agent}".encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(text, key=secret[:64], digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class HyperLogLog:
+    """Distinct counts in 4,096 registers (4 kB): standard error 1.6 %.
+
+    :param registers: bytes of a sketch to go on from.
+    """
+
+    PRECISION = 12
+    SIZE = 1 << PRECISION
+    _REST = 64 - PRECISION
+
+    __slots__ = ("registers",)
+
+    def __init__(self, registers: bytes | None = None) -> None:
+        if registers is not None and len(registers) != self.SIZE:
+            raise ValueError(f"a sketch has {self.SIZE} registers, not {len(registers)}")
+        self.registers = bytearray(registers) if registers is not None else bytearray(self.SIZE)
+
+    def add(self, hashed: int) -> None:
+        """Count a 64-bit hash."""
+        index = hashed >> self._REST
+        rest = hashed & ((1 << self._REST) - 1)
+        # The position of the first 1 bit in the remaining 52 bits.
+        rank = self._REST - rest.bit_length() + 1
+        if rank > self.registers[index]:
+            self.registers[index] = rank
+
+    def merge(self, other: bytes | bytearray) -> None:
+        """Add every hash another sketch counted."""
+        registers = self.registers
+        for index, rank in enumerate(other):
+            if rank > registers[index]:
+                registers[index] = rank
+
+    def count(self) -> float:
+        """The estimated number of distinct hashes added."""
+        size = self.SIZE
+        zeros = self.registers.count(0)
+        if zeros == size:
+            return 0.0
+        alpha = 0.7213 / (1 + 1.079 / size)
+        estimate = alpha * size * size / math.fsum(2.0**-rank for rank in self.registers)
+        if estimate <= 2.5 * size and zeros:
+            # Few distinct values: linear counting is the better estimate.
+            return size * math.log(size / zeros)
+        return estimate
+
+    def to_bytes(self) -> bytes:
+        """The registers, for storage."""
+        return bytes(self.registers)
+
+
+def _key(value: t.Any) -> str:
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+class RollupDelta:
+    """What a batch of records adds to the rollups, per bucket of each size.
+
+    :param secret: the site's visitor secret (:func:`visitor_hash`).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        #: ``(unit, bucket start, part, key) -> weight``.
+        self.sums: defaultdict[tuple[Unit, datetime, str, str], float] = defaultdict(float)
+        #: ``(unit, bucket start) -> [first, last]``, microseconds since the epoch.
+        self.spans: dict[tuple[Unit, datetime], list[int]] = {}
+        #: ``(unit, bucket start) -> sketch`` for hours and days.
+        self.visitors: dict[tuple[Unit, datetime], HyperLogLog] = {}
+        self.records = 0
+
+    def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
+        """Add rows as ``read()`` gives them (``request_date`` as ISO text)."""
+        sums, spans, visitors = self.sums, self.spans, self.visitors
+        secret = self.secret
+        starts: dict[str, datetime] = {}
+        for row in rows:
+            date_text = row.get("request_date")
+            if date_text is None:
+                continue
+            self.records += 1
+            rate = row.get("request_sample_rate")
+            weight = 1.0 if not rate else 1.0 / rate
+            minute_text = date_text[:16]
+            minute = starts.get(minute_text)
+            if minute is None:
+                minute = starts[minute_text] = bucket_start(
+                    datetime.fromisoformat(date_text), "minute"
+                )
+            moment = (datetime.fromisoformat(date_text) - _EPOCH) // _MICROSECOND
+            status = row.get("response_status_code")
+            route = row.get("request_route")
+            ms = row.get("response_time")
+            keys = [
+                ("total", ""),
+                ("status", "" if status is None else str(status)),
+                ("route", _key(route)),
+            ]
+            if ms is not None:
+                keys.append(("time", _key([route, histogram_index(ms)])))
+            for name, field in TOP_FIELDS.items():
+                value = row.get(field)
+                if value is not None:
+                    keys.append((name, value))
+            hashed = visitor_hash(
+                secret, date_text, row.get("request_remote_address"), row.get("request_user_agent")
+            )
+            for unit in UNITS:
+                start = minute if unit == "minute" else bucket_start(minute, unit)
+                for part, key in keys:
+                    sums[unit, start, part, key] += weight
+                sums[unit, start, "records", ""] += 1.0
+                span = spans.get((unit, start))
+                if span is None:
+                    spans[unit, start] = [moment, moment]
+                else:
+                    span[0] = min(span[0], moment)
+                    span[1] = max(span[1], moment)
+                if unit in _VISITOR_UNITS:
+                    sketch = visitors.get((unit, start))
+                    if sketch is None:
+                        sketch = visitors[unit, start] = HyperLogLog()
+                    sketch.add(hashed)
+
+
+def feed(
+    builder: SummaryBuilder,
+    sums: Iterable[tuple[str, str, float]],
+    per_bucket: Iterable[tuple[datetime, float]],
+    span: tuple[int | None, int | None],
+    visitors: float | None,
+) -> None:
+    """Feed ``builder`` what a window's rollups hold.
+
+    :param sums: ``(part, key, weight)`` summed over the window's buckets.
+    :param per_bucket: ``(bucket start, total weight)`` of each bucket.
+    :param span: the first and last ``request_date`` (microseconds since the epoch).
+    :param visitors: unique visitors, summed over the window's days.
+    """
+    total = records = 0.0
+    for part, key, weight in sums:
+        if part == "total":
+            total += weight
+        elif part == "records":
+            records += weight
+        elif part == "status":
+            builder.statuses[int(key) if key else None] += weight
+        elif part == "route":
+            builder.add_route(json.loads(key), weight)
+        elif part == "time":
+            route, index = json.loads(key)
+            builder.add_route_time(route, index, weight)
+        elif part in TOP_FIELDS:
+            builder.add_top(part, key, weight)
+    builder.total += total
+    if round(total, 6) != round(records, 6):
+        builder.sampled = True
+    for start, weight in per_bucket:
+        builder.add_minute(start.isoformat()[:16], weight)
+    first, last = span
+    if first is not None and last is not None:
+        first_text = _iso(first)
+        last_text = _iso(last)
+        if builder.first is None or first_text < builder.first:
+            builder.first = first_text
+        if builder.last is None or last_text > builder.last:
+            builder.last = last_text
+    if visitors is not None:
+        builder.visitor_count = round(visitors) + (builder.visitor_count or 0)
+
+
+def _iso(microseconds: int) -> str:
+    return iso_text(_EPOCH + timedelta(microseconds=microseconds))
+
+
+def count_visitors(sketches: Iterable[tuple[Unit, datetime, bytes]]) -> float:
+    """Unique visitors of a window from the sketches of its buckets: per UTC
+    day, its day sketch, or the union of its hours' (a minute counts with
+    its hour); summed over the days, as the raw summary counts them."""
+    days: dict[datetime, HyperLogLog] = {}
+    whole: set[datetime] = set()
+    for unit, start, registers in sketches:
+        day = bucket_start(start, "day")
+        if unit == "day":
+            days[day] = HyperLogLog(registers)
+            whole.add(day)
+        elif day not in whole:
+            days.setdefault(day, HyperLogLog()).merge(registers)
+    return math.fsum(sketch.count() for sketch in days.values())
