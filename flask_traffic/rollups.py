@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from .query import iso_text
+
+if t.TYPE_CHECKING:
+    from flask import Flask
 from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, histogram_index
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "count_visitors",
     "feed",
     "pieces",
+    "site_secret",
     "visitor_hash",
 ]
 
@@ -166,6 +170,15 @@ def pieces(since: datetime, until: datetime, coarsest: Unit) -> list[Piece]:
 
     cover(since, until, 0)
     return sorted(found, key=lambda piece: piece.start)
+
+
+def site_secret(app: Flask, location: str) -> bytes:
+    """The visitor secret of a site: from ``TRAFFIC_VISITOR_SECRET``, else the
+    app's ``SECRET_KEY``, else ``location`` (where the store writes), which
+    every process of the site has alike; hashed to 32 bytes."""
+    given = app.config.get("TRAFFIC_VISITOR_SECRET") or app.config.get("SECRET_KEY") or location
+    text = given if isinstance(given, bytes) else str(given).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=32, person=b"flask-traffic").digest()
 
 
 def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str | None) -> int:
@@ -352,10 +365,15 @@ def _iso(microseconds: int) -> str:
     return iso_text(_EPOCH + timedelta(microseconds=microseconds))
 
 
-def count_visitors(sketches: Iterable[tuple[Unit, datetime, bytes]]) -> float:
+def count_visitors(
+    sketches: Iterable[tuple[Unit, datetime, bytes]],
+    extra: Iterable[tuple[datetime, int]] = (),
+) -> float:
     """Unique visitors of a window from the sketches of its buckets: per UTC
     day, its day sketch, or the union of its hours' (a minute counts with
-    its hour); summed over the days, as the raw summary counts them."""
+    its hour), with ``extra`` visitor hashes (``(day, hash)``: of raw
+    records read besides) added to their day's; summed over the days, as
+    the raw summary counts them."""
     days: dict[datetime, HyperLogLog] = {}
     whole: set[datetime] = set()
     for unit, start, registers in sketches:
@@ -365,4 +383,6 @@ def count_visitors(sketches: Iterable[tuple[Unit, datetime, bytes]]) -> float:
             whole.add(day)
         elif day not in whole:
             days.setdefault(day, HyperLogLog()).merge(registers)
+    for day, hashed in extra:
+        days.setdefault(bucket_start(day, "day"), HyperLogLog()).add(hashed)
     return math.fsum(sketch.count() for sketch in days.values())

@@ -180,6 +180,9 @@ class SummaryBuilder:
         self.visitor_count: int | None = None
         self.first: str | None = None
         self.last: str | None = None
+        #: What the counts were read from, for the result's ``source``; a
+        #: store that answers from its rollups says so here.
+        self.source: dict[str, t.Any] | None = None
 
     # -- fed row by row ---------------------------------------------------
 
@@ -286,6 +289,10 @@ class SummaryBuilder:
         ``unique_visitors``
             distinct (UTC day, address, user agent), summed over days; never
             scaled for sampling.
+        ``source``
+            ``{"source": "records"}``, or for a store that answered from its
+            rollups ``{"source": "rollups", "granularity": finest bucket
+            used, "raw_records": records read besides}``.
         ``percentiles``
             how the percentiles were computed.
 
@@ -325,6 +332,7 @@ class SummaryBuilder:
             "top_browsers": self._top("top_browsers"),
             "top_platforms": self._top("top_platforms"),
             "unique_visitors": (visitors if fields >= VISITOR_FIELDS else None),
+            "source": self.source or {"source": "records"},
             "percentiles": (
                 "from a histogram of response_time with 8 logarithmic buckets per "
                 "doubling: within about 4.5% of the exact value"

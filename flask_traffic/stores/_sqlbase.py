@@ -16,6 +16,7 @@ from .._health import describe_error
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord
+from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
 from .base import Store
 
@@ -24,11 +25,17 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy import Connection, Engine
 
+    from .._maintenance import MaintenanceFunction
+    from ._sqlrollups import SQLRollups
     from ._sqltable import TableIO
 
 __all__ = ["SQLTableStore"]
 
 logger = logging.getLogger("flask_traffic")
+
+# Seconds a row id must have been seen before it is folded, where writers
+# insert at once and commit out of id order (PostgreSQL, MariaDB).
+_SETTLE_SECONDS = 10.0
 
 
 def _first_transient(
@@ -63,10 +70,22 @@ class SQLTableStore(Store):
         max_age: timedelta | None,
         max_records: int | None,
         spool: str | os.PathLike[str] | bool | None,
+        rollups: bool = True,
+        rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(
             log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
         )
+        if rollup_retention is not None and not isinstance(rollup_retention, RollupRetention):
+            raise TypeError(
+                f"rollup_retention must be a flask_traffic.rollups.RollupRetention, "
+                f"not {type(rollup_retention).__name__}."
+            )
+        #: Whether this store keeps rollups (it needs every field they count).
+        self.rollups = bool(rollups) and set(self.log_policy.enabled_fields) >= ROLLUP_FIELDS
+        self.rollup_retention = rollup_retention or DEFAULT_RETENTION
+        self._rollup_state: SQLRollups | None = None
+        self._visitor_secret = b""
         self._engine = None
         self._io = None
         self._fence: sa.Table | None = None
@@ -81,6 +100,7 @@ class SQLTableStore(Store):
         so in one line and finish in the worker once it answers, the records
         waiting in the queue meanwhile: the app starts either way.
         Configuration mistakes still raise here."""
+        self._visitor_secret = site_secret(app, self._location())
         try:
             self._engine, self._io = self.open_table(app)
         except Exception as exc:
@@ -223,11 +243,58 @@ class SQLTableStore(Store):
         from ._sqlitesummary import SQLiteSummarySQL
         from ._sqlsummary import MySQLSummarySQL, SummarySQL
 
+        rollups = None if query.where else self._rollup_tables()
+        if rollups is not None:
+            builder.source = rollups.summarize(query, builder)
+            return
         engine, io = self._ready()
         # The databases that count differently, by SQLAlchemy's dialect name.
         kinds = {"sqlite": SQLiteSummarySQL, "mysql": MySQLSummarySQL, "mariadb": MySQLSummarySQL}
         kind = kinds.get(engine.dialect.name, SummarySQL)
         kind(io, query, self.fields).run(engine, builder)
+
+    def _location(self) -> str:
+        # What every process of the site writing to this table has alike.
+        return f"{type(self).__name__}:{self.name}"
+
+    def _rollup_tables(self) -> SQLRollups | None:
+        """The rollups, their tables made on first use; None when off."""
+        if not self.rollups:
+            return None
+        if self._rollup_state is None:
+            from ._sqlrollups import SQLRollups
+
+            engine, io = self._ready()
+            if not set(ROLLUP_FIELDS) <= set(io.written):
+                # A table made by an older version lacks a column they count.
+                self.rollups = False
+                return None
+            settle = 0.0 if engine.dialect.name == "sqlite" else _SETTLE_SECONDS
+            self._rollup_state = SQLRollups(
+                engine, io, self._visitor_secret, self.rollup_retention, settle
+            )
+        return self._rollup_state
+
+    def fold(self) -> int:
+        """Fold the rows written since the last fold into the rollups (the
+        worker does it at every retention interval); return how many."""
+        rollups = self._rollup_tables()
+        return 0 if rollups is None else rollups.fold()
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        if not self.rollups:
+            return super()._maintenance()
+        return self._maintain
+
+    def _retain_now(self) -> int:
+        # Rows are folded before retention may remove them.
+        rollups = self._rollup_tables()
+        if rollups is not None:
+            rollups.fold()
+            rollups.retain()
+        if self.max_age is None and self.max_records is None:
+            return 0
+        return super()._retain_now()
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Delete rows older than ``cutoff`` and all but the newest

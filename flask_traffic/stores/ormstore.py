@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from .._optional import require
 from ..policy import LogPolicy
+from ..rollups import RollupRetention
 from ._sqlbase import SQLTableStore
 
 if t.TYPE_CHECKING:
@@ -89,6 +90,8 @@ class SQLORMStore(SQLTableStore):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
+        rollups: bool = True,
+        rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMStore")
         import sqlalchemy as sa
@@ -97,7 +100,14 @@ class SQLORMStore(SQLTableStore):
         from .sqlschema import ID_COLUMN
 
         super().__init__(
-            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+            log_policy,
+            sync=sync,
+            name=name,
+            max_age=max_age,
+            max_records=max_records,
+            spool=spool,
+            rollups=rollups,
+            rollup_retention=rollup_retention,
         )
         if model is None:
             raise TypeError(

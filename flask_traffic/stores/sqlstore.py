@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._optional import require
 from ..policy import LogPolicy
+from ..rollups import RollupRetention
 from ._sqlbase import SQLTableStore
 from .base import warn_if_outside_instance_folder
 
@@ -107,12 +108,21 @@ class SQLStore(SQLTableStore):
         max_records: int | None = None,
         summary_index: bool = True,
         spool: str | os.PathLike[str] | bool | None = None,
+        rollups: bool = True,
+        rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
         import sqlalchemy as sa
 
         super().__init__(
-            log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
+            log_policy,
+            sync=sync,
+            name=name,
+            max_age=max_age,
+            max_records=max_records,
+            spool=spool,
+            rollups=rollups,
+            rollup_retention=rollup_retention,
         )
         if database_url is not None and database_engine is not None:
             raise ValueError(

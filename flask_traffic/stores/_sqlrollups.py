@@ -1,0 +1,529 @@
+"""Rollups of a traffic table (:mod:`flask_traffic.rollups`), kept in three
+tables beside it, on every database SQLAlchemy speaks:
+
+``<table>_rollup(unit, start, part, key_hash, key, weight)``
+    summed weights per bucket and ``(part, key)``; ``key_hash`` (64 bits of
+    BLAKE2b) makes the primary key, so keys of any length are indexable
+    (MariaDB indexes no ``TEXT``).
+``<table>_rollup_bucket(unit, start, first_us, last_us, visitors)``
+    per bucket, the first and last ``request_date`` and the visitor sketch.
+``<table>_rollup_state(name, position, candidate, candidate_at)``
+    the fold position: every row with a ``traffic_id`` up to it is in the
+    rollups, none after it.
+
+:class:`SQLRollups` folds rows in order of ``traffic_id``, in transactions
+that also move the position; the first statement of each updates the state
+row, which locks it (and on SQLite the database) until the commit, so one
+process of the site folds at a time and nothing is counted twice. Sums are
+additive upserts; the bucket rows are read, merged and written under that
+lock.
+
+On databases where several writers insert at once (PostgreSQL, MariaDB) a
+row id is taken when a transaction inserts, not when it commits, so a low
+id can appear after a higher one has been folded. The fold therefore only
+goes up to the highest id seen ``settle`` seconds before (a batch's
+transaction lasts milliseconds); SQLite writers take turns, so there it
+folds up to the last row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import typing as t
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from ..query import Query
+from ..rollups import (
+    UNITS,
+    HyperLogLog,
+    Piece,
+    RollupDelta,
+    RollupRetention,
+    Unit,
+    bucket_start,
+    count_visitors,
+    feed,
+    pieces,
+    visitor_hash,
+)
+from ..summary import SummaryBuilder, bucket_unit
+from ._sqltable import TableIO
+from .sqlschema import ID_COLUMN, UTCDateTime
+
+__all__ = ["FOLD_CHUNK", "SQLRollups"]
+
+_UTC = timezone.utc
+#: Rows folded per transaction.
+FOLD_CHUNK = 5000
+_STATE = "fold"
+_MINUTE = timedelta(minutes=1)
+
+
+def _key_hash(part: str, key: str) -> int:
+    text = f"{part}\x00{key}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
+def _tables(table: sa.Table) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    metadata = sa.MetaData(schema=table.schema)
+    sums = sa.Table(
+        f"{table.name}_rollup",
+        metadata,
+        sa.Column("unit", sa.String(6), primary_key=True),
+        sa.Column("start", UTCDateTime(timezone=True), primary_key=True),
+        sa.Column("part", sa.String(16), primary_key=True),
+        sa.Column("key_hash", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("weight", sa.Double, nullable=False),
+    )
+    buckets = sa.Table(
+        f"{table.name}_rollup_bucket",
+        metadata,
+        sa.Column("unit", sa.String(6), primary_key=True),
+        sa.Column("start", UTCDateTime(timezone=True), primary_key=True),
+        sa.Column("first_us", sa.BigInteger, nullable=False),
+        sa.Column("last_us", sa.BigInteger, nullable=False),
+        sa.Column("visitors", sa.LargeBinary, nullable=True),
+    )
+    state = sa.Table(
+        f"{table.name}_rollup_state",
+        metadata,
+        sa.Column("name", sa.String(16), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("candidate", sa.BigInteger, nullable=True),
+        sa.Column("candidate_at", sa.Double, nullable=True),
+    )
+    return metadata, sums, buckets, state
+
+
+class SQLRollups:
+    """The rollups of one traffic table.
+
+    :param engine: the store's engine.
+    :param io: the table's reader and writer.
+    :param secret: the site's visitor secret.
+    :param retention: how long each bucket size is kept.
+    :param settle: seconds a row id must have been seen before it is folded
+        (0 on SQLite).
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        io: TableIO,
+        secret: bytes,
+        retention: RollupRetention,
+        settle: float,
+    ) -> None:
+        self.engine = engine
+        self.io = io
+        self.secret = secret
+        self.retention = retention
+        self.settle = settle
+        metadata, self.sums, self.buckets, self.state = _tables(io.table)
+        try:
+            metadata.create_all(engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Another process made them at the same moment.
+            inspector = sa.inspect(engine)
+            if not all(
+                inspector.has_table(name.name, schema=io.table.schema)
+                for name in (self.sums, self.buckets, self.state)
+            ):
+                raise
+        self._upsert_sums = self._make_upsert(self.sums, {"weight": "add"})
+        self._upsert_buckets = self._make_upsert(
+            self.buckets, {"first_us": "set", "last_us": "set", "visitors": "set"}
+        )
+
+    # -- folding ---------------------------------------------------------------
+
+    def fold(self) -> int:
+        """Fold every row written since the last fold; return how many."""
+        folded = 0
+        while True:
+            count = self._fold_chunk()
+            folded += count
+            if count < FOLD_CHUNK:
+                return folded
+
+    def _fold_chunk(self) -> int:
+        table, io = self.io.table, self.io
+        id_column = table.c[ID_COLUMN]
+        with self.engine.begin() as connection:
+            position, limit = self._lock(connection)
+            if limit <= position:
+                return 0
+            statement = (
+                sa.select(id_column, *(table.c[name] for name in io.written))
+                .where(id_column > position, id_column <= limit)
+                .order_by(id_column)
+                .limit(FOLD_CHUNK)
+            )
+            found = connection.execute(statement).all()
+            if not found:
+                return 0
+            delta = RollupDelta(self.secret)
+            delta.add_rows(io.convert(row[1:] for row in found))
+            self._apply(connection, delta)
+            connection.execute(
+                self.state.update()
+                .where(self.state.c.name == _STATE)
+                .values(position=int(found[-1][0]))
+            )
+            return len(found)
+
+    def _lock(self, connection: sa.Connection) -> tuple[int, int]:
+        """Lock the state row; the fold position and the highest id to fold."""
+        state = self.state
+        # An update first: it takes the row's lock (the database's on SQLite)
+        # that a SELECT would not.
+        moved = connection.execute(
+            state.update().where(state.c.name == _STATE).values(position=state.c.position)
+        ).rowcount
+        if not moved:
+            connection.execute(state.insert().values(name=_STATE, position=0))
+        position, candidate, candidate_at = connection.execute(
+            sa.select(state.c.position, state.c.candidate, state.c.candidate_at).where(
+                state.c.name == _STATE
+            )
+        ).one()
+        newest = connection.execute(sa.select(sa.func.max(self.io.table.c[ID_COLUMN]))).scalar()
+        newest = int(newest or 0)
+        if not self.settle:
+            return int(position), newest
+        now = time.time()
+        settled = candidate_at is not None and now - float(candidate_at) >= self.settle
+        limit = int(candidate) if settled and candidate is not None else int(position)
+        if candidate is None or settled:
+            connection.execute(
+                state.update()
+                .where(state.c.name == _STATE)
+                .values(candidate=newest, candidate_at=now)
+            )
+        return int(position), limit
+
+    def position(self, connection: sa.Connection) -> int:
+        """The fold position: rows after it are not in the rollups."""
+        found = connection.execute(
+            sa.select(self.state.c.position).where(self.state.c.name == _STATE)
+        ).scalar()
+        return int(found or 0)
+
+    def _apply(self, connection: sa.Connection, delta: RollupDelta) -> None:
+        sums = [
+            {
+                "unit": unit,
+                "start": start,
+                "part": part,
+                "key_hash": _key_hash(part, key),
+                "key": key,
+                "weight": weight,
+            }
+            for (unit, start, part, key), weight in delta.sums.items()
+        ]
+        if sums:
+            self._upsert_sums(connection, sums)
+        touched = list(delta.spans)
+        old = self._read_buckets(connection, touched)
+        rows = []
+        for unit, start in touched:
+            first, last = delta.spans[unit, start]
+            known = old.get((unit, start))
+            sketch = delta.visitors.get((unit, start))
+            registers: bytes | None = None if sketch is None else sketch.to_bytes()
+            if known is not None:
+                first, last = min(first, known[0]), max(last, known[1])
+                if known[2] is not None:
+                    merged = HyperLogLog(known[2])
+                    if registers is not None:
+                        merged.merge(registers)
+                    registers = merged.to_bytes()
+            rows.append(
+                {
+                    "unit": unit,
+                    "start": start,
+                    "first_us": first,
+                    "last_us": last,
+                    "visitors": registers,
+                }
+            )
+        if rows:
+            self._upsert_buckets(connection, rows)
+
+    def _read_buckets(
+        self, connection: sa.Connection, keys: list[tuple[Unit, datetime]]
+    ) -> dict[tuple[Unit, datetime], tuple[int, int, bytes | None]]:
+        buckets = self.buckets
+        found: dict[tuple[Unit, datetime], tuple[int, int, bytes | None]] = {}
+        for unit in UNITS:
+            starts = [start for kind, start in keys if kind == unit]
+            for i in range(0, len(starts), 500):
+                statement = sa.select(
+                    buckets.c.start, buckets.c.first_us, buckets.c.last_us, buckets.c.visitors
+                ).where(buckets.c.unit == unit, buckets.c.start.in_(starts[i : i + 500]))
+                for start, first, last, visitors in connection.execute(statement):
+                    found[unit, start] = (int(first), int(last), visitors)
+        return found
+
+    def _make_upsert(
+        self, table: sa.Table, columns: dict[str, str]
+    ) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
+        """An insert that adds to (``"add"``) or replaces (``"set"``) the
+        given columns of a row whose primary key is there already."""
+        dialect = self.engine.dialect.name
+        keys = [column.name for column in table.primary_key.columns]
+        statement: t.Any
+        if dialect in ("sqlite", "postgresql"):
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            module: t.Any = sqlite if dialect == "sqlite" else postgresql
+            insert = module.insert(table)
+            new = insert.excluded
+            statement = insert.on_conflict_do_update(
+                index_elements=keys,
+                set_={
+                    name: (table.c[name] + new[name]) if how == "add" else new[name]
+                    for name, how in columns.items()
+                },
+            )
+        elif dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
+            mysql_insert = mysql.insert(table)
+            inserted = mysql_insert.inserted
+            statement = mysql_insert.on_duplicate_key_update(
+                {
+                    name: (table.c[name] + inserted[name]) if how == "add" else inserted[name]
+                    for name, how in columns.items()
+                }
+            )
+        else:
+            return self._portable_upsert(table, columns, keys)
+
+        def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+            connection.execute(statement, rows)
+
+        return upsert
+
+    @staticmethod
+    def _portable_upsert(
+        table: sa.Table, columns: dict[str, str], keys: list[str]
+    ) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
+        # Any other database: update, then insert what was not there. Safe
+        # because the fold holds the state row's lock.
+        def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+            for row in rows:
+                match = [table.c[key] == row[key] for key in keys]
+                values = {
+                    name: (table.c[name] + row[name]) if how == "add" else row[name]
+                    for name, how in columns.items()
+                }
+                if not connection.execute(table.update().where(*match).values(values)).rowcount:
+                    connection.execute(table.insert().values(row))
+
+        return upsert
+
+    # -- retention ---------------------------------------------------------------
+
+    def retain(self, now: datetime | None = None) -> int:
+        """Remove buckets past their size's retention; return how many."""
+        now = now or datetime.now(_UTC)
+        removed = 0
+        with self.engine.begin() as connection:
+            for unit in UNITS:
+                cutoff = self.retention.cutoff(unit, now)
+                if cutoff is None:
+                    continue
+                for table in (self.sums, self.buckets):
+                    result = connection.execute(
+                        table.delete().where(table.c.unit == unit, table.c.start < cutoff)
+                    )
+                    if table is self.buckets:
+                        removed += max(result.rowcount, 0)
+        return removed
+
+    def clear(self, since: datetime | None = None) -> None:
+        """Drop the rollups (from the day of ``since`` on) and fold again
+        from the raw rows: ``flask traffic rollup --rebuild``."""
+        with self.engine.begin() as connection:
+            self._lock(connection)
+            conditions = [] if since is None else [self.sums.c.start >= bucket_start(since, "day")]
+            connection.execute(self.sums.delete().where(*conditions))
+            bucket_conditions = (
+                [] if since is None else [self.buckets.c.start >= bucket_start(since, "day")]
+            )
+            connection.execute(self.buckets.delete().where(*bucket_conditions))
+            position = 0
+            if since is not None:
+                date = self.io.table.c["request_date"]
+                first = connection.execute(
+                    sa.select(sa.func.min(self.io.table.c[ID_COLUMN])).where(
+                        date >= bucket_start(since, "day")
+                    )
+                ).scalar()
+                position = 0 if first is None else int(first) - 1
+            connection.execute(
+                self.state.update()
+                .where(self.state.c.name == _STATE)
+                .values(position=position, candidate=None, candidate_at=None)
+            )
+
+    # -- summaries ---------------------------------------------------------------
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> dict[str, t.Any]:
+        """Feed ``builder`` the window of ``query`` (which has no ``where``):
+        its whole minutes from the rollups; from the raw rows, the seconds
+        before its first whole minute and after its last one, and every row
+        after the fold position. So it counts exactly what the raw summary
+        counts, for any window. Returns what the summary says of its source."""
+        since, until = query.since, query.until
+        table = self.io.table
+        date, row_id = table.c["request_date"], table.c[ID_COLUMN]
+        with self.engine.connect() as connection:
+            position = self.position(connection)
+            first, last = connection.execute(
+                sa.select(sa.func.min(self.buckets.c.first_us), sa.func.max(self.buckets.c.last_us))
+                .where(self.buckets.c.unit == "day")
+            ).one()
+            oldest = _moment(first)
+            start = (
+                _ceil_minute(since)
+                if since is not None
+                else None
+                if oldest is None
+                else bucket_start(oldest, "minute")
+            )
+            end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
+            found: list[Piece] = []
+            sketches: list[tuple[Unit, datetime, bytes]] = []
+            if start is not None and end is not None and start < end:
+                span_start = since or _moment(first)
+                span_end = until or _moment(last)
+                assert span_start is not None and span_end is not None
+                found = pieces(start, end, bucket_unit(span_start, span_end))
+                sketches = self._feed_rollups(connection, builder, found)
+            raw = [row_id > position]
+            if found:
+                # Folded rows outside the whole minutes: the window's edges.
+                edges = []
+                if since is not None:
+                    edges.append(date < found[0].start)
+                if until is not None:
+                    edges.append(date >= found[-1].end)
+                raw = [sa.or_(row_id > position, *edges)]
+            if since is not None:
+                raw.append(date >= since)
+            if until is not None:
+                raw.append(date < until)
+            rows = io_rows(connection, self.io, raw)
+        builder.add_rows(rows)
+        if not sketches:
+            # Nothing folded in the window: the raw rows' visitors, exactly.
+            return {"source": "rollups", "granularity": None, "raw_records": len(rows)}
+        # The raw rows' visitors join their days' sketches: a visitor seen
+        # in both is counted once.
+        secret = self.secret
+        extra = [
+            (
+                datetime.fromisoformat(row["request_date"]),
+                visitor_hash(
+                    secret,
+                    row["request_date"],
+                    row["request_remote_address"],
+                    row["request_user_agent"],
+                ),
+            )
+            for row in rows
+            if row["request_date"] is not None
+        ]
+        builder.visitor_count = round(count_visitors(sketches, extra))
+        finest = min((UNITS.index(piece.unit) for piece in found), default=0)
+        return {"source": "rollups", "granularity": UNITS[finest], "raw_records": len(rows)}
+
+    def _feed_rollups(
+        self, connection: sa.Connection, builder: SummaryBuilder, found: list[Piece]
+    ) -> list[tuple[Unit, datetime, bytes]]:
+        """Feed ``builder`` the sums of the buckets of ``found``; return the
+        visitor sketches of their hours and days."""
+        sums, buckets = self.sums, self.buckets
+
+        def within(table: sa.Table, chosen: Iterable[Piece]) -> sa.ColumnElement[bool]:
+            return sa.or_(
+                *(
+                    sa.and_(
+                        table.c.unit == piece.unit,
+                        table.c.start >= piece.start,
+                        table.c.start < piece.end,
+                    )
+                    for piece in chosen
+                )
+            )
+
+        totals = connection.execute(
+            sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight))
+            .where(within(sums, found), sums.c.part != "total")
+            .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
+        ).all()
+        per_bucket = connection.execute(
+            sa.select(sums.c.start, sums.c.weight).where(within(sums, found), sums.c.part == "total")
+        ).all()
+        span = connection.execute(
+            sa.select(sa.func.min(buckets.c.first_us), sa.func.max(buckets.c.last_us)).where(
+                within(buckets, found)
+            )
+        ).one()
+        # A minute piece counts the visitors of its hours.
+        visitor_pieces = [
+            piece
+            if piece.unit != "minute"
+            else Piece(
+                "hour",
+                bucket_start(piece.start, "hour"),
+                bucket_start(piece.end - _MINUTE, "hour") + timedelta(hours=1),
+            )
+            for piece in found
+        ]
+        sketches = connection.execute(
+            sa.select(buckets.c.unit, buckets.c.start, buckets.c.visitors).where(
+                within(buckets, visitor_pieces), buckets.c.visitors.is_not(None)
+            )
+        ).all()
+        weights = [(str(part), str(key), float(weight)) for part, key, weight in totals]
+        weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
+        feed(
+            builder,
+            weights,
+            [(row[0], float(row[1])) for row in per_bucket],
+            (span[0], span[1]),
+            None,
+        )
+        return [(row[0], row[1], row[2]) for row in sketches]
+
+
+def io_rows(
+    connection: sa.Connection, io: TableIO, conditions: list[sa.ColumnElement[bool]]
+) -> list[dict[str, t.Any]]:
+    """The rows of ``io``'s table that meet ``conditions``, as ``read()`` gives them."""
+    table = io.table
+    statement = sa.select(*(table.c[name] for name in io.written)).where(*conditions)
+    return io.convert(connection.execute(statement))
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    start = bucket_start(moment, "minute")
+    return start if start == moment else start + _MINUTE
+
+
+def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
+    """The aware datetime of ``microseconds`` since the epoch; with ``after``,
+    the end of the minute after it (``after`` long)."""
+    if microseconds is None:
+        return None
+    moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
+    return moment if after is None else bucket_start(moment, "minute") + after
