@@ -105,9 +105,7 @@ class RollupRetention:
     def __post_init__(self) -> None:
         for unit in UNITS:
             value = getattr(self, unit)
-            if value is not None and (
-                not isinstance(value, timedelta) or value < _LENGTH[unit]
-            ):
+            if value is not None and (not isinstance(value, timedelta) or value < _LENGTH[unit]):
                 raise ValueError(
                     f"rollup_retention.{unit} must be None or a timedelta of at least "
                     f"one {unit}, not {value!r}"
