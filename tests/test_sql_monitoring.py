@@ -191,11 +191,17 @@ def fill(database: Database, stores: list[Store], tmp_path: Path, **options: t.A
 
 
 def row_summary(store: Store, since: t.Any = None, until: t.Any = None) -> dict[str, t.Any]:
-    """The summary the default path gives: every selected row through the builder."""
+    """The summary the default path gives: every selected row through the
+    builder (without ``source``, which says where a store's summary came from)."""
     query = store.query(None, since=since, until=until)
     builder = SummaryBuilder(query.since, query.until, store.fields)
     Store.summarize(store, query, builder)
-    return builder.result()
+    return without_source(builder.result())
+
+
+def without_source(summary: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A summary's counts: everything but its ``source``."""
+    return {key: value for key, value in summary.items() if key != "source"}
 
 
 WINDOWS = [
@@ -216,7 +222,10 @@ def test_summary_in_the_database_equals_the_row_by_row_summary(
 ) -> None:
     store = fill(database, stores, tmp_path)
     for since, until in WINDOWS:
-        assert store.summary(since, until) == row_summary(store, since, until), (since, until)
+        assert without_source(store.summary(since, until)) == row_summary(store, since, until), (
+            since,
+            until,
+        )
 
     summary = store.summary()
     whole, half, quarter = dataset()
@@ -255,7 +264,7 @@ def test_summary_keeps_long_and_hostile_values_apart(
     ]
     store.export(records)
     summary = store.summary()
-    assert summary == row_summary(store)
+    assert without_source(summary) == row_summary(store)
     # One address, one day, two user agents that differ after 3000 characters.
     assert summary["unique_visitors"] == 2
     assert {entry["value"]: entry["count"] for entry in summary["top_paths"]} == {
@@ -270,7 +279,7 @@ def test_summary_skips_what_the_policy_leaves_out(
     store = sql_store(database, stores, tmp_path, log_policy=policy)
     store.export(dataset()[0])
     summary = store.summary()
-    assert summary == row_summary(store)
+    assert without_source(summary) == row_summary(store)
     assert summary["routes"] is None
     assert summary["top_paths"] is None
     assert summary["unique_visitors"] is None
@@ -279,7 +288,7 @@ def test_summary_skips_what_the_policy_leaves_out(
 
 def test_summary_of_an_empty_table(database: Database, stores: list[Store], tmp_path: Path) -> None:
     store = sql_store(database, stores, tmp_path)
-    assert store.summary() == row_summary(store)
+    assert without_source(store.summary()) == row_summary(store)
     assert store.summary()["total"] == 0
 
 
@@ -316,7 +325,7 @@ def test_sqlite_summary_is_the_same_through_the_summary_index(
     windows = [*WINDOWS, *WIDE_WINDOWS]
     with_index = [store.summary(since, until) for since, until in windows]
     for (since, until), summary in zip(windows, with_index, strict=True):
-        assert summary == row_summary(store, since, until), (since, until)
+        assert without_source(summary) == row_summary(store, since, until), (since, until)
     drop_summary_index(store)
     assert index_columns(store) == [["request_date"]]
     assert [store.summary(since, until) for since, until in windows] == with_index
@@ -392,7 +401,7 @@ def test_sqlite_summary_index_puts_every_time_in_its_bucket(
     by_row = histograms(Store.summarize)
     assert by_row["/a"][HISTOGRAM_MAX_INDEX] > 0
     assert histograms(SQLStore.summarize) == by_row
-    assert store.summary() == row_summary(store)
+    assert without_source(store.summary()) == row_summary(store)
 
 
 def test_sqlite_summary_index_is_added_to_an_older_table_once(
@@ -419,7 +428,7 @@ def test_sqlite_summary_index_is_added_to_an_older_table_once(
     oldest = sql_store(Database("sqlite", url, "oldest"), stores, tmp_path / "oldest")
     assert index_columns(oldest) == [["request_date"]]
     oldest.export(dataset()[0])
-    assert oldest.summary() == row_summary(oldest)
+    assert without_source(oldest.summary()) == row_summary(oldest)
 
 
 def test_app_starts_when_the_summary_index_cannot_be_added(
@@ -443,7 +452,7 @@ def test_app_starts_when_the_summary_index_cannot_be_added(
     assert "database is locked" in caplog.text
     assert index_columns(store) == [["request_date"]]
     store.export(dataset()[0])
-    assert store.summary() == row_summary(store)
+    assert without_source(store.summary()) == row_summary(store)
     engine.dispose()
 
 
@@ -452,7 +461,7 @@ def test_sqlite_summary_index_can_be_left_out(stores: list[Store], tmp_path: Pat
     store = sql_store(database, stores, tmp_path, summary_index=False)
     assert index_columns(store) == [["request_date"]]
     store.export(dataset()[0])
-    assert store.summary() == row_summary(store)
+    assert without_source(store.summary()) == row_summary(store)
     with pytest.raises(TypeError, match="summary_index must be True or False"):
         SQLStore(summary_index="yes")  # type: ignore[arg-type]
 
@@ -482,7 +491,7 @@ def test_orm_model_with_the_summary_index_summarizes_through_it(
         whole = dataset()[0]
         store.export(whole)
         for since, until in [*WINDOWS, *WIDE_WINDOWS]:
-            assert store.summary(since, until) == row_summary(store, since, until)
+            assert without_source(store.summary(since, until)) == row_summary(store, since, until)
         assert store.summary()["total"] == len(whole)
     finally:
         session.close()
@@ -561,7 +570,16 @@ def test_read_puts_window_filter_and_limit_into_the_sql(
     finally:
         sa.event.remove(engine, "before_cursor_execute", capture)
     assert len(rows) == 3
-    (select,) = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # The worker may fold rows into the rollups meanwhile: its statements
+    # read rows after the fold position or touch the rollup tables.
+    (select,) = [
+        s
+        for s in statements
+        if s.lstrip().upper().startswith("SELECT")
+        and "_rollup" not in s
+        and "traffic_id >" not in s
+        and "max(" not in s
+    ]
     assert "request_date >=" in select
     assert "response_status_code =" in select
     assert "LIMIT" in select.upper()
@@ -682,7 +700,7 @@ def test_orm_store_queries_summarizes_and_prunes(
         store.export(whole)
         assert store.name == "orm"
         for since, until in WINDOWS:
-            assert store.summary(since, until) == row_summary(store, since, until)
+            assert without_source(store.summary(since, until)) == row_summary(store, since, until)
         assert store.summary()["total"] == len(whole)
         since = START + timedelta(days=2)
         expected = [

@@ -70,7 +70,7 @@ class SQLTableStore(Store):
         max_age: timedelta | None,
         max_records: int | None,
         spool: str | os.PathLike[str] | bool | None,
-        rollups: bool = True,
+        rollups: bool = False,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(
@@ -246,7 +246,8 @@ class SQLTableStore(Store):
         rollups = None if query.where else self._rollup_tables()
         if rollups is not None:
             builder.source = rollups.summarize(query, builder)
-            return
+            if builder.source is not None:
+                return
         engine, io = self._ready()
         # The databases that count differently, by SQLAlchemy's dialect name.
         kinds = {"sqlite": SQLiteSummarySQL, "mysql": MySQLSummarySQL, "mariadb": MySQLSummarySQL}
@@ -261,10 +262,14 @@ class SQLTableStore(Store):
         """The rollups, their tables made on first use; None when off."""
         if not self.rollups:
             return None
+        engine, io = self._ready()
+        with self._open_lock:
+            return self._make_rollups(engine, io)
+
+    def _make_rollups(self, engine: Engine, io: TableIO) -> SQLRollups | None:
         if self._rollup_state is None:
             from ._sqlrollups import SQLRollups
 
-            engine, io = self._ready()
             if not set(ROLLUP_FIELDS) <= set(io.written):
                 # A table made by an older version lacks a column they count.
                 self.rollups = False

@@ -53,6 +53,7 @@ from ..rollups import (
 )
 from ..summary import SummaryBuilder, bucket_unit
 from ._sqltable import TableIO
+from ._sqltext import decode_text, encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
 
 __all__ = ["FOLD_CHUNK", "SQLRollups"]
@@ -129,13 +130,10 @@ class SQLRollups:
         try:
             metadata.create_all(engine, checkfirst=True)
         except sa.exc.DBAPIError:
-            # Another process made them at the same moment.
-            inspector = sa.inspect(engine)
-            if not all(
-                inspector.has_table(name.name, schema=io.table.schema)
-                for name in (self.sums, self.buckets, self.state)
-            ):
-                raise
+            # Another process made them at the same moment: once more, and
+            # each table there now is left as it is.
+            time.sleep(0.1)
+            metadata.create_all(engine, checkfirst=True)
         self._upsert_sums = self._make_upsert(self.sums, {"weight": "add"})
         self._upsert_buckets = self._make_upsert(
             self.buckets, {"first_us": "set", "last_us": "set", "visitors": "set"}
@@ -222,7 +220,8 @@ class SQLRollups:
                 "start": start,
                 "part": part,
                 "key_hash": _key_hash(part, key),
-                "key": key,
+                # Stored as the table's text is: lone surrogates survive.
+                "key": encode_text(key),
                 "weight": weight,
             }
             for (unit, start, part, key), weight in delta.sums.items()
@@ -376,20 +375,25 @@ class SQLRollups:
 
     # -- summaries ---------------------------------------------------------------
 
-    def summarize(self, query: Query, builder: SummaryBuilder) -> dict[str, t.Any]:
+    def summarize(self, query: Query, builder: SummaryBuilder) -> dict[str, t.Any] | None:
         """Feed ``builder`` the window of ``query`` (which has no ``where``):
         its whole minutes from the rollups; from the raw rows, the seconds
         before its first whole minute and after its last one, and every row
         after the fold position. So it counts exactly what the raw summary
-        counts, for any window. Returns what the summary says of its source."""
+        counts, for any window. Returns what the summary says of its source;
+        ``None``, having fed nothing, before the first fold (the database
+        counts faster than the rows could be read)."""
         since, until = query.since, query.until
         table = self.io.table
         date, row_id = table.c["request_date"], table.c[ID_COLUMN]
         with self.engine.connect() as connection:
             position = self.position(connection)
+            if not position:
+                return None
             first, last = connection.execute(
-                sa.select(sa.func.min(self.buckets.c.first_us), sa.func.max(self.buckets.c.last_us))
-                .where(self.buckets.c.unit == "day")
+                sa.select(
+                    sa.func.min(self.buckets.c.first_us), sa.func.max(self.buckets.c.last_us)
+                ).where(self.buckets.c.unit == "day")
             ).one()
             oldest = _moment(first)
             start = (
@@ -401,17 +405,29 @@ class SQLRollups:
             )
             end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
             found: list[Piece] = []
+            expired: list[Piece] = []
             sketches: list[tuple[Unit, datetime, bytes]] = []
             if start is not None and end is not None and start < end:
-                span_start = since or _moment(first)
-                span_end = until or _moment(last)
-                assert span_start is not None and span_end is not None
+                # The summary's bucket size, from the window or the data's span.
+                span_start = since or _moment(first) or start
+                span_end = until or _moment(last) or end
                 found = pieces(start, end, bucket_unit(span_start, span_end))
-                sketches = self._feed_rollups(connection, builder, found)
+                # Buckets past their size's retention are gone: those
+                # pieces are counted from the raw rows, where there are any.
+                now = datetime.now(_UTC)
+                kept = [
+                    piece
+                    for piece in found
+                    if (cutoff := self.retention.cutoff(piece.unit, now)) is None
+                    or piece.start >= cutoff
+                ]
+                expired = [piece for piece in found if piece not in kept]
+                if kept:
+                    sketches = self._feed_rollups(connection, builder, kept)
             raw = [row_id > position]
             if found:
                 # Folded rows outside the whole minutes: the window's edges.
-                edges = []
+                edges = [sa.and_(date >= piece.start, date < piece.end) for piece in expired]
                 if since is not None:
                     edges.append(date < found[0].start)
                 if until is not None:
@@ -471,7 +487,9 @@ class SQLRollups:
             .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
         ).all()
         per_bucket = connection.execute(
-            sa.select(sums.c.start, sums.c.weight).where(within(sums, found), sums.c.part == "total")
+            sa.select(sums.c.start, sums.c.weight).where(
+                within(sums, found), sums.c.part == "total"
+            )
         ).all()
         span = connection.execute(
             sa.select(sa.func.min(buckets.c.first_us), sa.func.max(buckets.c.last_us)).where(
@@ -494,7 +512,7 @@ class SQLRollups:
                 within(buckets, visitor_pieces), buckets.c.visitors.is_not(None)
             )
         ).all()
-        weights = [(str(part), str(key), float(weight)) for part, key, weight in totals]
+        weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
         weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
         feed(
             builder,

@@ -108,7 +108,7 @@ class SQLStore(SQLTableStore):
         max_records: int | None = None,
         summary_index: bool = True,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = True,
+        rollups: bool = False,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
