@@ -29,10 +29,8 @@ folds up to the last row.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 import typing as t
-from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -41,19 +39,14 @@ from ..query import Query
 from ..rollups import (
     UNITS,
     HyperLogLog,
-    Piece,
     RollupDelta,
     RollupRetention,
     Unit,
     bucket_start,
-    count_visitors,
-    feed,
-    pieces,
-    visitor_hash,
 )
-from ..summary import SummaryBuilder, bucket_unit
+from ..summary import SummaryBuilder
 from ._sqltable import TableIO
-from ._sqltext import decode_text, encode_text
+from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
 
 __all__ = ["FOLD_CHUNK", "SQLRollups"]
@@ -376,172 +369,8 @@ class SQLRollups:
     # -- summaries ---------------------------------------------------------------
 
     def summarize(self, query: Query, builder: SummaryBuilder) -> dict[str, t.Any] | None:
-        """Feed ``builder`` the window of ``query`` (which has no ``where``):
-        its whole minutes from the rollups; from the raw rows, the seconds
-        before its first whole minute and after its last one, and every row
-        after the fold position. So it counts exactly what the raw summary
-        counts, for any window. Returns what the summary says of its source;
-        ``None``, having fed nothing, before the first fold (the database
-        counts faster than the rows could be read)."""
-        since, until = query.since, query.until
-        table = self.io.table
-        date, row_id = table.c["request_date"], table.c[ID_COLUMN]
-        with self.engine.connect() as connection:
-            position = self.position(connection)
-            if not position:
-                return None
-            first, last = connection.execute(
-                sa.select(
-                    sa.func.min(self.buckets.c.first_us), sa.func.max(self.buckets.c.last_us)
-                ).where(self.buckets.c.unit == "day")
-            ).one()
-            oldest = _moment(first)
-            start = (
-                _ceil_minute(since)
-                if since is not None
-                else None
-                if oldest is None
-                else bucket_start(oldest, "minute")
-            )
-            end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
-            found: list[Piece] = []
-            expired: list[Piece] = []
-            sketches: list[tuple[Unit, datetime, bytes]] = []
-            if start is not None and end is not None and start < end:
-                # The summary's bucket size, from the window or the data's span.
-                span_start = since or _moment(first) or start
-                span_end = until or _moment(last) or end
-                found = pieces(start, end, bucket_unit(span_start, span_end))
-                # Buckets past their size's retention are gone: those
-                # pieces are counted from the raw rows, where there are any.
-                now = datetime.now(_UTC)
-                kept = [
-                    piece
-                    for piece in found
-                    if (cutoff := self.retention.cutoff(piece.unit, now)) is None
-                    or piece.start >= cutoff
-                ]
-                expired = [piece for piece in found if piece not in kept]
-                if kept:
-                    sketches = self._feed_rollups(connection, builder, kept)
-            raw = [row_id > position]
-            if found:
-                # Folded rows outside the whole minutes: the window's edges.
-                edges = [sa.and_(date >= piece.start, date < piece.end) for piece in expired]
-                if since is not None:
-                    edges.append(date < found[0].start)
-                if until is not None:
-                    edges.append(date >= found[-1].end)
-                raw = [sa.or_(row_id > position, *edges)]
-            if since is not None:
-                raw.append(date >= since)
-            if until is not None:
-                raw.append(date < until)
-            rows = io_rows(connection, self.io, raw)
-        builder.add_rows(rows)
-        if not sketches:
-            # Nothing folded in the window: the raw rows' visitors, exactly.
-            return {"source": "rollups", "granularity": None, "raw_records": len(rows)}
-        # The raw rows' visitors join their days' sketches: a visitor seen
-        # in both is counted once.
-        secret = self.secret
-        extra = [
-            (
-                datetime.fromisoformat(row["request_date"]),
-                visitor_hash(
-                    secret,
-                    row["request_date"],
-                    row["request_remote_address"],
-                    row["request_user_agent"],
-                ),
-            )
-            for row in rows
-            if row["request_date"] is not None
-        ]
-        builder.visitor_count = round(count_visitors(sketches, extra))
-        finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-        return {"source": "rollups", "granularity": UNITS[finest], "raw_records": len(rows)}
+        """Feed ``builder`` the window of ``query`` from the rollups
+        (:func:`._sqlrollupsummary.summarize`); ``None`` before the first fold."""
+        from ._sqlrollupsummary import summarize
 
-    def _feed_rollups(
-        self, connection: sa.Connection, builder: SummaryBuilder, found: list[Piece]
-    ) -> list[tuple[Unit, datetime, bytes]]:
-        """Feed ``builder`` the sums of the buckets of ``found``; return the
-        visitor sketches of their hours and days."""
-        sums, buckets = self.sums, self.buckets
-
-        def within(table: sa.Table, chosen: Iterable[Piece]) -> sa.ColumnElement[bool]:
-            return sa.or_(
-                *(
-                    sa.and_(
-                        table.c.unit == piece.unit,
-                        table.c.start >= piece.start,
-                        table.c.start < piece.end,
-                    )
-                    for piece in chosen
-                )
-            )
-
-        totals = connection.execute(
-            sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight))
-            .where(within(sums, found), sums.c.part != "total")
-            .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
-        ).all()
-        per_bucket = connection.execute(
-            sa.select(sums.c.start, sums.c.weight).where(
-                within(sums, found), sums.c.part == "total"
-            )
-        ).all()
-        span = connection.execute(
-            sa.select(sa.func.min(buckets.c.first_us), sa.func.max(buckets.c.last_us)).where(
-                within(buckets, found)
-            )
-        ).one()
-        # A minute piece counts the visitors of its hours.
-        visitor_pieces = [
-            piece
-            if piece.unit != "minute"
-            else Piece(
-                "hour",
-                bucket_start(piece.start, "hour"),
-                bucket_start(piece.end - _MINUTE, "hour") + timedelta(hours=1),
-            )
-            for piece in found
-        ]
-        sketches = connection.execute(
-            sa.select(buckets.c.unit, buckets.c.start, buckets.c.visitors).where(
-                within(buckets, visitor_pieces), buckets.c.visitors.is_not(None)
-            )
-        ).all()
-        weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
-        weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
-        feed(
-            builder,
-            weights,
-            [(row[0], float(row[1])) for row in per_bucket],
-            (span[0], span[1]),
-            None,
-        )
-        return [(row[0], row[1], row[2]) for row in sketches]
-
-
-def io_rows(
-    connection: sa.Connection, io: TableIO, conditions: list[sa.ColumnElement[bool]]
-) -> list[dict[str, t.Any]]:
-    """The rows of ``io``'s table that meet ``conditions``, as ``read()`` gives them."""
-    table = io.table
-    statement = sa.select(*(table.c[name] for name in io.written)).where(*conditions)
-    return io.convert(connection.execute(statement))
-
-
-def _ceil_minute(moment: datetime) -> datetime:
-    start = bucket_start(moment, "minute")
-    return start if start == moment else start + _MINUTE
-
-
-def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
-    """The aware datetime of ``microseconds`` since the epoch; with ``after``,
-    the end of the minute after it (``after`` long)."""
-    if microseconds is None:
-        return None
-    moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
-    return moment if after is None else bucket_start(moment, "minute") + after
+        return summarize(self, query, builder)
