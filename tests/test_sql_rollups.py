@@ -4,10 +4,12 @@ the raw summary counts, on SQLite, PostgreSQL and MariaDB."""
 from __future__ import annotations
 
 import random
+import typing as t
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from helpers import make_app, unique_name
 
 from flask_traffic import Traffic, TrafficRecord
@@ -94,3 +96,92 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
         with engine.begin() as connection:
             for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
                 connection.execute(sa.text(f"DROP TABLE {table}"))
+
+
+def counts(summary: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What must equal between two summaries of the same records: all but
+    the source and the visitors' estimate."""
+    return {k: v for k, v in summary.items() if k not in ("source", "unique_visitors")}
+
+
+@pytest.fixture
+def sqlite_pair(tmp_path: Path) -> tuple[Flask, SQLStore, SQLStore]:
+    """An app with a SQLite store keeping rollups, and a second store
+    without them reading the same table: the raw summary to compare with."""
+    app = make_app(tmp_path)
+    rolled = SQLStore(sync=True, rollups=True)
+    Traffic(app, stores=rolled)
+    raw = SQLStore(sync=True, name="raw")
+    Traffic(make_app(tmp_path), stores=raw)
+    return app, rolled, raw
+
+
+def test_a_rebuild_interrupted_and_written_through_counts_every_record_once(
+    sqlite_pair: tuple[Flask, SQLStore, SQLStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_traffic.stores import _sqlrollups
+
+    monkeypatch.setattr(_sqlrollups, "FOLD_CHUNK", 400)
+    _, rolled, raw = sqlite_pair
+    made = records(3000)
+    rolled.export(made[:2000])
+    assert rolled.fold() == 2000
+    window = (START + timedelta(days=1, hours=2), None)
+    steps = 0
+
+    def interrupt(count: int) -> None:
+        # The app writes on while the rebuild runs; then it is stopped.
+        nonlocal steps
+        steps += 1
+        rolled.export(made[2000 + 100 * (steps - 1) : 2000 + 100 * steps])
+        if steps == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rolled.rebuild_rollups(START + timedelta(days=1, hours=5), interrupt)
+    # Half rebuilt: the summary is counted from the records meanwhile.
+    during = rolled.summary(*window)
+    assert during["source"] == {"source": "records"}
+    assert counts(during) == counts(raw.summary(*window))
+    rolled.export(made[2200:])
+    assert rolled.fold() > 0  # goes on with the rebuild, and the new rows
+    for since, until in [window, (None, None), (START, START + timedelta(days=2))]:
+        after = rolled.summary(since, until)
+        assert after["source"]["source"] == "rollups"
+        assert counts(after) == counts(raw.summary(since, until)), (since, until)
+    assert rolled.summary()["total"] == 3000
+
+
+def test_flask_traffic_rollup_folds_and_rebuilds(
+    sqlite_pair: tuple[Flask, SQLStore, SQLStore],
+) -> None:
+    app, rolled, raw = sqlite_pair
+    rolled.export(records(1000))
+    runner = app.test_cli_runner()
+    folded = runner.invoke(args=["traffic", "rollup"])
+    assert folded.exit_code == 0, folded.output
+    assert "SQLStore: folded 1,000 records." in folded.output
+    rebuilt = runner.invoke(args=["traffic", "rollup", "--rebuild", "--since", "2026-11-28"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    rebuilt_count = int(rebuilt.output.split("rebuilt from ")[1].split(" ")[0].replace(",", ""))
+    assert rebuilt_count == sum(1 for row in raw.read(5000) if row["request_date"] >= "2026-11-28")
+    assert counts(rolled.summary()) == counts(raw.summary())
+    wrong = runner.invoke(args=["traffic", "rollup", "--since", "2026-11-28"])
+    assert wrong.exit_code == 2
+    assert "--since goes with --rebuild" in wrong.output
+
+
+def test_rollups_need_every_field_they_count_and_say_where_a_summary_came_from(
+    tmp_path: Path,
+) -> None:
+    from flask_traffic import LogPolicy
+
+    partial = LogPolicy().set_from_true(response_time=False)
+    store = SQLStore(sync=True, rollups=True, log_policy=partial)
+    Traffic(make_app(tmp_path), stores=store)
+    assert not store.keeps_rollups
+    with pytest.raises(TypeError, match="keeps no rollups"):
+        store.rebuild_rollups()
+    store.export(records(10))
+    assert store.fold() == 0
+    assert store.summary()["source"] == {"source": "records"}

@@ -9,6 +9,7 @@ app::
     flask traffic tail -n 50 --follow       # the newest requests, then new ones
     flask traffic export --format csv -o traffic.csv --since 2026-11-01
     flask traffic prune                     # apply max_age / max_records now
+    flask traffic rollup --rebuild          # build the rollups again from the records
     flask traffic status                    # can each store be reached? (exit 1 if not)
     flask traffic dashboard-password        # a password hash for the dashboard
 
@@ -53,6 +54,7 @@ from ._options import (
 from .export import WRITERS, export_store, format_of
 from .follow import Follower
 from .render import duration_text, log_line, records_text, summary_lines
+from .rollup import FoldCounter, parse_option
 from .status import check_sinks, status_json, status_lines
 
 __all__ = ["traffic_cli"]
@@ -60,7 +62,8 @@ __all__ = ["traffic_cli"]
 traffic_cli = AppGroup(
     "traffic",
     help=(
-        "Look at the recorded traffic: stats, tail, export, prune, status. Times are UTC; "
+        "Look at the recorded traffic: stats, tail, export, prune, rollup, status. Times "
+        "are UTC; "
         "--since/--until take a duration back from now (30m, 24h, 7d, 2w), a date "
         "(2026-11-25) or ISO 8601 text (2026-11-25T08:00:00+01:00)."
     ),
@@ -229,6 +232,55 @@ def prune_command(store_name: str | None) -> None:
             failed += 1
             continue
         click.echo(f"{store.name}: removed {records_text(removed)} ({', '.join(limits)}).")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+# -- flask traffic rollup -----------------------------------------------------------------
+
+
+@traffic_cli.command("rollup")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Drop the rollups (from --since's day on) and build them again from the records.",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else parse_option(value, "--since"),
+    help="With --rebuild: from this moment's UTC day on [default: all of them].",
+)
+@store_option("every store that keeps rollups")
+def rollup_command(rebuild: bool, since: datetime | None, store_name: str | None) -> None:
+    """Fold the records written since the worker's last pass into the
+    stores' rollups now (and finish a rebuild that was interrupted), or with
+    --rebuild build them again from the stored records. Safe while the app
+    writes; run it again to go on after an interruption."""
+    if since is not None and not rebuild:
+        raise click.UsageError("--since goes with --rebuild.")
+    stores = app_sinks()
+    chosen = [named_sink(stores, store_name)] if store_name is not None else stores
+    failed = 0
+    for store in chosen:
+        if not isinstance(store, Store) or not store.keeps_rollups:
+            if store_name is not None:
+                raise click.UsageError(
+                    f"{store.name} keeps no rollups: create it with rollups=True."
+                )
+            continue
+        counter = FoldCounter(store.name)
+        try:
+            done = store.rebuild_rollups(since, counter) if rebuild else store.fold(counter)
+        except Exception as exc:
+            counter.end()
+            click.echo(f"{store.name}: rollup failed: {type(exc).__name__}: {exc}", err=True)
+            failed += 1
+            continue
+        counter.end()
+        what = "rebuilt from" if rebuild else "folded"
+        click.echo(f"{store.name}: {what} {records_text(done)}.")
     if failed:
         raise click.exceptions.Exit(1)
 

@@ -21,6 +21,7 @@ __all__ = [
     "app_state",
     "check_window",
     "named_sink",
+    "parse_moment_option",
     "pick_store",
     "store_option",
     "window_options",
@@ -41,6 +42,12 @@ def _moment(text: str | None, param: str) -> datetime | None:
         return parse_moment(text, param)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=param) from None
+
+
+def parse_moment_option(text: str, param: str) -> datetime | None:
+    """An option's moment (see :func:`~flask_traffic.query.parse_moment`), or
+    a usage error naming ``param``."""
+    return _moment(text, param)
 
 
 def window_options(since_default: str | None) -> Callable[[t.Any], t.Any]:

@@ -280,11 +280,24 @@ class SQLTableStore(Store):
             )
         return self._rollup_state
 
-    def fold(self) -> int:
+    @property
+    def keeps_rollups(self) -> bool:
+        return self.rollups
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
         """Fold the rows written since the last fold into the rollups (the
         worker does it at every retention interval); return how many."""
         rollups = self._rollup_tables()
-        return 0 if rollups is None else rollups.fold()
+        return 0 if rollups is None else rollups.fold(progress)
+
+    def rebuild_rollups(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        rollups = self._rollup_tables()
+        if rollups is None:
+            return super().rebuild_rollups(since, progress)
+        self.flush(10.0)
+        return rollups.rebuild(since, progress)
 
     def _maintenance(self) -> MaintenanceFunction | None:
         if not self.rollups:

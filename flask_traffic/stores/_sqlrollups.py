@@ -55,6 +55,10 @@ _UTC = timezone.utc
 #: Rows folded per transaction.
 FOLD_CHUNK = 5000
 _STATE = "fold"
+# The state row of a rebuild: rows up to ``position`` refolded of those up
+# to ``candidate`` (the fold position when it began), from the day whose
+# POSIX time is ``candidate_at`` on (all days when NULL).
+_REBUILD = "rebuild"
 _MINUTE = timedelta(minutes=1)
 
 
@@ -134,40 +138,127 @@ class SQLRollups:
 
     # -- folding ---------------------------------------------------------------
 
-    def fold(self) -> int:
-        """Fold every row written since the last fold; return how many."""
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+        """Fold every row written since the last fold, and go on with a
+        rebuild left unfinished; return how many rows were folded.
+
+        :param progress: called with the rows of each transaction.
+        """
         folded = 0
-        while True:
-            count = self._fold_chunk()
-            folded += count
-            if count < FOLD_CHUNK:
-                return folded
+        for step in (self._fold_chunk, self._rebuild_chunk):
+            while True:
+                count = step()
+                folded += count
+                if count and progress is not None:
+                    progress(count)
+                if count < FOLD_CHUNK:
+                    break
+        return folded
 
     def _fold_chunk(self) -> int:
-        table, io = self.io.table, self.io
-        id_column = table.c[ID_COLUMN]
+        id_column = self.io.table.c[ID_COLUMN]
         with self.engine.begin() as connection:
             position, limit = self._lock(connection)
             if limit <= position:
                 return 0
-            statement = (
-                sa.select(id_column, *(table.c[name] for name in io.written))
-                .where(id_column > position, id_column <= limit)
-                .order_by(id_column)
-                .limit(FOLD_CHUNK)
-            )
-            found = connection.execute(statement).all()
-            if not found:
+            last = self._fold_rows(connection, [id_column > position, id_column <= limit])
+            if last is None:
                 return 0
-            delta = RollupDelta(self.secret)
-            delta.add_rows(io.convert(row[1:] for row in found))
-            self._apply(connection, delta)
             connection.execute(
-                self.state.update()
-                .where(self.state.c.name == _STATE)
-                .values(position=int(found[-1][0]))
+                self.state.update().where(self.state.c.name == _STATE).values(position=last[0])
             )
-            return len(found)
+            return last[1]
+
+    def _fold_rows(
+        self, connection: sa.Connection, conditions: list[sa.ColumnElement[bool]]
+    ) -> tuple[int, int] | None:
+        """Fold the first :data:`FOLD_CHUNK` rows meeting ``conditions``, by
+        id; the last one's id and how many, or None when there were none."""
+        table, io = self.io.table, self.io
+        id_column = table.c[ID_COLUMN]
+        statement = (
+            sa.select(id_column, *(table.c[name] for name in io.written))
+            .where(*conditions)
+            .order_by(id_column)
+            .limit(FOLD_CHUNK)
+        )
+        found = connection.execute(statement).all()
+        if not found:
+            return None
+        delta = RollupDelta(self.secret)
+        delta.add_rows(io.convert(row[1:] for row in found))
+        self._apply(connection, delta)
+        return int(found[-1][0]), len(found)
+
+    # -- rebuilding ------------------------------------------------------------
+
+    def rebuild(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        """Drop the rollups from the UTC day of ``since`` on (all of them
+        without it) and fold those days' rows again; return how many rows.
+
+        The rows folded so far are refolded transaction by transaction while
+        the app keeps writing (its new rows are folded as usual); an
+        interrupted rebuild goes on at the next :meth:`fold`. Until it ends,
+        summaries are counted from the raw rows.
+        """
+        day = None if since is None else bucket_start(since, "day")
+        with self.engine.begin() as connection:
+            position, _ = self._lock(connection)
+            for table in (self.sums, self.buckets):
+                connection.execute(
+                    table.delete().where(*([] if day is None else [table.c.start >= day]))
+                )
+            state = self.state
+            connection.execute(state.delete().where(state.c.name == _REBUILD))
+            connection.execute(
+                state.insert().values(
+                    name=_REBUILD,
+                    position=0,
+                    candidate=position,
+                    candidate_at=None if day is None else day.timestamp(),
+                )
+            )
+        return self.fold(progress)
+
+    def rebuilding(self, connection: sa.Connection) -> bool:
+        """Whether a rebuild is under way (or was interrupted)."""
+        found = connection.execute(
+            sa.select(self.state.c.name).where(self.state.c.name == _REBUILD)
+        ).first()
+        return found is not None
+
+    def _rebuild_chunk(self) -> int:
+        state = self.state
+        id_column = self.io.table.c[ID_COLUMN]
+        with self.engine.begin() as connection:
+            self._lock(connection)
+            found = connection.execute(
+                sa.select(state.c.position, state.c.candidate, state.c.candidate_at).where(
+                    state.c.name == _REBUILD
+                )
+            ).first()
+            if found is None:
+                return 0
+            done, stop, day = int(found[0]), int(found[1] or 0), found[2]
+            conditions = [id_column > done, id_column <= stop]
+            if day is not None:
+                conditions.append(
+                    self.io.table.c["request_date"] >= datetime.fromtimestamp(float(day), _UTC)
+                )
+            last = self._fold_rows(connection, conditions)
+            if last is None:
+                connection.execute(state.delete().where(state.c.name == _REBUILD))
+                return 0
+            if last[1] < FOLD_CHUNK:
+                # The last of them: the rebuild is done.
+                connection.execute(state.delete().where(state.c.name == _REBUILD))
+            else:
+                connection.execute(
+                    state.update().where(state.c.name == _REBUILD).values(position=last[0])
+                )
+            return last[1]
 
     def _lock(self, connection: sa.Connection) -> tuple[int, int]:
         """Lock the state row; the fold position and the highest id to fold."""
@@ -339,32 +430,6 @@ class SQLRollups:
                     if table is self.buckets:
                         removed += max(result.rowcount, 0)
         return removed
-
-    def clear(self, since: datetime | None = None) -> None:
-        """Drop the rollups (from the day of ``since`` on) and fold again
-        from the raw rows: ``flask traffic rollup --rebuild``."""
-        with self.engine.begin() as connection:
-            self._lock(connection)
-            conditions = [] if since is None else [self.sums.c.start >= bucket_start(since, "day")]
-            connection.execute(self.sums.delete().where(*conditions))
-            bucket_conditions = (
-                [] if since is None else [self.buckets.c.start >= bucket_start(since, "day")]
-            )
-            connection.execute(self.buckets.delete().where(*bucket_conditions))
-            position = 0
-            if since is not None:
-                date = self.io.table.c["request_date"]
-                first = connection.execute(
-                    sa.select(sa.func.min(self.io.table.c[ID_COLUMN])).where(
-                        date >= bucket_start(since, "day")
-                    )
-                ).scalar()
-                position = 0 if first is None else int(first) - 1
-            connection.execute(
-                self.state.update()
-                .where(self.state.c.name == _STATE)
-                .values(position=position, candidate=None, candidate_at=None)
-            )
 
     # -- summaries ---------------------------------------------------------------
 

@@ -50,7 +50,9 @@ def summarize(
     date, row_id = table.c["request_date"], table.c[ID_COLUMN]
     with rollups.engine.connect() as connection:
         position = rollups.position(connection)
-        if not position:
+        if not position or rollups.rebuilding(connection):
+            # Nothing folded yet, or a rebuild under way: the database
+            # counts the raw rows.
             return None
         first, last = connection.execute(
             sa.select(

@@ -446,6 +446,38 @@ class Store(Sink):
         """
         raise NotImplementedError
 
+    @property
+    def keeps_rollups(self) -> bool:
+        """Whether this store keeps rollups (:mod:`flask_traffic.rollups`),
+        which its ``summary()`` answers from.
+
+        .. versionadded:: 1.0
+        """
+        return False
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+        """Fold the records written since the last fold into the rollups now,
+        rather than at the worker's next retention pass, and go on with a
+        rebuild left unfinished; return how many records were folded.
+
+        :param progress: called with the count of each step.
+
+        .. versionadded:: 1.0
+        """
+        return 0
+
+    def rebuild_rollups(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        """Build the rollups again from the stored records, from the UTC day
+        of ``since`` on (all of them without it); return how many records.
+        Safe while the app writes; an interrupted rebuild goes on at the next
+        :meth:`fold`.
+
+        .. versionadded:: 1.0
+        """
+        raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
+
     def prune(self) -> int:
         """Apply ``max_age`` and ``max_records`` now (``flask traffic prune``).
 
