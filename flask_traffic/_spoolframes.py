@@ -3,15 +3,18 @@ as bytes that survive a torn write (:func:`encode_record`), and back
 (:func:`decode_batch`).
 
 A frame is its payload's length and CRC-32, then the payload: optionally a
-row part (JSON ``[start_time_ns, key, values]``: the store's policy values
-and their key) and a NUL byte, then the record's constructor values as JSON
-(ASCII, so lone surrogates survive; and so no NUL byte but the separator).
+row part (JSON ``[start_time_ns, tag, values]``: the store's policy values
+and a tag of their key, :func:`key_tag`) and a NUL byte, then the record's
+constructor values as JSON (ASCII, so lone surrogates survive; and so no
+NUL byte but the separator).
 Replay writes a row part made under the store's own policy as it is and
 only decodes the rest when something else of the record is read.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import struct
@@ -21,7 +24,15 @@ from collections.abc import Iterator
 
 from .record import TrafficRecord
 
-__all__ = ["HEADER", "Row", "decode_batch", "decode_record", "encode_record", "read_frames"]
+__all__ = [
+    "HEADER",
+    "Row",
+    "decode_batch",
+    "decode_record",
+    "encode_record",
+    "key_tag",
+    "read_frames",
+]
 
 #: A frame's header: payload length, CRC-32 of the payload.
 HEADER = struct.Struct("<II")
@@ -43,6 +54,13 @@ def _dumps(value: t.Any) -> bytes:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str).encode("ascii")
 
 
+@functools.lru_cache(maxsize=16)
+def key_tag(key: str) -> str:
+    """What a frame holds of a policy values key: 16 hex digits of its hash
+    (the key itself is a few hundred characters)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
 def encode_record(record: TrafficRecord, row: Row | None = None) -> bytes:
     """One frame: its length and CRC, then, when ``row`` is given, the row
     part (JSON ``[start_time_ns, key, values]`` and a NUL byte), then the
@@ -50,7 +68,7 @@ def encode_record(record: TrafficRecord, row: Row | None = None) -> bytes:
     so lone surrogates survive)."""
     payload = _dumps(record.raw_values())
     if row is not None:
-        payload = _dumps((record.start_time_ns, row[0], row[1])) + _ROW_END + payload
+        payload = _dumps((record.start_time_ns, key_tag(row[0]), row[1])) + _ROW_END + payload
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -109,8 +127,9 @@ def decode_batch(payloads: list[bytes], key: str | None) -> list[TrafficRecord]:
     rows = json.loads(b"[" + b",".join(heads) + b"]")
     records: list[TrafficRecord] = []
     slow: list[tuple[int, bytes]] = []
+    tag = None if key is None else key_tag(key)
     for row, raw in zip(rows, raws, strict=True):
-        if row is not None and key is not None and row[1] == key:
+        if row is not None and key is not None and row[1] == tag:
             records.append(_SpooledRecord(row[0], key, tuple(row[2]), raw))
         else:
             slow.append((len(records), raw))

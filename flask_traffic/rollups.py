@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import typing as t
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -216,10 +217,8 @@ class HyperLogLog:
 
     def merge(self, other: bytes | bytearray) -> None:
         """Add every hash another sketch counted."""
-        registers = self.registers
-        for index, rank in enumerate(other):
-            if rank > registers[index]:
-                registers[index] = rank
+        # map() over the two byte strings: the loop runs in C.
+        self.registers = bytearray(map(max, self.registers, other))
 
     def count(self) -> float:
         """The estimated number of distinct hashes added."""
@@ -237,6 +236,16 @@ class HyperLogLog:
     def to_bytes(self) -> bytes:
         """The registers, for storage."""
         return bytes(self.registers)
+
+    def packed(self) -> bytes:
+        """The registers compressed, for storage: an hour's sketch is mostly
+        zeros (a few hundred bytes instead of 4 kB)."""
+        return zlib.compress(self.registers, 1)
+
+    @classmethod
+    def unpacked(cls, packed: bytes) -> HyperLogLog:
+        """The sketch :meth:`packed` gave."""
+        return cls(zlib.decompress(packed))
 
 
 def _key(value: t.Any) -> str:

@@ -319,14 +319,14 @@ class SQLRollups:
             first, last = delta.spans[unit, start]
             known = old.get((unit, start))
             sketch = delta.visitors.get((unit, start))
-            registers: bytes | None = None if sketch is None else sketch.to_bytes()
             if known is not None:
                 first, last = min(first, known[0]), max(last, known[1])
                 if known[2] is not None:
-                    merged = HyperLogLog(known[2])
-                    if registers is not None:
-                        merged.merge(registers)
-                    registers = merged.to_bytes()
+                    merged = HyperLogLog.unpacked(known[2])
+                    if sketch is not None:
+                        merged.merge(sketch.registers)
+                    sketch = merged
+            registers = None if sketch is None else sketch.packed()
             rows.append(
                 {
                     "unit": unit,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import typing as t
+import zlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
@@ -184,7 +185,7 @@ def _feed_rollups(
         (span[0], span[1]),
         None,
     )
-    return [(row[0], row[1], row[2]) for row in sketches]
+    return [(row[0], row[1], zlib.decompress(row[2])) for row in sketches]
 
 
 def io_rows(

@@ -1,0 +1,190 @@
+"""How long ``summary()`` takes from rollups, against the records, on a big store.
+
+    python tests/benchmarks/bench_rollups.py [--records 1000000] [--stores sqlite,mariadb] [--raw]
+
+Fills each store kind with ``--records`` records over the last 90 days
+(about 200 routes, 10,000 paths, 1,000 referrers, 50 browsers on 5
+platforms, 500,000 visitors, 2 % 4xx and 0.5 % 5xx answers) through the
+store's own ``export()`` in batches of 5,000, folds them into its rollups
+(the time of ``flask traffic rollup --rebuild``: the same work), then times
+``summary()`` of the last 24 hours, 7, 30 and 90 days (best of
+``--repeat``), from the rollups and, with ``--raw``, from the records (a
+second store on the same table with rollups off). The servers are the test
+suite's local ones; tables are dropped at the end. A benchmark, not a test:
+nothing asserts; the exit status says whether the two summaries agreed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import tempfile
+import time
+import typing as t
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from flask import Flask
+
+from flask_traffic import Traffic, TrafficRecord
+from flask_traffic.stores import SQLStore, Store
+
+UTC = timezone.utc
+DAYS = 90
+URLS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
+}
+PLATFORMS = (
+    "Windows NT 10.0; Win64; x64",
+    "Macintosh; Intel Mac OS X 10_15_7",
+    "X11; Linux x86_64",
+    "Linux; Android 14; Pixel 8",
+    "iPhone; CPU iPhone OS 17_5 like Mac OS X",
+)
+WINDOWS = {"24 h": 1, "7 d": 7, "30 d": 30, "90 d": 90}
+
+
+class Traffic90:
+    """Records of 90 days of a site, made the same for every store."""
+
+    def __init__(self, seed: int = 13) -> None:
+        rng = random.Random(seed)
+        self.rng = rng
+        self.routes = [f"/r{n}/<int:id>" for n in range(200)]
+        self.paths = [f"/r{n % 200}/{n}" for n in range(10_000)]
+        self.referrers = [f"https://ref{n}.example/" for n in range(1_000)]
+        self.agents = [
+            f"Mozilla/5.0 ({PLATFORMS[n % 5]}) AppleWebKit/537.36 (KHTML, like Gecko) "
+            f"Chrome/{80 + n}.0.0.0 Safari/537.36"
+            for n in range(50)
+        ]
+        self.end = datetime.now(UTC)
+
+    def batch(self, count: int, done: float, share: float) -> list[TrafficRecord]:
+        """``count`` records of the ``share`` of the 90 days that starts
+        ``done`` (0 to 1) of the way through them, in time order, as a site
+        writes them."""
+        rng = self.rng
+        span = DAYS * 86_400 * 10**9
+        start_ns = int(self.end.timestamp() * 1e9) - span + int(done * span)
+        times = sorted(start_ns + rng.randrange(max(1, int(share * span))) for _ in range(count))
+        made = []
+        for moment in times:
+            n = rng.randrange(10_000)
+            draw = rng.random()
+            status = 500 if draw < 0.005 else 404 if draw < 0.025 else 200
+            made.append(
+                TrafficRecord(
+                    moment,
+                    int(rng.lognormvariate(16.5, 0.8)),
+                    "POST" if n % 10 == 0 else "GET",
+                    "https",
+                    "example.com",
+                    None,
+                    self.paths[n],
+                    "",
+                    "HTTP/1.1",
+                    "view",
+                    self.routes[n % 200],
+                    f"10.{rng.randrange(8)}.{rng.randrange(250)}.{rng.randrange(250)}",
+                    rng.choice(self.referrers) if rng.random() < 0.5 else None,
+                    self.agents[int(rng.triangular(0, 49.99, 45))],
+                    status,
+                    "1234",
+                    "text/html",
+                )
+            )
+        return made
+
+
+@contextlib.contextmanager
+def sql_pair(kind: str, folder: Path) -> Iterator[tuple[SQLStore, SQLStore]]:
+    """A store keeping rollups and one without, on one new table."""
+    table = f"bench_{uuid.uuid4().hex[:10]}"
+    options: dict[str, t.Any] = {"database_table_name": table, "sync": True}
+    if kind != "sqlite":
+        options["database_url"] = URLS[kind]
+    rolled = SQLStore(rollups=True, name="rolled", **options)
+    raw = SQLStore(name="raw", **options)
+    for store in (rolled, raw):
+        Traffic(Flask("bench", instance_path=str(folder)), stores=store)
+    try:
+        yield rolled, raw
+    finally:
+        engine = rolled.database_engine
+        if kind != "sqlite" and engine is not None:
+            import sqlalchemy as sa
+
+            with engine.begin() as connection:
+                for suffix in ("_rollup", "_rollup_bucket", "_rollup_state", "_spool_fence", ""):
+                    connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}{suffix}"))
+        for store in (rolled, raw):
+            store.shutdown()
+
+
+def best(seconds: t.Callable[..., float], repeat: int) -> float:
+    return min(seconds() for _ in range(repeat))
+
+
+def timed_summary(store: Store, since: datetime) -> tuple[float, dict[str, t.Any]]:
+    start = time.perf_counter()
+    found = store.summary(since)
+    return time.perf_counter() - start, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--stores", default="sqlite,postgresql,mariadb")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--raw", action="store_true", help="time the raw summaries too")
+    args = parser.parse_args(argv)
+    agreed = True
+    for kind in args.stores.split(","):
+        site = Traffic90()
+        with tempfile.TemporaryDirectory() as tmp, sql_pair(kind, Path(tmp)) as (rolled, raw):
+            start = time.perf_counter()
+            left = args.records
+            while left:
+                count = min(left, 5_000)
+                done = 1 - left / args.records
+                rolled.export(site.batch(count, done, count / args.records))
+                left -= count
+            filled = time.perf_counter() - start
+            start = time.perf_counter()
+            folded = rolled.rebuild_rollups()
+            rebuilt = time.perf_counter() - start
+            print(
+                f"{kind}: {args.records:,} records filled in {filled:.0f} s "
+                f"({args.records / filled:,.0f}/s); rollups built from {folded:,} in "
+                f"{rebuilt:.1f} s ({folded / rebuilt:,.0f}/s)"
+            )
+            for label, days in WINDOWS.items():
+                since = site.end - timedelta(days=days)
+                seconds = best(lambda at=since: timed_summary(rolled, at)[0], args.repeat)
+                line = f"  last {label:>4}: rollups {seconds * 1000:8.1f} ms"
+                if args.raw:
+                    raw_seconds, raw_found = timed_summary(raw, since)
+                    _, found = timed_summary(rolled, since)
+                    same = all(
+                        found[key] == raw_found[key]
+                        for key in found
+                        if key not in ("source", "unique_visitors")
+                    )
+                    agreed = agreed and same
+                    line += (
+                        f", records {raw_seconds * 1000:9.1f} ms"
+                        f" ({'same counts' if same else 'COUNTS DIFFER'}; visitors "
+                        f"{found['unique_visitors']:,} against {raw_found['unique_visitors']:,})"
+                    )
+                print(line, flush=True)
+    return 0 if agreed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
