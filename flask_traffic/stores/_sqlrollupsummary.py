@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from ..query import Query
+from ..query import Query, iso_text
 from ..rollups import (
     UNITS,
     Piece,
@@ -34,6 +34,7 @@ __all__ = ["summarize"]
 
 _UTC = timezone.utc
 _MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
 
 
 def summarize(
@@ -61,6 +62,16 @@ def summarize(
             ).where(rollups.buckets.c.unit == "day")
         ).one()
         oldest = _moment(first)
+        unit = bucket_unit(since or oldest, until or _moment(last))
+        if unit != "minute":
+            # Counted per hour or day: the window's edges are rounded out
+            # to whole hours, which the rollups hold, so no record is read
+            # for them (the result says so).
+            if since is not None:
+                since = builder.since = bucket_start(since, "hour")
+            if until is not None:
+                rounded = bucket_start(until, "hour")
+                until = builder.until = rounded if rounded == until else rounded + _HOUR
         start = (
             _ceil_minute(since)
             if since is not None
@@ -74,9 +85,7 @@ def summarize(
         sketches: list[tuple[Unit, datetime, bytes]] = []
         if start is not None and end is not None and start < end:
             # The summary's bucket size, from the window or the data's span.
-            span_start = since or _moment(first) or start
-            span_end = until or _moment(last) or end
-            found = pieces(start, end, bucket_unit(span_start, span_end))
+            found = pieces(start, end, unit)
             # Buckets past their size's retention are gone: those
             # pieces are counted from the raw rows, where there are any.
             now = datetime.now(_UTC)
@@ -106,7 +115,7 @@ def summarize(
     builder.add_rows(rows)
     if not sketches:
         # Nothing folded in the window: the raw rows' visitors, exactly.
-        return {"source": "rollups", "granularity": None, "raw_records": len(rows)}
+        return _source(None, len(rows), since, until)
     # The raw rows' visitors join their days' sketches: a visitor seen
     # in both is counted once.
     secret = rollups.secret
@@ -125,7 +134,7 @@ def summarize(
     ]
     builder.visitor_count = round(count_visitors(sketches, extra))
     finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-    return {"source": "rollups", "granularity": UNITS[finest], "raw_records": len(rows)}
+    return _source(UNITS[finest], len(rows), since, until)
 
 
 def _feed_rollups(
@@ -209,3 +218,18 @@ def _moment(microseconds: int | None, after: timedelta | None = None) -> datetim
         return None
     moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
     return moment if after is None else bucket_start(moment, "minute") + after
+
+
+def _source(
+    granularity: str | None, raw_records: int, since: datetime | None, until: datetime | None
+) -> dict[str, t.Any]:
+    """What a summary says of where its counts came from: the finest bucket
+    size read, the records read besides, and the window counted (its edges
+    rounded to hours when it is counted per hour or day)."""
+    return {
+        "source": "rollups",
+        "granularity": granularity,
+        "raw_records": raw_records,
+        "since": None if since is None else iso_text(since),
+        "until": None if until is None else iso_text(until),
+    }
