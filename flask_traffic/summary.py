@@ -180,6 +180,9 @@ class SummaryBuilder:
         self.visitor_count: int | None = None
         self.first: str | None = None
         self.last: str | None = None
+        #: Where the counts came from, for the result's ``source``: a store
+        #: that sums rollups sets it; ``None`` means the records themselves.
+        self.source: dict[str, t.Any] | None = None
 
     # -- fed row by row ---------------------------------------------------
 
@@ -288,6 +291,10 @@ class SummaryBuilder:
             scaled for sampling.
         ``percentiles``
             how the percentiles were computed.
+        ``source``
+            ``{"source": "records"}``, or for a summary of rollups
+            ``{"source": "rollups", "granularity": the finest bucket unit
+            read, "since": ..., "until": ...}`` (the window, rounded to minutes).
 
         A part that needs a field the store leaves out is ``None``.
         """
@@ -329,6 +336,7 @@ class SummaryBuilder:
                 "from a histogram of response_time with 8 logarithmic buckets per "
                 "doubling: within about 4.5% of the exact value"
             ),
+            "source": self.source if self.source is not None else {"source": "records"},
         }
 
     def _buckets(self, unit: BucketUnit) -> list[dict[str, t.Any]]:
@@ -355,7 +363,10 @@ class SummaryBuilder:
     def _top(self, name: str) -> list[dict[str, t.Any]] | None:
         if TOP_FIELDS[name] not in self.fields:
             return None
-        ranked = sorted(self.tops[name].items(), key=lambda item: (-item[1], item[0]))
+        # Weights rounded before ranking: sums of 1/sample_rate added in
+        # another order (rollups) differ in the last bits, and a tie must
+        # break the same way, by value.
+        ranked = sorted(self.tops[name].items(), key=lambda item: (-round(item[1], 6), item[0]))
         return [{"value": value, "count": round(weight)} for value, weight in ranked[:TOP]]
 
 
