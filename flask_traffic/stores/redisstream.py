@@ -12,11 +12,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
+from .._checks import check_positive_seconds
 from .._optional import require
 from ..policy import LogPolicy
+from ..processors import MaintenanceFunction, ProcessorOptions
 from ..query import Query
 from ..record import TrafficRecord
+from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
+from ..summary import SummaryBuilder
 from ._redisentries import CODECS, add_entries, next_id
+from ._redisrollups import RedisRollups, location_of
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -121,6 +126,15 @@ class RedisStore(Store):
         the background (``XTRIM MAXLEN ~``); never fewer.
     :param spool: where records wait on disk while Redis is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
+    :param rollups: keep per-minute, per-hour and per-day rollups, folded
+        from the stream by the worker (:meth:`fold`), so a :meth:`summary`
+        without ``where`` reads them and the entries not folded yet instead
+        of every entry. ``False`` turns folding and rollup summaries off;
+        a policy that leaves out a field rollups need does too.
+    :param fold_interval: seconds between two folds in the worker.
+    :param rollup_retention: how long each bucket size is kept
+        (:class:`~flask_traffic.rollups.RollupRetention`), applied with the
+        retention of entries, every ``TRAFFIC_RETENTION_INTERVAL``.
 
     .. versionchanged:: 1.0
         ``url``, ``client``, ``max_len`` and ``sync``; ``None`` is left out
@@ -149,10 +163,20 @@ class RedisStore(Store):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
+        rollups: bool = True,
+        fold_interval: float = 10.0,
+        rollup_retention: RollupRetention = DEFAULT_RETENTION,
     ) -> None:
         super().__init__(
             log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
         )
+        if not isinstance(rollups, bool):
+            raise TypeError(f"rollups must be True or False, got {rollups!r}.")
+        if not isinstance(rollup_retention, RollupRetention):
+            raise TypeError(
+                f"rollup_retention must be a RollupRetention, got {rollup_retention!r}."
+            )
+        self.fold_interval = check_positive_seconds(fold_interval, "fold_interval")
         redis_module = require("redis", extra="redis", needed_by="RedisStore")
         if not isinstance(event_name, str) or not event_name:
             raise TypeError(
@@ -209,6 +233,11 @@ class RedisStore(Store):
         # The batch whose last write failed with its outcome unknown, and
         # the number it was written under.
         self._unsure: tuple[Sequence[TrafficRecord], int] | None = None
+        self._rollups_asked = rollups
+        self.rollups = RedisRollups(
+            self._client, event_name, self._decode, self._never_decode, rollup_retention
+        )
+        self.rollups.secret = site_secret(None, location_of(self._client, event_name))
 
     @staticmethod
     def _options(redis_module: t.Any) -> dict[str, t.Any]:
@@ -283,6 +312,44 @@ class RedisStore(Store):
             )
         if self.max_age is not None:
             self._check_minid(redis_module)
+
+    @property
+    def keeps_rollups(self) -> bool:
+        """Whether rollups are on and the policy keeps every field they need."""
+        return self._rollups_asked and set(self.fields) >= ROLLUP_FIELDS
+
+    def attach(self, app: Flask, options: ProcessorOptions) -> None:
+        """Take the site's visitor secret (:func:`~flask_traffic.rollups.site_secret`);
+        with rollups, the worker's maintenance runs every ``fold_interval``.
+
+        :meta private:
+        """
+        if self.processor is None and self.keeps_rollups:
+            location = location_of(self._client, self.event_name)
+            self.rollups.secret = site_secret(app, location)
+            self.rollups.retention_interval = options["retention_interval"]
+            options = options.copy()
+            options["retention_interval"] = min(self.fold_interval, options["retention_interval"])
+        super().attach(app, options)
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        entries = super()._maintenance()
+        if not self.keeps_rollups:
+            return entries
+        return lambda: self.rollups.maintain(entries)
+
+    def fold(self) -> int:
+        """Fold the entries written since the last fold into the rollups
+        (the worker does every ``fold_interval``); return how many."""
+        return self.rollups.fold() if self.keeps_rollups else 0
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
+        """From the rollups and the entries not folded yet when rollups are
+        on and the query has no ``where``; else from every entry."""
+        if self.keeps_rollups and not query.where:
+            self.rollups.summarize(query, builder)
+        else:
+            super().summarize(query, builder)
 
     def _check_minid(self, redis_module: t.Any) -> None:
         try:
@@ -482,6 +549,10 @@ class RedisStore(Store):
         removed = 0
         if cutoff is not None:
             lowest = self._lowest_id(cutoff)
+            if self.keeps_rollups:
+                # Never an entry that is not folded yet: fold first.
+                self.rollups.fold()
+                lowest = self.rollups.below_position(lowest)
             if lowest != b"-":
                 removed += self._trim(lambda: self._client.xtrim(self.event_name, minid=lowest))
         if max_records is not None:
