@@ -20,6 +20,7 @@ from ..query import Query
 from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
+from ._redisclient import from_host, from_url, is_int
 from ._redisentries import CODECS, add_entries, next_id
 from ._redisrollups import RedisRollups, location_of
 from .base import Store
@@ -31,11 +32,6 @@ if t.TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger("flask_traffic")
-
-#: Seconds a client this store creates waits to connect and for a reply, so a
-#: dead or unreachable server fails the export (to be retried by the
-#: processor) instead of holding the worker forever.
-_TIMEOUT = 5.0
 
 #: Seconds a writer's fence key outlives its last batch: a batch retried
 #: after an outage longer than this may be written twice.
@@ -66,10 +62,6 @@ _Row = dict[str, t.Any]
 
 def _same_records(a: Sequence[TrafficRecord], b: Sequence[TrafficRecord]) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class RedisStore(Store):
@@ -197,7 +189,7 @@ class RedisStore(Store):
                 "redis_password and redis_port go with redis_host only: "
                 "put them in url= or in the client you pass."
             )
-        if max_len is not None and (not _is_int(max_len) or max_len < 1):
+        if max_len is not None and (not is_int(max_len) or max_len < 1):
             raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}.")
         self.event_name = event_name
         self.max_len = max_len
@@ -207,9 +199,9 @@ class RedisStore(Store):
                 raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}.")
             self._client: redis.Redis = client
         elif url is not None:
-            self._client = self._from_url(redis_module, url)
+            self._client = from_url(redis_module, url)
         else:
-            self._client = self._from_host(redis_module, redis_host, redis_password, redis_port)
+            self._client = from_host(redis_module, redis_host, redis_password, redis_port)
         self._never_decode: str = redis_module.client.NEVER_DECODE
         self._unsure_errors: tuple[type[Exception], ...] = (
             redis_module.ConnectionError,
@@ -238,47 +230,6 @@ class RedisStore(Store):
             self._client, event_name, self._decode, self._never_decode, rollup_retention
         )
         self.rollups.secret = site_secret(None, location_of(self._client, event_name))
-
-    @staticmethod
-    def _options(redis_module: t.Any) -> dict[str, t.Any]:
-        # No retries inside redis-py: it would send a transaction whose
-        # reply was lost a second time, behind the fence's back (see
-        # export()). The processor retries, with back-off; a connection the
-        # server closed is replaced by the pool before it is used.
-        retry = redis_module.retry.Retry(redis_module.backoff.NoBackoff(), 0)
-        return {
-            "socket_timeout": _TIMEOUT,
-            "socket_connect_timeout": _TIMEOUT,
-            "retry": retry,
-        }
-
-    @classmethod
-    def _from_url(cls, redis_module: t.Any, url: object) -> redis.Redis:
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, got {type(url).__name__}.")
-        try:
-            client: redis.Redis = redis_module.Redis.from_url(url, **cls._options(redis_module))
-        except ValueError:
-            # Not the URL itself in the message: it may hold a password.
-            raise ValueError(
-                "url must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0."
-            ) from None
-        return client
-
-    @classmethod
-    def _from_host(
-        cls, redis_module: t.Any, host: object, password: object, port: object
-    ) -> redis.Redis:
-        if not isinstance(host, str) or not host:
-            raise TypeError(f"redis_host must be a non-empty str, got {host!r}.")
-        if password is not None and not isinstance(password, str):
-            raise TypeError(f"redis_password must be a str or None, got {type(password).__name__}.")
-        if not _is_int(port) or not 0 < t.cast(int, port) < 65536:
-            raise ValueError(f"redis_port must be an integer from 1 to 65535, got {port!r}.")
-        client: redis.Redis = redis_module.Redis(
-            host=host, port=port, password=password, **cls._options(redis_module)
-        )
-        return client
 
     def __repr__(self) -> str:
         return f"<RedisStore stream={self.event_name!r} fields={len(self.fields)}>"
