@@ -37,6 +37,9 @@ if t.TYPE_CHECKING:
     from flask import Flask
 from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, histogram_index
 
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = [
     "DEFAULT_RETENTION",
     "PARTS",
@@ -171,13 +174,16 @@ def pieces(since: datetime, until: datetime, coarsest: Unit) -> list[Piece]:
     return sorted(found, key=lambda piece: piece.start)
 
 
-def site_secret(app: Flask, location: str) -> bytes:
-    """The visitor secret of a site: from ``TRAFFIC_VISITOR_SECRET``, else the
-    app's ``SECRET_KEY``, else ``location`` (where the store writes), which
-    every process of the site has alike; hashed to 32 bytes."""
-    given = app.config.get("TRAFFIC_VISITOR_SECRET") or app.config.get("SECRET_KEY") or location
-    text = given if isinstance(given, bytes) else str(given).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(text, digest_size=32, person=b"flask-traffic").digest()
+def site_secret(app: Flask | None, location: str) -> bytes:
+    """The site's visitor secret (:func:`visitor_hash`), 32 bytes: a hash of
+    the app's ``TRAFFIC_VISITOR_SECRET``, else of its ``SECRET_KEY``, else
+    of ``location`` (where the store writes, without a password), so every
+    process of a site that writes to one place counts a visitor once."""
+    config: Mapping[str, t.Any] = {} if app is None else app.config
+    value = config.get("TRAFFIC_VISITOR_SECRET") or config.get("SECRET_KEY") or location
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(bytes(value), digest_size=32).digest()
 
 
 def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str | None) -> int:
@@ -256,10 +262,17 @@ class RollupDelta:
     """What a batch of records adds to the rollups, per bucket of each size.
 
     :param secret: the site's visitor secret (:func:`visitor_hash`).
+    :param keep_hashes: keep each hour's and day's visitor hashes themselves
+        (:attr:`hashes`) instead of sketches (:attr:`visitors`): for a store
+        whose backend counts them (Redis's ``PFADD``).
     """
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, *, keep_hashes: bool = False) -> None:
         self.secret = secret
+        self.keep_hashes = keep_hashes
+        #: ``(unit, bucket start) -> visitor hashes`` for hours and days, with
+        #: ``keep_hashes``.
+        self.hashes: dict[tuple[Unit, datetime], set[int]] = {}
         #: ``(unit, bucket start, part, key) -> weight``.
         self.sums: defaultdict[tuple[Unit, datetime, str, str], float] = defaultdict(float)
         #: ``(unit, bucket start) -> [first, last]``, microseconds since the epoch.
@@ -270,8 +283,8 @@ class RollupDelta:
 
     def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
         """Add rows as ``read()`` gives them (``request_date`` as ISO text)."""
-        sums, spans, visitors = self.sums, self.spans, self.visitors
-        secret = self.secret
+        sums, spans, visitors, hashes = self.sums, self.spans, self.visitors, self.hashes
+        secret, keep_hashes = self.secret, self.keep_hashes
         starts: dict[str, datetime] = {}
         for row in rows:
             date_text = row.get("request_date")
@@ -315,7 +328,9 @@ class RollupDelta:
                 else:
                     span[0] = min(span[0], moment)
                     span[1] = max(span[1], moment)
-                if unit in _VISITOR_UNITS:
+                if unit in _VISITOR_UNITS and keep_hashes:
+                    hashes.setdefault((unit, start), set()).add(hashed)
+                elif unit in _VISITOR_UNITS:
                     sketch = visitors.get((unit, start))
                     if sketch is None:
                         sketch = visitors[unit, start] = HyperLogLog()

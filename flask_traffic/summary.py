@@ -291,8 +291,9 @@ class SummaryBuilder:
             scaled for sampling.
         ``source``
             ``{"source": "records"}``, or for a store that answered from its
-            rollups ``{"source": "rollups", "granularity": finest bucket
-            used, "raw_records": records read besides}``.
+            rollups ``{"source": "rollups", "granularity": the finest bucket
+            size read, "since": ..., "until": ...}`` (the window counted, its
+            edges rounded as the store says) and more the store tells.
         ``percentiles``
             how the percentiles were computed.
 
@@ -332,11 +333,11 @@ class SummaryBuilder:
             "top_browsers": self._top("top_browsers"),
             "top_platforms": self._top("top_platforms"),
             "unique_visitors": (visitors if fields >= VISITOR_FIELDS else None),
-            "source": self.source or {"source": "records"},
             "percentiles": (
                 "from a histogram of response_time with 8 logarithmic buckets per "
                 "doubling: within about 4.5% of the exact value"
             ),
+            "source": self.source if self.source is not None else {"source": "records"},
         }
 
     def _buckets(self, unit: BucketUnit) -> list[dict[str, t.Any]]:
@@ -363,7 +364,10 @@ class SummaryBuilder:
     def _top(self, name: str) -> list[dict[str, t.Any]] | None:
         if TOP_FIELDS[name] not in self.fields:
             return None
-        ranked = sorted(self.tops[name].items(), key=lambda item: (-item[1], item[0]))
+        # Weights rounded before ranking: sums of 1/sample_rate added in
+        # another order (rollups) differ in the last bits, and a tie must
+        # break the same way, by value.
+        ranked = sorted(self.tops[name].items(), key=lambda item: (-round(item[1], 6), item[0]))
         return [{"value": value, "count": round(weight)} for value, weight in ranked[:TOP]]
 
 

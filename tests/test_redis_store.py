@@ -59,10 +59,10 @@ make_app = functools.partial(helpers.make_app, schedule_delay=0.05)
 
 @pytest.fixture
 def stream(redis_url: str, unique_name: str) -> Iterator[str]:
-    """A stream key on the shared Redis, deleted afterwards with its writers' fence keys."""
+    """A stream key on the shared Redis, deleted afterwards with its fence and rollup keys."""
     yield unique_name
     with redis.Redis.from_url(redis_url) as client:
-        fences = list(client.scan_iter(f"{unique_name}:flask-traffic-writer:*"))
+        fences = list(client.scan_iter(f"{unique_name}:*"))
         client.delete(unique_name, *fences)
 
 

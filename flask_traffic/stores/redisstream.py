@@ -12,11 +12,17 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
+from .._checks import check_positive_seconds
 from .._optional import require
 from ..policy import LogPolicy
+from ..processors import MaintenanceFunction, ProcessorOptions
 from ..query import Query
 from ..record import TrafficRecord
+from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
+from ..summary import SummaryBuilder
+from ._redisclient import from_host, from_url, is_int
 from ._redisentries import CODECS, add_entries, next_id
+from ._redisrollups import RedisRollups, location_of
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -26,11 +32,6 @@ if t.TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger("flask_traffic")
-
-#: Seconds a client this store creates waits to connect and for a reply, so a
-#: dead or unreachable server fails the export (to be retried by the
-#: processor) instead of holding the worker forever.
-_TIMEOUT = 5.0
 
 #: Seconds a writer's fence key outlives its last batch: a batch retried
 #: after an outage longer than this may be written twice.
@@ -61,10 +62,6 @@ _Row = dict[str, t.Any]
 
 def _same_records(a: Sequence[TrafficRecord], b: Sequence[TrafficRecord]) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class RedisStore(Store):
@@ -121,6 +118,15 @@ class RedisStore(Store):
         the background (``XTRIM MAXLEN ~``); never fewer.
     :param spool: where records wait on disk while Redis is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
+    :param rollups: keep per-minute, per-hour and per-day rollups, folded
+        from the stream by the worker (:meth:`fold`), so a :meth:`summary`
+        without ``where`` reads them and the entries not folded yet instead
+        of every entry. ``False`` turns folding and rollup summaries off;
+        a policy that leaves out a field rollups need does too.
+    :param fold_interval: seconds between two folds in the worker.
+    :param rollup_retention: how long each bucket size is kept
+        (:class:`~flask_traffic.rollups.RollupRetention`), applied with the
+        retention of entries, every ``TRAFFIC_RETENTION_INTERVAL``.
 
     .. versionchanged:: 1.0
         ``url``, ``client``, ``max_len`` and ``sync``; ``None`` is left out
@@ -149,10 +155,20 @@ class RedisStore(Store):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
+        rollups: bool = False,
+        fold_interval: float = 10.0,
+        rollup_retention: RollupRetention = DEFAULT_RETENTION,
     ) -> None:
         super().__init__(
             log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
         )
+        if not isinstance(rollups, bool):
+            raise TypeError(f"rollups must be True or False, got {rollups!r}.")
+        if not isinstance(rollup_retention, RollupRetention):
+            raise TypeError(
+                f"rollup_retention must be a RollupRetention, got {rollup_retention!r}."
+            )
+        self.fold_interval = check_positive_seconds(fold_interval, "fold_interval")
         redis_module = require("redis", extra="redis", needed_by="RedisStore")
         if not isinstance(event_name, str) or not event_name:
             raise TypeError(
@@ -173,7 +189,7 @@ class RedisStore(Store):
                 "redis_password and redis_port go with redis_host only: "
                 "put them in url= or in the client you pass."
             )
-        if max_len is not None and (not _is_int(max_len) or max_len < 1):
+        if max_len is not None and (not is_int(max_len) or max_len < 1):
             raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}.")
         self.event_name = event_name
         self.max_len = max_len
@@ -183,9 +199,9 @@ class RedisStore(Store):
                 raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}.")
             self._client: redis.Redis = client
         elif url is not None:
-            self._client = self._from_url(redis_module, url)
+            self._client = from_url(redis_module, url)
         else:
-            self._client = self._from_host(redis_module, redis_host, redis_password, redis_port)
+            self._client = from_host(redis_module, redis_host, redis_password, redis_port)
         self._never_decode: str = redis_module.client.NEVER_DECODE
         self._unsure_errors: tuple[type[Exception], ...] = (
             redis_module.ConnectionError,
@@ -209,47 +225,11 @@ class RedisStore(Store):
         # The batch whose last write failed with its outcome unknown, and
         # the number it was written under.
         self._unsure: tuple[Sequence[TrafficRecord], int] | None = None
-
-    @staticmethod
-    def _options(redis_module: t.Any) -> dict[str, t.Any]:
-        # No retries inside redis-py: it would send a transaction whose
-        # reply was lost a second time, behind the fence's back (see
-        # export()). The processor retries, with back-off; a connection the
-        # server closed is replaced by the pool before it is used.
-        retry = redis_module.retry.Retry(redis_module.backoff.NoBackoff(), 0)
-        return {
-            "socket_timeout": _TIMEOUT,
-            "socket_connect_timeout": _TIMEOUT,
-            "retry": retry,
-        }
-
-    @classmethod
-    def _from_url(cls, redis_module: t.Any, url: object) -> redis.Redis:
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, got {type(url).__name__}.")
-        try:
-            client: redis.Redis = redis_module.Redis.from_url(url, **cls._options(redis_module))
-        except ValueError:
-            # Not the URL itself in the message: it may hold a password.
-            raise ValueError(
-                "url must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0."
-            ) from None
-        return client
-
-    @classmethod
-    def _from_host(
-        cls, redis_module: t.Any, host: object, password: object, port: object
-    ) -> redis.Redis:
-        if not isinstance(host, str) or not host:
-            raise TypeError(f"redis_host must be a non-empty str, got {host!r}.")
-        if password is not None and not isinstance(password, str):
-            raise TypeError(f"redis_password must be a str or None, got {type(password).__name__}.")
-        if not _is_int(port) or not 0 < t.cast(int, port) < 65536:
-            raise ValueError(f"redis_port must be an integer from 1 to 65535, got {port!r}.")
-        client: redis.Redis = redis_module.Redis(
-            host=host, port=port, password=password, **cls._options(redis_module)
+        self._rollups_asked = rollups
+        self.rollups = RedisRollups(
+            self._client, event_name, self._decode, self._never_decode, rollup_retention
         )
-        return client
+        self.rollups.secret = site_secret(None, location_of(self._client, event_name))
 
     def __repr__(self) -> str:
         return f"<RedisStore stream={self.event_name!r} fields={len(self.fields)}>"
@@ -283,6 +263,58 @@ class RedisStore(Store):
             )
         if self.max_age is not None:
             self._check_minid(redis_module)
+
+    @property
+    def keeps_rollups(self) -> bool:
+        """Whether rollups are on and the policy keeps every field they need."""
+        return self._rollups_asked and set(self.fields) >= ROLLUP_FIELDS
+
+    def attach(self, app: Flask, options: ProcessorOptions) -> None:
+        """Take the site's visitor secret (:func:`~flask_traffic.rollups.site_secret`);
+        with rollups, the worker's maintenance runs every ``fold_interval``.
+
+        :meta private:
+        """
+        if self.processor is None and self.keeps_rollups:
+            location = location_of(self._client, self.event_name)
+            self.rollups.secret = site_secret(app, location)
+            self.rollups.retention_interval = options["retention_interval"]
+            options = options.copy()
+            options["retention_interval"] = min(self.fold_interval, options["retention_interval"])
+        super().attach(app, options)
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        entries = super()._maintenance()
+        if not self.keeps_rollups:
+            return entries
+        return lambda: self.rollups.maintain(entries)
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+        """Fold the entries written since the last fold into the rollups
+        (the worker does every ``fold_interval``); return how many."""
+        folded = self.rollups.fold() if self.keeps_rollups else 0
+        if folded and progress is not None:
+            progress(folded)
+        return folded
+
+    def rebuild_rollups(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        if not self.keeps_rollups:
+            return super().rebuild_rollups(since, progress)
+        # Not yet: the fold position only moves forward here.
+        raise NotImplementedError(
+            f"{self.name} cannot rebuild its rollups yet; they are kept from the entries "
+            f"written since they were turned on."
+        )
+
+    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
+        """From the rollups and the entries not folded yet when rollups are
+        on and the query has no ``where``; else from every entry."""
+        if self.keeps_rollups and not query.where:
+            self.rollups.summarize(query, builder)
+        else:
+            super().summarize(query, builder)
 
     def _check_minid(self, redis_module: t.Any) -> None:
         try:
@@ -482,6 +514,10 @@ class RedisStore(Store):
         removed = 0
         if cutoff is not None:
             lowest = self._lowest_id(cutoff)
+            if self.keeps_rollups:
+                # Never an entry that is not folded yet: fold first.
+                self.rollups.fold()
+                lowest = self.rollups.below_position(lowest)
             if lowest != b"-":
                 removed += self._trim(lambda: self._client.xtrim(self.event_name, minid=lowest))
         if max_records is not None:
