@@ -91,8 +91,10 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
         if (since, until) == (None, None) or got["bucket"] == "minute":
             assert counted == (since, until)
         else:
-            assert since is not None and until is not None
-            assert counted[0] is not None and counted[1] is not None
+            assert since is not None
+            assert until is not None
+            assert counted[0] is not None
+            assert counted[1] is not None
             assert counted[0] <= since < until <= counted[1]
             assert since - counted[0] < timedelta(hours=1) > counted[1] - until
             assert counted[0].minute == counted[1].minute == 0
