@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import time
 import typing as t
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -45,6 +46,7 @@ from ..rollups import (
     bucket_start,
 )
 from ..summary import SummaryBuilder
+from ._sqlrollupparts import compact, merge_histograms, split_times
 from ._sqltable import TableIO
 from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
@@ -87,6 +89,8 @@ def _tables(table: sa.Table) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]
         sa.Column("first_us", sa.BigInteger, nullable=False),
         sa.Column("last_us", sa.BigInteger, nullable=False),
         sa.Column("visitors", sa.LargeBinary, nullable=True),
+        # Per route, its response_time histogram: JSON (see _sqlrollupparts).
+        sa.Column("histograms", sa.Text, nullable=True),
     )
     state = sa.Table(
         f"{table.name}_rollup_state",
@@ -131,9 +135,10 @@ class SQLRollups:
             # each table there now is left as it is.
             time.sleep(0.1)
             metadata.create_all(engine, checkfirst=True)
-        self._upsert_sums = self._make_upsert(self.sums, {"weight": "add"})
-        self._upsert_buckets = self._make_upsert(
-            self.buckets, {"first_us": "set", "last_us": "set", "visitors": "set"}
+        self._upsert_sums = self.make_upsert(self.sums, {"weight": "add"})
+        self._upsert_buckets = self.make_upsert(
+            self.buckets,
+            {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
         )
 
     # -- folding ---------------------------------------------------------------
@@ -297,8 +302,11 @@ class SQLRollups:
         ).scalar()
         return int(found or 0)
 
-    def _apply(self, connection: sa.Connection, delta: RollupDelta) -> None:
-        sums = [
+    def add_sums(
+        self, connection: sa.Connection, sums: Iterable[tuple[Unit, datetime, str, str, float]]
+    ) -> None:
+        """Add ``(unit, start, part, key, weight)`` to the sums."""
+        rows = [
             {
                 "unit": unit,
                 "start": start,
@@ -308,10 +316,14 @@ class SQLRollups:
                 "key": encode_text(key),
                 "weight": weight,
             }
-            for (unit, start, part, key), weight in delta.sums.items()
+            for unit, start, part, key, weight in sums
         ]
-        if sums:
-            self._upsert_sums(connection, sums)
+        if rows:
+            self._upsert_sums(connection, rows)
+
+    def _apply(self, connection: sa.Connection, delta: RollupDelta) -> None:
+        plain, times = split_times(delta.sums)
+        self.add_sums(connection, ((*key, weight) for key, weight in plain.items()))
         touched = list(delta.spans)
         old = self._read_buckets(connection, touched)
         rows = []
@@ -319,6 +331,7 @@ class SQLRollups:
             first, last = delta.spans[unit, start]
             known = old.get((unit, start))
             sketch = delta.visitors.get((unit, start))
+            histograms = None
             if known is not None:
                 first, last = min(first, known[0]), max(last, known[1])
                 if known[2] is not None:
@@ -326,35 +339,41 @@ class SQLRollups:
                     if sketch is not None:
                         merged.merge(sketch.registers)
                     sketch = merged
-            registers = None if sketch is None else sketch.packed()
+                histograms = known[3]
             rows.append(
                 {
                     "unit": unit,
                     "start": start,
                     "first_us": first,
                     "last_us": last,
-                    "visitors": registers,
+                    "visitors": None if sketch is None else sketch.packed(),
+                    "histograms": merge_histograms(histograms, times.get((unit, start), {})),
                 }
             )
         if rows:
             self._upsert_buckets(connection, rows)
+        compact(self, connection, touched, datetime.now(_UTC))
 
     def _read_buckets(
         self, connection: sa.Connection, keys: list[tuple[Unit, datetime]]
-    ) -> dict[tuple[Unit, datetime], tuple[int, int, bytes | None]]:
+    ) -> dict[tuple[Unit, datetime], tuple[int, int, bytes | None, str | None]]:
         buckets = self.buckets
-        found: dict[tuple[Unit, datetime], tuple[int, int, bytes | None]] = {}
+        found: dict[tuple[Unit, datetime], tuple[int, int, bytes | None, str | None]] = {}
         for unit in UNITS:
             starts = [start for kind, start in keys if kind == unit]
             for i in range(0, len(starts), 500):
                 statement = sa.select(
-                    buckets.c.start, buckets.c.first_us, buckets.c.last_us, buckets.c.visitors
+                    buckets.c.start,
+                    buckets.c.first_us,
+                    buckets.c.last_us,
+                    buckets.c.visitors,
+                    buckets.c.histograms,
                 ).where(buckets.c.unit == unit, buckets.c.start.in_(starts[i : i + 500]))
-                for start, first, last, visitors in connection.execute(statement):
-                    found[unit, start] = (int(first), int(last), visitors)
+                for start, first, last, visitors, histograms in connection.execute(statement):
+                    found[unit, start] = (int(first), int(last), visitors, histograms)
         return found
 
-    def _make_upsert(
+    def make_upsert(
         self, table: sa.Table, columns: dict[str, str]
     ) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
         """An insert that adds to (``"add"``) or replaces (``"set"``) the

@@ -23,6 +23,7 @@ from ..rollups import (
     visitor_hash,
 )
 from ..summary import SummaryBuilder, bucket_unit
+from ._sqlrollupparts import OTHER, feed_histograms
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -83,6 +84,7 @@ def summarize(
         found: list[Piece] = []
         expired: list[Piece] = []
         sketches: list[tuple[Unit, datetime, bytes]] = []
+        approximate: set[str] = set()
         if start is not None and end is not None and start < end:
             # The summary's bucket size, from the window or the data's span.
             found = pieces(start, end, unit)
@@ -97,8 +99,10 @@ def summarize(
             ]
             expired = [piece for piece in found if piece not in kept]
             if kept:
-                sketches = _feed_rollups(rollups, connection, builder, kept)
-        raw = [row_id > position]
+                sketches, approximate = _feed_rollups(rollups, connection, builder, kept)
+        # No whole minute in the window (or nothing folded near it): all
+        # its rows are read.
+        raw: list[sa.ColumnElement[bool]] = []
         if found:
             # Folded rows outside the whole minutes: the window's edges.
             edges = [sa.and_(date >= piece.start, date < piece.end) for piece in expired]
@@ -115,7 +119,7 @@ def summarize(
     builder.add_rows(rows)
     if not sketches:
         # Nothing folded in the window: the raw rows' visitors, exactly.
-        return _source(None, len(rows), since, until)
+        return _source(None, len(rows), since, until, approximate)
     # The raw rows' visitors join their days' sketches: a visitor seen
     # in both is counted once.
     secret = rollups.secret
@@ -134,14 +138,15 @@ def summarize(
     ]
     builder.visitor_count = round(count_visitors(sketches, extra))
     finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-    return _source(UNITS[finest], len(rows), since, until)
+    return _source(UNITS[finest], len(rows), since, until, approximate)
 
 
 def _feed_rollups(
     rollups: SQLRollups, connection: sa.Connection, builder: SummaryBuilder, found: list[Piece]
-) -> list[tuple[Unit, datetime, bytes]]:
+) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
     """Feed ``builder`` the sums of the buckets of ``found``; return the
-    visitor sketches of their hours and days."""
+    visitor sketches of their hours and days, and the top lists some bucket
+    kept only the leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
 
     def within(table: sa.Table, chosen: Iterable[Piece]) -> sa.ColumnElement[bool]:
@@ -187,6 +192,19 @@ def _feed_rollups(
     ).all()
     weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
     weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
+    feed_histograms(
+        builder,
+        (
+            row[0]
+            for row in connection.execute(
+                sa.select(buckets.c.histograms).where(within(buckets, found))
+            )
+        ),
+    )
+    # Top lists some bucket of the window kept only the leaders of.
+    approximate = {
+        part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
+    }
     feed(
         builder,
         weights,
@@ -194,7 +212,7 @@ def _feed_rollups(
         (span[0], span[1]),
         None,
     )
-    return [(row[0], row[1], zlib.decompress(row[2])) for row in sketches]
+    return [(row[0], row[1], zlib.decompress(row[2])) for row in sketches], approximate
 
 
 def io_rows(
@@ -221,15 +239,22 @@ def _moment(microseconds: int | None, after: timedelta | None = None) -> datetim
 
 
 def _source(
-    granularity: str | None, raw_records: int, since: datetime | None, until: datetime | None
+    granularity: str | None,
+    raw_records: int,
+    since: datetime | None,
+    until: datetime | None,
+    approximate: set[str],
 ) -> dict[str, t.Any]:
     """What a summary says of where its counts came from: the finest bucket
     size read, the records read besides, and the window counted (its edges
-    rounded to hours when it is counted per hour or day)."""
+    rounded to hours when it is counted per hour or day), and the top lists
+    that are approximate: some bucket of the window kept only its
+    :data:`~._sqlrollupparts.TOP_KEPT` most frequent values."""
     return {
         "source": "rollups",
         "granularity": granularity,
         "raw_records": raw_records,
         "since": None if since is None else iso_text(since),
         "until": None if until is None else iso_text(until),
+        "approximate": sorted(approximate),
     }
