@@ -275,3 +275,34 @@ def test_rollups_need_every_field_they_count(tmp_path: Path) -> None:
     assert store.fold() == 0
     assert store.summary()["source"] == {"source": "records"}
     store.shutdown()
+
+
+def test_the_worker_folds_before_retention_deletes(tmp_path: Path) -> None:
+    store = JSONStore(location=tmp_path, sync=True, rollups=True, max_records=400)
+    Traffic(make_app(tmp_path), stores=store)
+    maintain = store._maintenance()
+    assert maintain is not None
+    made = records(2000)
+    for start in range(0, 2000, 250):
+        write(store, made[start : start + 250])
+        maintain()  # the worker's pass: fold, then rotate and delete
+    assert store.rotated_files()  # retention ran
+    # Every record is in the rollups, though retention deleted most files.
+    assert store.summary(START, START + timedelta(days=4))["total"] == 2000
+    store.shutdown()
+
+
+def test_flask_traffic_rollup_folds_and_rebuilds_a_file(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    store = CSVStore(location=tmp_path, sync=True, rollups=True)
+    Traffic(app, stores=store)
+    write(store, records(1000))
+    runner = app.test_cli_runner()
+    folded = runner.invoke(args=["traffic", "rollup"])
+    assert folded.exit_code == 0, folded.output
+    assert "CSVStore: folded 1,000 records." in folded.output
+    rebuilt = runner.invoke(args=["traffic", "rollup", "--rebuild"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "rebuilt from 1,000 " in rebuilt.output
+    assert store.summary()["total"] == 1000
+    store.shutdown()

@@ -138,6 +138,8 @@ class FileRollups:
         self.store = store
         self.secret = secret
         self.retention = retention
+        #: The data file, and beside it the sidecar.
+        self.data_path = store.path
         self.sidecar = sidecar_path(store.path)
         self._made = False
 

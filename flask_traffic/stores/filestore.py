@@ -452,7 +452,8 @@ class FileStore(Store):
         if not self.rollups or not set(getattr(self, "columns", self.fields)) >= ROLLUP_FIELDS:
             return None
         state = self._rollup_state
-        if state is None or state.store.path != self.path:
+        # Made again once setup() knows the file and the site's secret.
+        if state is None or (state.data_path, state.secret) != (self.path, self._visitor_secret):
             from ._filerollups import FileRollups
 
             state = self._rollup_state = FileRollups(
