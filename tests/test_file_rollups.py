@@ -120,6 +120,13 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
     write(rolled, made[2500:])  # a tail written after the fold
     for since, until in WINDOWS:
         same(rolled, raw, since, until)
+    # Windows of under a minute, around folded records: no whole minute,
+    # all from the records.
+    for record in made[100:2500:600]:
+        moment = datetime.fromisoformat(record.request_date_iso)
+        window = (moment - timedelta(seconds=1), moment + timedelta(seconds=1))
+        assert rolled.summary(*window)["total"] >= 1
+        same(rolled, raw, *window)
     # The tail, and the minutes past their retention at the window's start.
     assert rolled.summary()["source"]["raw_records"] >= 500
     assert rolled.fold() == 500
@@ -305,4 +312,15 @@ def test_flask_traffic_rollup_folds_and_rebuilds_a_file(tmp_path: Path) -> None:
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "rebuilt from 1,000 " in rebuilt.output
     assert store.summary()["total"] == 1000
+    store.shutdown()
+
+
+def test_a_csv_file_without_a_column_they_count_keeps_no_rollups(tmp_path: Path) -> None:
+    (tmp_path / "traffic.csv").write_text("request_date,request_path\n")
+    store = CSVStore(location=tmp_path, sync=True, rollups=True)
+    Traffic(make_app(tmp_path), stores=store)
+    store.export(records(10))
+    assert store.fold() == 0
+    assert not store.keeps_rollups
+    assert store.summary()["source"] == {"source": "records"}
     store.shutdown()

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..query import Query
+from ..query import Query, iso_text
 from ..rollups import (
     UNITS,
     HyperLogLog,
@@ -362,7 +362,8 @@ class FileRollups:
             if found is None:
                 return None
             done, stop, day = int(found[0]), int(found[1] or 0), found[2]
-            day_text = "" if day is None else datetime.fromtimestamp(float(day), _UTC).isoformat()
+            # As the records' dates are stored, to compare them as text.
+            day_text = "" if day is None else iso_text(datetime.fromtimestamp(float(day), _UTC))
             spans = connection.execute(
                 'SELECT spans.id, file, start, "end" FROM spans WHERE id > ? AND id <= ? '
                 "AND last >= ? ORDER BY id",

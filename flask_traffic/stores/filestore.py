@@ -448,8 +448,11 @@ class FileStore(Store):
 
     def _rollup_files(self) -> FileRollups | None:
         """The rollups, in the sidecar beside the file; None when off."""
-        # A CSV file written under another policy may lack a column they count.
-        if not self.rollups or not set(getattr(self, "columns", self.fields)) >= ROLLUP_FIELDS:
+        if not self.rollups:
+            return None
+        if not set(getattr(self, "columns", self.fields)) >= ROLLUP_FIELDS:
+            # A CSV file written under another policy lacks a column they count.
+            self.rollups = False
             return None
         state = self._rollup_state
         # Made again once setup() knows the file and the site's secret.
