@@ -17,6 +17,7 @@ from .._tally import ColumnTally
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord, iso_text
+from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
 from ._framing import (
     Snapshot,
@@ -34,6 +35,9 @@ from .base import Store, warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
     from flask import Flask
+
+    from .._maintenance import MaintenanceFunction
+    from ._filerollups import FileRollups
 
 __all__ = ["LATE_WRITE_SLACK", "FileStore"]
 
@@ -94,6 +98,11 @@ class FileStore(Store):
     :param max_age: keep records for this long (a :class:`~datetime.timedelta`);
         older ones are rotated out to dated files beside this one and deleted.
     :param max_records: keep about this many records, the newest.
+    :param rollups: keep rollups (:mod:`flask_traffic.rollups`) in a SQLite
+        file beside this one, ``<file>.rollups.sqlite``, folded by the
+        worker after writing (:mod:`._filerollups`), and answer
+        :meth:`summary` from them; the policy must keep every field they count.
+    :param rollup_retention: how long rollups of each bucket size are kept.
     """
 
     #: The file's name when none is given.
@@ -113,8 +122,20 @@ class FileStore(Store):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
+        rollups: bool = False,
+        rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
+        if rollup_retention is not None and not isinstance(rollup_retention, RollupRetention):
+            raise TypeError(
+                f"rollup_retention must be a flask_traffic.rollups.RollupRetention, "
+                f"not {type(rollup_retention).__name__}."
+            )
+        #: Whether this store keeps rollups (it needs every field they count).
+        self.rollups = bool(rollups) and set(self.log_policy.enabled_fields) >= ROLLUP_FIELDS
+        self.rollup_retention = rollup_retention or DEFAULT_RETENTION
+        self._rollup_state: FileRollups | None = None
+        self._visitor_secret = b""
         if filename is None:
             filename = self.default_filename
         if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
@@ -179,6 +200,7 @@ class FileStore(Store):
         finally:
             os.close(fd)
         self._path = path
+        self._visitor_secret = site_secret(app, os.fspath(path))
 
     def also_serve(self, app: Flask) -> None:
         if self.location is None:
@@ -275,6 +297,11 @@ class FileStore(Store):
         if query.where:
             super().summarize(query, builder)
             return
+        rollups = self._rollup_files()
+        if rollups is not None:
+            builder.source = rollups.summarize(query, builder)
+            if builder.source is not None:
+                return
         tally = ColumnTally(self.fields, builder, query.since_iso, query.until_iso)
         for rows in self._row_blocks(query, oldest_first=False, stored=True):
             tally.add(rows)
@@ -416,3 +443,55 @@ class FileStore(Store):
         :return: how many records the deleted files held.
         """
         return self._files().retain(cutoff, max_records)
+
+    # -- rollups ---------------------------------------------------------------
+
+    def _rollup_files(self) -> FileRollups | None:
+        """The rollups, in the sidecar beside the file; None when off."""
+        if not self.rollups:
+            return None
+        if not set(getattr(self, "columns", self.fields)) >= ROLLUP_FIELDS:
+            # A CSV file written under another policy lacks a column they count.
+            self.rollups = False
+            return None
+        state = self._rollup_state
+        # Made again once setup() knows the file and the site's secret.
+        if state is None or (state.data_path, state.secret) != (self.path, self._visitor_secret):
+            from ._filerollups import FileRollups
+
+            state = self._rollup_state = FileRollups(
+                self, self._visitor_secret, self.rollup_retention
+            )
+        return state
+
+    @property
+    def keeps_rollups(self) -> bool:
+        return self.rollups
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+        """Fold the records written since the last fold into the rollups (the
+        worker does it at every retention interval); return how many."""
+        rollups = self._rollup_files()
+        return 0 if rollups is None else rollups.fold(progress)
+
+    def rebuild_rollups(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        rollups = self._rollup_files()
+        if rollups is None:
+            return super().rebuild_rollups(since, progress)
+        self.flush(10.0)
+        return rollups.rebuild(since, progress)
+
+    def _maintenance(self) -> MaintenanceFunction | None:
+        return self._maintain if self.rollups else super()._maintenance()
+
+    def _retain_now(self) -> int:
+        # Records are folded before retention may delete their file.
+        rollups = self._rollup_files()
+        if rollups is not None:
+            rollups.fold()
+            rollups.retain()
+        if self.max_age is None and self.max_records is None:
+            return 0
+        return super()._retain_now()

@@ -1,0 +1,254 @@
+"""Summaries from a file store's rollups (:class:`._filerollups.FileRollups`):
+the window's whole minutes from the sidecar, the rest from the raw records,
+as :mod:`._sqlrollupsummary` does for a table."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import typing as t
+from datetime import datetime, timedelta, timezone
+
+from ..query import Query, iso_text
+from ..rollups import (
+    UNITS,
+    Piece,
+    Unit,
+    bucket_start,
+    count_visitors,
+    feed,
+    pieces,
+    visitor_hash,
+)
+from ..summary import SummaryBuilder, bucket_unit
+from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
+from ._framing import Snapshot, blocks_forward
+
+__all__ = ["summarize"]
+
+_UTC = timezone.utc
+_MINUTE = timedelta(minutes=1)
+#: A span of dates as stored text, either end open (``None``).
+_Range = tuple[str | None, str | None]
+
+
+def summarize(
+    rollups: FileRollups, query: Query, builder: SummaryBuilder
+) -> dict[str, t.Any] | None:
+    """Feed ``builder`` the window of ``query`` (which has no ``where``):
+    its whole minutes from the rollups; from the raw records, the seconds
+    before its first whole minute and after its last one, the pieces past
+    their retention, and every record after the fold positions. Returns
+    what the summary says of its source; ``None``, having fed nothing,
+    before the first fold or while a rebuild runs."""
+    connection = rollups.connect(create=False)
+    if connection is None:
+        return None
+    try:
+        # One read transaction: the sums and the positions agree.
+        with rollups.transaction(connection, "DEFERRED"):
+            if not rollups.position(connection) or rollups.rebuilding(connection):
+                return None
+            return _summarize(rollups, connection, query, builder)
+    finally:
+        connection.close()
+
+
+def _summarize(
+    rollups: FileRollups, connection: sqlite3.Connection, query: Query, builder: SummaryBuilder
+) -> dict[str, t.Any]:
+    since, until = query.since, query.until
+    first, last = connection.execute(
+        "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
+    ).fetchone()
+    oldest = _moment(first)
+    start = (
+        _ceil_minute(since)
+        if since is not None
+        else None
+        if oldest is None
+        else bucket_start(oldest, "minute")
+    )
+    end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
+    found: list[Piece] = []
+    expired: list[Piece] = []
+    sketches: list[tuple[Unit, datetime, bytes]] = []
+    if start is not None and end is not None and start < end:
+        span_start = since or _moment(first) or start
+        span_end = until or _moment(last) or end
+        found = pieces(start, end, bucket_unit(span_start, span_end))
+        # Buckets past their size's retention are gone: those pieces are
+        # counted from the raw records, where there are any.
+        now = datetime.now(_UTC)
+        kept = [
+            piece
+            for piece in found
+            if (cutoff := rollups.retention.cutoff(piece.unit, now)) is None
+            or piece.start >= cutoff
+        ]
+        expired = [piece for piece in found if piece not in kept]
+        if kept:
+            sketches = _feed_rollups(connection, builder, kept)
+    since_text, until_text = query.since_iso, query.until_iso
+    # Folded records to read again: the window's edges and expired pieces;
+    # the whole window when it holds no whole minute.
+    edges: list[_Range] = [(iso_text(piece.start), iso_text(piece.end)) for piece in expired]
+    if not found:
+        edges.append((since_text, until_text))
+    else:
+        if since_text is not None:
+            edges.append((since_text, iso_text(found[0].start)))
+        if until_text is not None:
+            edges.append((iso_text(found[-1].end), until_text))
+    rows = _raw_rows(rollups, connection, query, edges)
+    builder.add_rows(rows)
+    if not sketches:
+        return {"source": "rollups", "granularity": None, "raw_records": len(rows)}
+    # The raw records' visitors join their days' sketches: a visitor seen
+    # in both is counted once.
+    secret = rollups.secret
+    extra = [
+        (
+            datetime.fromisoformat(row["request_date"]),
+            visitor_hash(
+                secret,
+                row["request_date"],
+                row.get("request_remote_address"),
+                row.get("request_user_agent"),
+            ),
+        )
+        for row in rows
+        if row.get("request_date") is not None
+    ]
+    builder.visitor_count = round(count_visitors(sketches, extra))
+    finest = min((UNITS.index(piece.unit) for piece in found), default=0)
+    return {"source": "rollups", "granularity": UNITS[finest], "raw_records": len(rows)}
+
+
+def _raw_rows(
+    rollups: FileRollups, connection: sqlite3.Connection, query: Query, edges: list[_Range]
+) -> list[dict[str, t.Any]]:
+    """The records of the window after each file's fold position, and the
+    folded ones dated within ``edges`` (read from the spans that hold them)."""
+    store = rollups.store
+    quoted, decode = store.quoted_records, store.decode_block
+    keep = query.matches
+    files = rollups.file_rows(connection)
+    rows: list[dict[str, t.Any]] = []
+    with store._files().open_all() as snaps:
+        for snap in snaps:
+            if snap.size <= snap.start:
+                continue
+            known = matching(files, snap, head_of(snap))
+            offset = snap.start if known is None else max(known[4], snap.start)
+            rows.extend(_rows(snap, offset, snap.size, quoted, decode, keep))
+        edges = [(low, high) for low, high in edges if low is None or high is None or low < high]
+        if edges:
+            by_file = open_files(files, snaps)
+            tests = " OR ".join(
+                "(last >= ? AND first < ?)"
+                if low is not None and high is not None
+                else "(last >= ?)"
+                if low is not None
+                else "(first < ?)"
+                if high is not None
+                else "1"
+                for low, high in edges
+            )
+            values = [value for edge in edges for value in edge if value is not None]
+
+            def within(row: dict[str, t.Any]) -> bool:
+                date = row.get("request_date")
+                return date is not None and any(
+                    (low is None or date >= low) and (high is None or date < high)
+                    for low, high in edges
+                )
+
+            for file_id, start, end in connection.execute(
+                f'SELECT file, start, "end" FROM spans WHERE {tests} ORDER BY id', values
+            ):
+                held = by_file.get(int(file_id))
+                if held is not None:
+                    rows.extend(_rows(held, int(start), int(end), quoted, decode, within))
+    return rows
+
+
+def _rows(
+    snap: Snapshot,
+    start: int,
+    end: int,
+    quoted: bool,
+    decode: t.Callable[[bytes, bytes], list[dict[str, t.Any] | None]],
+    keep: t.Callable[[dict[str, t.Any]], bool],
+) -> list[dict[str, t.Any]]:
+    """The readable records of ``snap`` between ``start`` and ``end`` that ``keep`` keeps."""
+    found: list[dict[str, t.Any]] = []
+    for block in blocks_forward(snap.fd, start, end, quoted):
+        found.extend(row for row in decode(block, snap.header) if row is not None and keep(row))
+    return found
+
+
+def _feed_rollups(
+    connection: sqlite3.Connection, builder: SummaryBuilder, found: list[Piece]
+) -> list[tuple[Unit, datetime, bytes]]:
+    """Feed ``builder`` the sums of the buckets of ``found``; return the
+    visitor sketches of their hours and days."""
+
+    def within(chosen: list[Piece]) -> tuple[str, list[str]]:
+        test = " OR ".join("(unit = ? AND start >= ? AND start < ?)" for _ in chosen)
+        values = [value for piece in chosen for value in _piece_values(piece)]
+        return f"({test})", values
+
+    test, values = within(found)
+    totals = connection.execute(
+        f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
+        "GROUP BY part, key",
+        values,
+    ).fetchall()
+    per_bucket = [
+        (datetime.fromisoformat(start), float(weight))
+        for start, weight in connection.execute(
+            f"SELECT start, weight FROM sums WHERE {test} AND part = 'total'", values
+        )
+    ]
+    span = connection.execute(
+        f"SELECT min(first_us), max(last_us) FROM buckets WHERE {test}", values
+    ).fetchone()
+    # A minute piece counts the visitors of its hours.
+    visitor_pieces = [
+        piece
+        if piece.unit != "minute"
+        else Piece(
+            "hour",
+            bucket_start(piece.start, "hour"),
+            bucket_start(piece.end - _MINUTE, "hour") + timedelta(hours=1),
+        )
+        for piece in found
+    ]
+    test, values = within(visitor_pieces)
+    sketches = connection.execute(
+        f"SELECT unit, start, visitors FROM buckets WHERE {test} AND visitors IS NOT NULL",
+        values,
+    ).fetchall()
+    weights = [(str(part), decode_key(bytes(key)), float(weight)) for part, key, weight in totals]
+    weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
+    feed(builder, weights, per_bucket, (span[0], span[1]), None)
+    return [(unit, datetime.fromisoformat(start), bytes(blob)) for unit, start, blob in sketches]
+
+
+def _piece_values(piece: Piece) -> tuple[str, str, str]:
+    return (piece.unit, piece.start.isoformat(), piece.end.isoformat())
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    start = bucket_start(moment, "minute")
+    return start if start == moment else start + _MINUTE
+
+
+def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
+    """The aware datetime of ``microseconds`` since the epoch; with ``after``,
+    the end of the minute after it (``after`` long)."""
+    if microseconds is None:
+        return None
+    moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
+    return moment if after is None else bucket_start(moment, "minute") + after
