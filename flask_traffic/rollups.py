@@ -269,11 +269,15 @@ class RollupDelta:
     :param keep_hashes: keep each hour's and day's visitor hashes themselves
         (:attr:`hashes`) instead of sketches (:attr:`visitors`): for a store
         whose backend counts them (Redis's ``PFADD``).
+    :param units: the bucket sizes to add up.
     """
 
-    def __init__(self, secret: bytes, *, keep_hashes: bool = False) -> None:
+    def __init__(
+        self, secret: bytes, *, keep_hashes: bool = False, units: tuple[Unit, ...] = UNITS
+    ) -> None:
         self.secret = secret
         self.keep_hashes = keep_hashes
+        self.units = units
         #: ``(unit, bucket start) -> visitor hashes`` for hours and days, with
         #: ``keep_hashes``.
         self.hashes: dict[tuple[Unit, datetime], set[int]] = {}
@@ -321,7 +325,7 @@ class RollupDelta:
             hashed = visitor_hash(
                 secret, date_text, row.get("request_remote_address"), row.get("request_user_agent")
             )
-            for unit in UNITS:
+            for unit in self.units:
                 start = minute if unit == "minute" else bucket_start(minute, unit)
                 for part, key in keys:
                     sums[unit, start, part, key] += weight

@@ -64,23 +64,25 @@ def summarize(
         ).one()
         oldest = _moment(first)
         unit = bucket_unit(since or oldest, until or _moment(last))
-        if unit != "minute":
-            # Counted per hour or day: the window's edges are rounded out
-            # to whole hours, which the rollups hold, so no record is read
-            # for them (the result says so).
-            if since is not None:
-                since = builder.since = bucket_start(since, "hour")
-            if until is not None:
-                rounded = bucket_start(until, "hour")
-                until = builder.until = rounded if rounded == until else rounded + _HOUR
+        if unit == "minute":
+            # Minutes are not kept (see KEPT_UNITS): the database counts.
+            return None
+        # Counted per hour or day: the window's edges are rounded out to
+        # whole hours, which the rollups hold, so no record is read for
+        # them (the result says so).
+        if since is not None:
+            since = builder.since = bucket_start(since, "hour")
+        if until is not None:
+            rounded = bucket_start(until, "hour")
+            until = builder.until = rounded if rounded == until else rounded + _HOUR
         start = (
             _ceil_minute(since)
             if since is not None
             else None
             if oldest is None
-            else bucket_start(oldest, "minute")
+            else bucket_start(oldest, "hour")
         )
-        end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
+        end = bucket_start(until, "minute") if until is not None else _moment(last, _HOUR)
         found: list[Piece] = []
         expired: list[Piece] = []
         sketches: list[tuple[Unit, datetime, bytes]] = []
@@ -230,12 +232,14 @@ def _ceil_minute(moment: datetime) -> datetime:
 
 
 def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
-    """The aware datetime of ``microseconds`` since the epoch; with ``after``,
-    the end of the minute after it (``after`` long)."""
+    """The aware datetime of ``microseconds`` since the epoch; with ``after``
+    (a minute or an hour), the end of the minute or hour it falls in."""
     if microseconds is None:
         return None
     moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
-    return moment if after is None else bucket_start(moment, "minute") + after
+    if after is None:
+        return moment
+    return bucket_start(moment, "minute" if after == _MINUTE else "hour") + after
 
 
 def _source(
