@@ -248,14 +248,36 @@ class HyperLogLog:
         return bytes(self.registers)
 
     def packed(self) -> bytes:
-        """The registers compressed, for storage: an hour's sketch is mostly
-        zeros (a few hundred bytes instead of 4 kB)."""
-        return zlib.compress(self.registers, 1)
+        """The registers for storage: an hour's sketch is mostly zeros, kept
+        as ``(index, rank)`` triples of bytes (``b"S"`` first), which merge
+        in a step per visitor; a fuller one compressed (``b"Z"`` first)."""
+        registers = self.registers
+        used = [(index, rank) for index, rank in enumerate(registers) if rank]
+        if len(used) * 3 < len(registers) // 2:
+            return b"S" + bytes(
+                byte for index, rank in used for byte in (index >> 8, index & 0xFF, rank)
+            )
+        return b"Z" + zlib.compress(registers, 1)
 
     @classmethod
     def unpacked(cls, packed: bytes) -> HyperLogLog:
         """The sketch :meth:`packed` gave."""
-        return cls(zlib.decompress(packed))
+        sketch = cls()
+        sketch.merge_packed(packed)
+        return sketch
+
+    def merge_packed(self, packed: bytes) -> None:
+        """:meth:`merge` a sketch as :meth:`packed` gave it."""
+        if packed[:1] == b"S":
+            registers = self.registers
+            for at in range(1, len(packed), 3):
+                index = (packed[at] << 8) | packed[at + 1]
+                if packed[at + 2] > registers[index]:
+                    registers[index] = packed[at + 2]
+        elif packed[:1] == b"Z":
+            self.merge(zlib.decompress(packed[1:]))
+        else:  # a zlib stream as kept before the prefixes
+            self.merge(zlib.decompress(packed))
 
 
 def _key(value: t.Any) -> str:
@@ -398,21 +420,28 @@ def _iso(microseconds: int) -> str:
 def count_visitors(
     sketches: Iterable[tuple[Unit, datetime, bytes]],
     extra: Iterable[tuple[datetime, int]] = (),
+    *,
+    packed: bool = False,
 ) -> float:
     """Unique visitors of a window from the sketches of its buckets: per UTC
     day, its day sketch, or the union of its hours' (a minute counts with
     its hour), with ``extra`` visitor hashes (``(day, hash)``: of raw
     records read besides) added to their day's; summed over the days, as
-    the raw summary counts them."""
+    the raw summary counts them. ``packed``: the sketches are as
+    :meth:`HyperLogLog.packed` gives them, else registers."""
     days: dict[datetime, HyperLogLog] = {}
     whole: set[datetime] = set()
     for unit, start, registers in sketches:
         day = bucket_start(start, "day")
         if unit == "day":
-            days[day] = HyperLogLog(registers)
+            days[day] = HyperLogLog.unpacked(registers) if packed else HyperLogLog(registers)
             whole.add(day)
         elif day not in whole:
-            days.setdefault(day, HyperLogLog()).merge(registers)
+            sketch = days.setdefault(day, HyperLogLog())
+            if packed:
+                sketch.merge_packed(registers)
+            else:
+                sketch.merge(registers)
     for day, hashed in extra:
         days.setdefault(bucket_start(day, "day"), HyperLogLog()).add(hashed)
     return math.fsum(sketch.count() for sketch in days.values())

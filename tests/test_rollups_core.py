@@ -466,3 +466,23 @@ def test_retention_bad_values(unit: Unit, value: object) -> None:
     with an error naming the bucket size."""
     with pytest.raises(ValueError, match=rf"rollup_retention\.{unit} .*one {unit}"):
         RollupRetention(**{unit: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [0, 1, 300, 50_000])
+def test_hyperloglog_packed_round_trip_and_merge(n: int) -> None:
+    """A sketch as stored (sparse for few visitors, compressed for many)
+    comes back with the same registers, and merges as the sketch does."""
+    rng = random.Random(n)
+    sketch = HyperLogLog()
+    for _ in range(n):
+        sketch.add(rng.getrandbits(64))
+    packed = sketch.packed()
+    assert packed[:1] == (b"S" if n < 1000 else b"Z")
+    assert HyperLogLog.unpacked(packed).registers == sketch.registers
+    other = HyperLogLog()
+    for _ in range(500):
+        other.add(rng.getrandbits(64))
+    merged, expected = HyperLogLog(other.to_bytes()), HyperLogLog(other.to_bytes())
+    merged.merge_packed(packed)
+    expected.merge(sketch.registers)
+    assert merged.registers == expected.registers

@@ -340,10 +340,9 @@ class SQLRollups:
             if known is not None:
                 first, last = min(first, known[0]), max(last, known[1])
                 if known[2] is not None:
-                    merged = HyperLogLog.unpacked(known[2])
-                    if sketch is not None:
-                        merged.merge(sketch.registers)
-                    sketch = merged
+                    if sketch is None:
+                        sketch = HyperLogLog()
+                    sketch.merge_packed(known[2])
                 histograms = known[3]
             rows.append(
                 {

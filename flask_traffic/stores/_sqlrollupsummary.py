@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import typing as t
-import zlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
@@ -138,7 +137,7 @@ def summarize(
         for row in rows
         if row["request_date"] is not None
     ]
-    builder.visitor_count = round(count_visitors(sketches, extra))
+    builder.visitor_count = round(count_visitors(sketches, extra, packed=True))
     finest = min((UNITS.index(piece.unit) for piece in found), default=0)
     return _source(UNITS[finest], len(rows), since, until, approximate)
 
@@ -214,7 +213,7 @@ def _feed_rollups(
         (span[0], span[1]),
         None,
     )
-    return [(row[0], row[1], zlib.decompress(row[2])) for row in sketches], approximate
+    return [(row[0], row[1], row[2]) for row in sketches], approximate
 
 
 def io_rows(
