@@ -5,6 +5,7 @@ counts, across rotations, folders and rebuilds."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import typing as t
 from collections.abc import Iterator
@@ -31,7 +32,36 @@ WINDOWS = [
     (START + timedelta(hours=3, minutes=10), START + timedelta(hours=3, minutes=11)),
     (START + timedelta(hours=3, minutes=10, seconds=5), START + timedelta(hours=3, minutes=10.9)),
     (START + timedelta(days=10), START + timedelta(days=11)),
+    (
+        START + timedelta(hours=48, minutes=47, seconds=0.5),
+        START + timedelta(hours=48, minutes=47, seconds=59.5),
+    ),
+    # Counted per hour, with edges inside hours.
+    (START + timedelta(hours=20, minutes=59), START + timedelta(hours=23, minutes=0.5)),
 ]
+
+
+def record(rng: random.Random, moment: datetime, path: str) -> TrafficRecord:
+    """A record of a request to ``path`` at ``moment``, the rest at random."""
+    return TrafficRecord(
+        int(moment.timestamp() * 1e9),
+        int(rng.lognormvariate(16, 1)),
+        rng.choice(["GET", "POST"]),
+        "http",
+        "example.com",
+        None,
+        path,
+        "",
+        "HTTP/1.1",
+        "e",
+        rng.choice(["/a", "/b/<x>", None]),
+        f"10.0.0.{rng.randint(0, 30)}",
+        rng.choice([None, "http://r/1", "http://r/2"]),
+        rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
+        rng.choice([200, 200, 404, 500]),
+        "1",
+        "text/html",
+    )
 
 
 def records(count: int, paths: list[str] | None = None, seed: int = 7) -> list[TrafficRecord]:
@@ -41,32 +71,10 @@ def records(count: int, paths: list[str] | None = None, seed: int = 7) -> list[T
     made = []
     for _ in range(count):
         moment = START + timedelta(seconds=rng.uniform(0, 3 * 86400))
-        made.append(
-            (
-                moment.timestamp() + rng.uniform(0, 5),
-                TrafficRecord(
-                    int(moment.timestamp() * 1e9),
-                    int(rng.lognormvariate(16, 1)),
-                    rng.choice(["GET", "POST"]),
-                    "http",
-                    "example.com",
-                    None,
-                    rng.choice(paths) if paths else f"/p/{rng.randint(0, 50)}",
-                    "",
-                    "HTTP/1.1",
-                    "e",
-                    rng.choice(["/a", "/b/<x>", None]),
-                    f"10.0.0.{rng.randint(0, 30)}",
-                    rng.choice([None, "http://r/1", "http://r/2"]),
-                    rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
-                    rng.choice([200, 200, 404, 500]),
-                    "1",
-                    "text/html",
-                ),
-            )
-        )
+        path = rng.choice(paths) if paths else f"/p/{rng.randint(0, 50)}"
+        made.append((moment.timestamp() + rng.uniform(0, 5), record(rng, moment, path)))
     made.sort(key=lambda pair: pair[0])
-    return [record for _, record in made]
+    return [made_record for _, made_record in made]
 
 
 def write(store: FileStore, made: list[TrafficRecord], batch: int = 100) -> None:
@@ -80,9 +88,37 @@ def counts(summary: dict[str, t.Any]) -> dict[str, t.Any]:
     return {k: v for k, v in summary.items() if k not in ("source", "unique_visitors")}
 
 
-def same(rolled: FileStore, raw: FileStore, since: t.Any = None, until: t.Any = None) -> None:
-    got, want = rolled.summary(since, until), raw.summary(since, until)
-    assert got["source"]["source"] == "rollups", (since, until)
+def same(
+    rolled: FileStore, raw: FileStore, since: datetime | None = None, until: datetime | None = None
+) -> None:
+    """The rolled store's summary of the window is the raw summary: of the
+    same window when it is counted per minute (from the records), else of
+    the window rounded out to whole hours (from the rollups)."""
+    got = rolled.summary(since, until)
+    source = got["source"]
+    if got["bucket"] == "minute":
+        # Minutes are not kept: a window counted per minute is counted
+        # from the records.
+        assert source == {"source": "records"}, (since, until)
+        want = raw.summary(since, until)
+        assert got.pop("unique_visitors") == want.pop("unique_visitors")
+        assert counts(got) == counts(want), (since, until)
+        return
+    assert source["source"] == "rollups", (since, until)
+    counted = tuple(
+        None if text is None else datetime.fromisoformat(text)
+        for text in (source["since"], source["until"])
+    )
+    for asked, edge in zip((since, until), counted, strict=True):
+        if asked is None:
+            assert edge is None
+        else:
+            assert edge is not None
+            assert abs(asked - edge) < timedelta(hours=1)
+            assert (edge.minute, edge.second, edge.microsecond) == (0, 0, 0)
+    assert counted[0] is None or since is None or counted[0] <= since
+    assert counted[1] is None or until is None or until <= counted[1]
+    want = raw.summary(*counted)
     assert got["unique_visitors"] == pytest.approx(want["unique_visitors"], rel=0.1)
     assert counts(got) == counts(want), (since, until)
 
@@ -120,8 +156,8 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
     write(rolled, made[2500:])  # a tail written after the fold
     for since, until in WINDOWS:
         same(rolled, raw, since, until)
-    # Windows of under a minute, around folded records: no whole minute,
-    # all from the records.
+    # Windows of under a minute, around folded records: counted per minute,
+    # from the records.
     for record in made[100:2500:600]:
         moment = datetime.fromisoformat(record.request_date_iso)
         window = (moment - timedelta(seconds=1), moment + timedelta(seconds=1))
@@ -133,6 +169,54 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
     assert rolled.fold() == 0
     for since, until in WINDOWS:
         same(rolled, raw, since, until)
+
+
+def test_a_closed_hour_keeps_its_200_most_frequent_paths(
+    pair: tuple[FileStore, FileStore],
+) -> None:
+    from flask_traffic.stores._sqlrollupparts import TOP_KEPT
+
+    rolled, raw = pair
+    rng = random.Random(3)
+    hour = START + timedelta(hours=5)
+    # Ten clear leaders, then 290 paths of one or two requests: 300 in all.
+    paths = [f"/lead/{i}" for i in range(10) for _ in range(60 - 3 * i)]
+    paths += [f"/tail/{j}" for j in range(290) for _ in range(1 + j % 2)]
+    moments = sorted(hour + timedelta(seconds=rng.uniform(0, 3599)) for _ in paths)
+    rng.shuffle(paths)
+    write(rolled, [record(rng, moment, path) for moment, path in zip(moments, paths, strict=True)])
+    assert rolled.fold() == len(paths)
+    window = (START, START + timedelta(hours=8))
+    got, want = rolled.summary(*window), raw.summary(*window)
+    assert got["source"]["approximate"] == ["top_paths"]
+    assert got["total"] == want["total"] == len(paths)
+    assert got["top_paths"] == want["top_paths"]  # the top 10: the leaders
+    assert {entry["value"] for entry in got["top_paths"]} == {f"/lead/{i}" for i in range(10)}
+    assert got["top_referrers"] == want["top_referrers"]
+    connection = sqlite3.connect(f"{rolled.path}.rollups.sqlite")
+    try:
+        for unit, start in (("hour", hour), ("day", START)):
+            bucket = (unit, start.isoformat())
+            kept, weight = connection.execute(
+                "SELECT count(*), sum(weight) FROM sums "
+                "WHERE unit = ? AND start = ? AND part = 'top_paths'",
+                bucket,
+            ).fetchone()
+            (other,) = connection.execute(
+                "SELECT weight FROM sums WHERE unit = ? AND start = ? AND part = 'o:top_paths'",
+                bucket,
+            ).fetchone()
+            assert kept == TOP_KEPT
+            assert other > 0
+            assert weight + other == len(paths)  # nothing lost
+        # Hours and days only; histograms in the buckets, not in the sums.
+        units = {row[0] for row in connection.execute("SELECT DISTINCT unit FROM sums")}
+        assert units == {"hour", "day"}
+        parts = {row[0] for row in connection.execute("SELECT DISTINCT part FROM sums")}
+        assert "time" not in parts
+        assert all(row[0] for row in connection.execute("SELECT histograms FROM buckets"))
+    finally:
+        connection.close()
 
 
 def test_rotations_lose_and_double_nothing(pair: tuple[FileStore, FileStore]) -> None:
@@ -326,3 +410,15 @@ def test_a_csv_file_without_a_column_they_count_keeps_no_rollups(tmp_path: Path)
     assert not store.keeps_rollups
     assert store.summary()["source"] == {"source": "records"}
     store.shutdown()
+
+
+def test_file_rollups_need_no_sqlalchemy() -> None:
+    # They reuse the SQL rollups' plain parts, which import no SQLAlchemy.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "from flask_traffic.stores import _filerollups, _filerollupsummary\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

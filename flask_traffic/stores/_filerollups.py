@@ -1,13 +1,16 @@
 """Rollups of a file store (:mod:`flask_traffic.rollups`), kept in a SQLite
 sidecar beside the data file, ``<data file>.rollups.sqlite`` (standard
-library :mod:`sqlite3`), in the tables of :mod:`._sqlrollups`:
+library :mod:`sqlite3`), in the tables of :mod:`._sqlrollups` and by its
+rules (:mod:`._filerollupparts`: hours and days, histograms per bucket, top
+lists bounded once a bucket is over):
 
 ``sums(unit, start, part, key, weight)``
     summed weights per bucket and ``(part, key)``; ``start`` is ISO text,
     ``key`` UTF-8 with ``surrogatepass`` as a BLOB, so lone surrogates
     and NUL survive.
-``buckets(unit, start, first_us, last_us, visitors)``
-    per bucket, the first and last ``request_date`` and the visitor sketch.
+``buckets(unit, start, first_us, last_us, visitors, histograms)``
+    per bucket, the first and last ``request_date``, the visitor sketch and
+    per route its ``response_time`` histogram (JSON).
 ``state(name, position, candidate, candidate_at)``
     ``fold`` (how many folds committed: none before the first) and, while
     one runs, ``rebuild`` (spans up to ``position`` refolded of those up to
@@ -49,20 +52,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..query import Query, iso_text
-from ..rollups import (
-    UNITS,
-    HyperLogLog,
-    RollupDelta,
-    RollupRetention,
-    bucket_start,
-)
+from ..rollups import UNITS, RollupRetention, bucket_start
 from ..summary import SummaryBuilder
+from ._filerollupparts import apply_rows, encode_key
 from ._framing import Snapshot, blocks_forward, count_records, split_records
 
 if t.TYPE_CHECKING:
     from .filestore import FileStore
 
-__all__ = ["FOLD_CHUNK", "FileRollups", "sidecar_path"]
+__all__ = ["FOLD_CHUNK", "FileRollups", "decode_key", "encode_key", "sidecar_path"]
 
 _UTC = timezone.utc
 #: Records folded per transaction (about: whole blocks are read).
@@ -78,7 +76,8 @@ CREATE TABLE IF NOT EXISTS sums (
     weight REAL NOT NULL, PRIMARY KEY (unit, start, part, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (
     unit TEXT NOT NULL, start TEXT NOT NULL, first_us INTEGER NOT NULL,
-    last_us INTEGER NOT NULL, visitors BLOB, PRIMARY KEY (unit, start)) WITHOUT ROWID;
+    last_us INTEGER NOT NULL, visitors BLOB, histograms TEXT,
+    PRIMARY KEY (unit, start)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY, position INTEGER NOT NULL, candidate INTEGER, candidate_at REAL);
 CREATE TABLE IF NOT EXISTS files (
@@ -97,11 +96,6 @@ FileRow = tuple[int, int, int, bytes, int]
 def sidecar_path(path: Path) -> Path:
     """Where the rollups of the data file ``path`` are kept."""
     return path.with_name(path.name + ".rollups.sqlite")
-
-
-def encode_key(key: str) -> bytes:
-    """A sums key as stored: sqlite3 refuses str with lone surrogates."""
-    return key.encode("utf-8", "surrogatepass")
 
 
 def decode_key(key: bytes) -> str:
@@ -160,6 +154,11 @@ class FileRollups:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             connection.execute(statement)
+                    columns = {row[1] for row in connection.execute("PRAGMA table_info(buckets)")}
+                    if "histograms" not in columns:
+                        # A sidecar from before histograms per bucket: its
+                        # buckets' histograms are still in their sums.
+                        connection.execute("ALTER TABLE buckets ADD COLUMN histograms TEXT")
                 self._made = True
         except BaseException:
             connection.close()
@@ -272,7 +271,7 @@ class FileRollups:
                     break
             if end == offset:
                 return None  # only a record a crash cut off
-            self._apply_rows(connection, rows)
+            apply_rows(connection, self.secret, rows)
             connection.execute("UPDATE files SET folded = ? WHERE id = ?", (end, file_id))
             dates = [row["request_date"] for row in rows if row.get("request_date") is not None]
             if dates:
@@ -385,50 +384,12 @@ class FileRollups:
                         )
                 if len(rows) >= FOLD_CHUNK:
                     break
-            self._apply_rows(connection, rows)
+            apply_rows(connection, self.secret, rows)
             if last == done or last == spans[-1][0]:
                 connection.execute("DELETE FROM state WHERE name = ?", (_REBUILD,))
             else:
                 connection.execute("UPDATE state SET position = ? WHERE name = ?", (last, _REBUILD))
             return len(rows)
-
-    # -- writing sums ------------------------------------------------------------
-
-    def _apply_rows(self, connection: sqlite3.Connection, rows: list[dict[str, t.Any]]) -> None:
-        """Add ``rows`` to the sums and buckets, in the caller's transaction."""
-        if not rows:
-            return
-        delta = RollupDelta(self.secret)
-        delta.add_rows(rows)
-        connection.executemany(
-            "INSERT INTO sums (unit, start, part, key, weight) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (unit, start, part, key) DO UPDATE SET weight = weight + excluded.weight",
-            [
-                (unit, start.isoformat(), part, encode_key(key), weight)
-                for (unit, start, part, key), weight in delta.sums.items()
-            ],
-        )
-        merged = []
-        for (unit, start), (first, last) in delta.spans.items():
-            known = connection.execute(
-                "SELECT first_us, last_us, visitors FROM buckets WHERE unit = ? AND start = ?",
-                (unit, start.isoformat()),
-            ).fetchone()
-            sketch = delta.visitors.get((unit, start))
-            registers = None if sketch is None else sketch.to_bytes()
-            if known is not None:
-                first, last = min(first, int(known[0])), max(last, int(known[1]))
-                if known[2] is not None:
-                    both = HyperLogLog(bytes(known[2]))
-                    if registers is not None:
-                        both.merge(registers)
-                    registers = both.to_bytes()
-            merged.append((unit, start.isoformat(), first, last, registers))
-        connection.executemany(
-            "INSERT OR REPLACE INTO buckets (unit, start, first_us, last_us, visitors) "
-            "VALUES (?, ?, ?, ?, ?)",
-            merged,
-        )
 
     # -- retention ---------------------------------------------------------------
 

@@ -1,9 +1,12 @@
-"""Summaries from a file store's rollups (:class:`._filerollups.FileRollups`):
-the window's whole minutes from the sidecar, the rest from the raw records,
-as :mod:`._sqlrollupsummary` does for a table."""
+"""Summaries from a file store's rollups (:class:`._filerollups.FileRollups`),
+as :mod:`._sqlrollupsummary` does for a table: a window counted per minute
+(up to two hours) from the records; any other one, its edges rounded out to
+whole hours, from the sidecar's hours and days, with the records of pieces
+past their retention and those after the fold positions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sqlite3
 import typing as t
@@ -23,11 +26,12 @@ from ..rollups import (
 from ..summary import SummaryBuilder, bucket_unit
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
+from ._sqlrollupparts import OTHER, feed_histograms
 
 __all__ = ["summarize"]
 
 _UTC = timezone.utc
-_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
 #: A span of dates as stored text, either end open (``None``).
 _Range = tuple[str | None, str | None]
 
@@ -35,12 +39,13 @@ _Range = tuple[str | None, str | None]
 def summarize(
     rollups: FileRollups, query: Query, builder: SummaryBuilder
 ) -> dict[str, t.Any] | None:
-    """Feed ``builder`` the window of ``query`` (which has no ``where``):
-    its whole minutes from the rollups; from the raw records, the seconds
-    before its first whole minute and after its last one, the pieces past
-    their retention, and every record after the fold positions. Returns
-    what the summary says of its source; ``None``, having fed nothing,
-    before the first fold or while a rebuild runs."""
+    """Feed ``builder`` the window of ``query`` (which has no ``where``),
+    its edges rounded out to whole hours (``builder.since``/``until`` say
+    so): its hours and days from the rollups; from the raw records, the
+    pieces past their retention and every record after the fold positions.
+    Returns what the summary says of its source; ``None``, having fed
+    nothing, for a window counted per minute, before the first fold or
+    while a rebuild runs."""
     connection = rollups.connect(create=False)
     if connection is None:
         return None
@@ -56,27 +61,33 @@ def summarize(
 
 def _summarize(
     rollups: FileRollups, connection: sqlite3.Connection, query: Query, builder: SummaryBuilder
-) -> dict[str, t.Any]:
+) -> dict[str, t.Any] | None:
     since, until = query.since, query.until
     first, last = connection.execute(
         "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
     ).fetchone()
     oldest = _moment(first)
-    start = (
-        _ceil_minute(since)
-        if since is not None
-        else None
-        if oldest is None
-        else bucket_start(oldest, "minute")
-    )
-    end = bucket_start(until, "minute") if until is not None else _moment(last, _MINUTE)
+    unit = bucket_unit(since or oldest, until or _moment(last))
+    if unit == "minute":
+        # Minutes are not kept (see KEPT_UNITS): the records are counted.
+        return None
+    # Counted per hour or day: the window's edges are rounded out to whole
+    # hours, which the rollups hold, so no record is read for them (the
+    # result says so).
+    if since is not None:
+        since = builder.since = bucket_start(since, "hour")
+    if until is not None:
+        rounded = bucket_start(until, "hour")
+        until = builder.until = rounded if rounded == until else rounded + _HOUR
+    window = dataclasses.replace(query, since=since, until=until)
+    start = since or (None if oldest is None else bucket_start(oldest, "hour"))
+    end = until or _moment(last, _HOUR)
     found: list[Piece] = []
     expired: list[Piece] = []
     sketches: list[tuple[Unit, datetime, bytes]] = []
+    approximate: set[str] = set()
     if start is not None and end is not None and start < end:
-        span_start = since or _moment(first) or start
-        span_end = until or _moment(last) or end
-        found = pieces(start, end, bucket_unit(span_start, span_end))
+        found = pieces(start, end, unit)
         # Buckets past their size's retention are gone: those pieces are
         # counted from the raw records, where there are any.
         now = datetime.now(_UTC)
@@ -88,22 +99,18 @@ def _summarize(
         ]
         expired = [piece for piece in found if piece not in kept]
         if kept:
-            sketches = _feed_rollups(connection, builder, kept)
-    since_text, until_text = query.since_iso, query.until_iso
-    # Folded records to read again: the window's edges and expired pieces;
-    # the whole window when it holds no whole minute.
+            sketches, approximate = _feed_rollups(connection, builder, kept)
+    since_text, until_text = window.since_iso, window.until_iso
+    # Folded records to read again: the expired pieces; the whole window
+    # when nothing of it is in the rollups.
     edges: list[_Range] = [(iso_text(piece.start), iso_text(piece.end)) for piece in expired]
     if not found:
         edges.append((since_text, until_text))
-    else:
-        if since_text is not None:
-            edges.append((since_text, iso_text(found[0].start)))
-        if until_text is not None:
-            edges.append((iso_text(found[-1].end), until_text))
-    rows = _raw_rows(rollups, connection, query, edges)
+    rows = _raw_rows(rollups, connection, window, edges)
     builder.add_rows(rows)
     if not sketches:
-        return {"source": "rollups", "granularity": None, "raw_records": len(rows)}
+        # Nothing folded in the window: the raw records' visitors, exactly.
+        return _source(None, len(rows), since, until, approximate)
     # The raw records' visitors join their days' sketches: a visitor seen
     # in both is counted once.
     secret = rollups.secret
@@ -122,7 +129,7 @@ def _summarize(
     ]
     builder.visitor_count = round(count_visitors(sketches, extra))
     finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-    return {"source": "rollups", "granularity": UNITS[finest], "raw_records": len(rows)}
+    return _source(UNITS[finest], len(rows), since, until, approximate)
 
 
 def _raw_rows(
@@ -190,16 +197,13 @@ def _rows(
 
 def _feed_rollups(
     connection: sqlite3.Connection, builder: SummaryBuilder, found: list[Piece]
-) -> list[tuple[Unit, datetime, bytes]]:
-    """Feed ``builder`` the sums of the buckets of ``found``; return the
-    visitor sketches of their hours and days."""
-
-    def within(chosen: list[Piece]) -> tuple[str, list[str]]:
-        test = " OR ".join("(unit = ? AND start >= ? AND start < ?)" for _ in chosen)
-        values = [value for piece in chosen for value in _piece_values(piece)]
-        return f"({test})", values
-
-    test, values = within(found)
+) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
+    """Feed ``builder`` the sums and histograms of the buckets of ``found``
+    (hours and days); return their visitor sketches, and the top lists some
+    bucket kept only the leaders of."""
+    test = " OR ".join("(unit = ? AND start >= ? AND start < ?)" for _ in found)
+    test = f"({test})"
+    values = [value for piece in found for value in _piece_values(piece)]
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
         "GROUP BY part, key",
@@ -214,41 +218,57 @@ def _feed_rollups(
     span = connection.execute(
         f"SELECT min(first_us), max(last_us) FROM buckets WHERE {test}", values
     ).fetchone()
-    # A minute piece counts the visitors of its hours.
-    visitor_pieces = [
-        piece
-        if piece.unit != "minute"
-        else Piece(
-            "hour",
-            bucket_start(piece.start, "hour"),
-            bucket_start(piece.end - _MINUTE, "hour") + timedelta(hours=1),
-        )
-        for piece in found
-    ]
-    test, values = within(visitor_pieces)
     sketches = connection.execute(
         f"SELECT unit, start, visitors FROM buckets WHERE {test} AND visitors IS NOT NULL",
         values,
     ).fetchall()
     weights = [(str(part), decode_key(bytes(key)), float(weight)) for part, key, weight in totals]
     weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
+    feed_histograms(
+        builder,
+        (
+            row[0]
+            for row in connection.execute(f"SELECT histograms FROM buckets WHERE {test}", values)
+        ),
+    )
+    # Top lists some bucket of the window kept only the leaders of.
+    approximate = {
+        part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
+    }
     feed(builder, weights, per_bucket, (span[0], span[1]), None)
-    return [(unit, datetime.fromisoformat(start), bytes(blob)) for unit, start, blob in sketches]
+    sketch_list = [
+        (unit, datetime.fromisoformat(start), bytes(blob)) for unit, start, blob in sketches
+    ]
+    return sketch_list, approximate
 
 
 def _piece_values(piece: Piece) -> tuple[str, str, str]:
     return (piece.unit, piece.start.isoformat(), piece.end.isoformat())
 
 
-def _ceil_minute(moment: datetime) -> datetime:
-    start = bucket_start(moment, "minute")
-    return start if start == moment else start + _MINUTE
-
-
 def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
-    """The aware datetime of ``microseconds`` since the epoch; with ``after``,
-    the end of the minute after it (``after`` long)."""
+    """The aware datetime of ``microseconds`` since the epoch; with ``after``
+    (an hour), the end of the hour it falls in."""
     if microseconds is None:
         return None
     moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
-    return moment if after is None else bucket_start(moment, "minute") + after
+    return moment if after is None else bucket_start(moment, "hour") + after
+
+
+def _source(
+    granularity: str | None,
+    raw_records: int,
+    since: datetime | None,
+    until: datetime | None,
+    approximate: set[str],
+) -> dict[str, t.Any]:
+    """What a summary says of where its counts came from, as
+    :func:`._sqlrollupsummary._source` says it."""
+    return {
+        "source": "rollups",
+        "granularity": granularity,
+        "raw_records": raw_records,
+        "since": None if since is None else iso_text(since),
+        "until": None if until is None else iso_text(until),
+        "approximate": sorted(approximate),
+    }

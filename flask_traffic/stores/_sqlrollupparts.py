@@ -10,6 +10,9 @@ each, so that a bucket holds a bounded number of rows whatever the traffic:
   over (an hour, a day), :func:`compact` keeps its :data:`TOP_KEPT` most
   frequent values and adds up the rest under the part ``"o:<part>"``, which
   a summary reports as its top list being approximate.
+
+Importing this module needs no SQLAlchemy: the file stores' rollups
+(:mod:`._filerollups`) use its plain functions too.
 """
 
 from __future__ import annotations
@@ -19,24 +22,31 @@ import typing as t
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
-
 from ..rollups import Unit
 from ..summary import SummaryBuilder
 
 if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from ._sqlrollups import SQLRollups
 
 __all__ = [
     "COMPACTED",
+    "KEPT_UNITS",
     "OTHER",
     "TOP_KEPT",
+    "closed",
     "compact",
     "feed_histograms",
     "merge_histograms",
     "split_times",
 ]
 
+#: The bucket sizes kept: no minutes. At a few requests a second a minute
+#: holds about one row per record and path (10 rows a record to fold), and a
+#: window short enough to be counted per minute (2 hours) is counted from
+#: its records about as fast.
+KEPT_UNITS: tuple[Unit, ...] = ("hour", "day")
 #: Values of a compacted top list a bucket keeps.
 TOP_KEPT = 200
 #: The parts compacted once their bucket is over.
@@ -108,6 +118,13 @@ def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) ->
                 counts[index] += weight
 
 
+def closed(unit: Unit, start: datetime, now: datetime) -> bool:
+    """Whether the bucket is over, to compact: an hour or a day that ended
+    more than a few minutes before ``now`` (a minute holds few requests; an
+    open bucket still grows)."""
+    return unit != "minute" and start + _LENGTH[unit] + _GRACE <= now
+
+
 def compact(
     rollups: SQLRollups,
     connection: sa.Connection,
@@ -117,10 +134,11 @@ def compact(
     """Bound the top lists of the hours and days in ``touched`` that are
     over: keep the :data:`TOP_KEPT` most frequent values of each, and add up
     the others under ``"o:<part>"`` (key ``""``)."""
+    import sqlalchemy as sa
+
     sums = rollups.sums
     for unit, start in touched:
-        if unit == "minute" or start + _LENGTH[unit] + _GRACE > now:
-            # A minute holds few requests; an open bucket still grows.
+        if not closed(unit, start, now):
             continue
         for part in COMPACTED:
             found = connection.execute(
