@@ -14,15 +14,22 @@ each, so that a bucket holds a bounded number of rows whatever the traffic:
 
 from __future__ import annotations
 
-import json
 import typing as t
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from ..rollups import Unit
-from ..summary import SummaryBuilder
+from ._rollupparts import (
+    COMPACTED,
+    OTHER,
+    TOP_KEPT,
+    feed_histograms,
+    is_over,
+    merge_histograms,
+    split_times,
+)
 
 if t.TYPE_CHECKING:
     from ._sqlrollups import SQLRollups
@@ -37,76 +44,6 @@ __all__ = [
     "split_times",
 ]
 
-#: Values of a compacted top list a bucket keeps.
-TOP_KEPT = 200
-#: The parts compacted once their bucket is over.
-COMPACTED = ("top_paths", "top_referrers")
-#: What prefixes the part of the weight a compaction folded away.
-OTHER = "o:"
-#: A bucket is compacted this long after it ends (late records, clock skew).
-_GRACE = timedelta(minutes=5)
-_LENGTH: dict[Unit, timedelta] = {
-    "minute": timedelta(minutes=1),
-    "hour": timedelta(hours=1),
-    "day": timedelta(days=1),
-}
-
-#: ``(unit, bucket start) -> {route as JSON: {histogram index: weight}}``.
-Times = dict[tuple[Unit, datetime], dict[str, dict[int, float]]]
-
-
-def split_times(
-    sums: dict[tuple[Unit, datetime, str, str], float],
-) -> tuple[dict[tuple[Unit, datetime, str, str], float], Times]:
-    """A delta's sums without its ``time`` part, and that part per bucket and route."""
-    plain: dict[tuple[Unit, datetime, str, str], float] = {}
-    times: Times = {}
-    for (unit, start, part, key), weight in sums.items():
-        if part != "time":
-            plain[unit, start, part, key] = weight
-            continue
-        route, index = json.loads(key)
-        histogram = times.setdefault((unit, start), {}).setdefault(
-            json.dumps(route, ensure_ascii=True), {}
-        )
-        histogram[index] = histogram.get(index, 0.0) + weight
-    return plain, times
-
-
-def merge_histograms(stored: str | None, added: dict[str, dict[int, float]]) -> str | None:
-    """A bucket's histograms (JSON ``{route as JSON: [[index, weight], ...]}``)
-    with ``added`` added."""
-    if not added:
-        return stored
-    merged: dict[str, dict[int, float]] = {}
-    if stored is not None:
-        merged = {route: dict(pairs) for route, pairs in json.loads(stored).items()}
-    for route, histogram in added.items():
-        into = merged.setdefault(route, {})
-        for index, weight in histogram.items():
-            into[index] = into.get(index, 0.0) + weight
-    return json.dumps(
-        {route: sorted(histogram.items()) for route, histogram in merged.items()},
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
-
-
-def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) -> None:
-    """Feed ``builder`` the histograms of some buckets."""
-    route_times = builder.route_times
-    routes: dict[str, t.Any] = {}
-    for document in documents:
-        if document is None:
-            continue
-        for key, pairs in json.loads(document).items():
-            route = routes.get(key)
-            if route is None:
-                route = routes[key] = json.loads(key)
-            counts = route_times[route]
-            for index, weight in pairs:
-                counts[index] += weight
-
 
 def compact(
     rollups: SQLRollups,
@@ -119,7 +56,7 @@ def compact(
     the others under ``"o:<part>"`` (key ``""``)."""
     sums = rollups.sums
     for unit, start in touched:
-        if unit == "minute" or start + _LENGTH[unit] + _GRACE > now:
+        if not is_over(unit, start, now):
             # A minute holds few requests; an open bucket still grows.
             continue
         for part in COMPACTED:

@@ -46,7 +46,8 @@ from ..rollups import (
     bucket_start,
 )
 from ..summary import SummaryBuilder
-from ._sqlrollupparts import compact, merge_histograms, split_times
+from ._rollupparts import KEPT_UNITS, merge_histograms, split_times
+from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
@@ -54,11 +55,6 @@ from .sqlschema import ID_COLUMN, UTCDateTime
 __all__ = ["FOLD_CHUNK", "KEPT_UNITS", "SQLRollups"]
 
 _UTC = timezone.utc
-#: The bucket sizes kept: no minutes. At a few requests a second a minute
-#: holds about one row per record and path (10 rows a record to fold), and a
-#: window short enough to be counted per minute (2 hours) is counted from
-#: its records by the database about as fast.
-KEPT_UNITS: tuple[Unit, ...] = ("hour", "day")
 #: Rows folded per transaction.
 FOLD_CHUNK = 5000
 _STATE = "fold"
