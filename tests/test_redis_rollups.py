@@ -3,6 +3,7 @@ folded buckets and the unfolded tail equals the summary of every entry."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import typing as t
@@ -32,13 +33,13 @@ AGENTS = [
 ]
 
 
-def make_record(rng: random.Random, moment: datetime) -> TrafficRecord:
+def make_record(rng: random.Random, moment: datetime, path: str | None = None) -> TrafficRecord:
     route = rng.choice(ROUTES)
     return TrafficRecord(
         start_time_ns=int(moment.timestamp() * 1_000_000) * 1000,
         duration_ns=int(rng.lognormvariate(2.5, 1.0) * 1_000_000),
         request_method="GET",
-        request_path=f"/p{rng.randrange(30)}",
+        request_path=path or f"/p{rng.randrange(30)}",
         request_route=route,
         request_remote_address=f"10.0.0.{rng.randrange(10)}",
         request_referrer=rng.choice([None, "https://a.example/", "https://b.example/"]),
@@ -96,19 +97,49 @@ def folded() -> Iterator[tuple[RedisStore, RedisStore]]:
     cleanup(redis_url, name)
 
 
-def assert_same(
-    rolled: dict[str, t.Any], raw: dict[str, t.Any], raw_visitors: int | None = None
-) -> None:
-    """Equal, but for visitors: within 5 % of ``raw_visitors`` (by default
-    the raw summary's), or one visitor for a few dozen (a sketch's error is
-    relative; a summary may add the worker's sketch to exact counts)."""
-    assert rolled["source"]["source"] == "rollups"
-    assert raw["source"] == {"source": "records"}
-    visitors, raw_count = rolled.pop("unique_visitors"), raw.pop("unique_visitors")
-    expected = raw_count if raw_visitors is None else raw_visitors
-    assert visitors == pytest.approx(expected, rel=0.05, abs=1)
-    del rolled["source"], raw["source"]
+def counted_window(rolled: dict[str, t.Any]) -> tuple[datetime | None, datetime | None]:
+    """The window a rollup summary counted (its edges rounded out to hours)."""
+    source = rolled["source"]
+    return tuple(  # type: ignore[return-value]
+        None if text is None else datetime.fromisoformat(text)
+        for text in (source["since"], source["until"])
+    )
+
+
+def assert_same(rolled: dict[str, t.Any], raw_store: RedisStore) -> dict[str, t.Any]:
+    """``rolled`` equals the entries' summary of the window it counted (of
+    the same window, from the records, when it was counted per minute), but
+    for visitors: within 10 % or one (a sketch's error is relative). The
+    records' summary is returned."""
+    source = rolled.pop("source")
+    if source["source"] == "records":
+        assert rolled["bucket"] == "minute"
+        raw = raw_store.summary(
+            rolled["since"] and datetime.fromisoformat(rolled["since"]),
+            rolled["until"] and datetime.fromisoformat(rolled["until"]),
+        )
+    else:
+        assert source["source"] == "rollups"
+        assert set(source) == {
+            "source",
+            "granularity",
+            "raw_records",
+            "since",
+            "until",
+            "approximate",
+        }
+        rolled["source"] = source
+        raw = raw_store.summary(*counted_window(rolled))
+        del rolled["source"]
+    assert raw.pop("source") == {"source": "records"}
+    visitors, expected = rolled.pop("unique_visitors"), raw.pop("unique_visitors")
+    if source["source"] == "records":
+        assert visitors == expected
+    else:
+        assert visitors == pytest.approx(expected, rel=0.1, abs=1)
     assert rolled == raw
+    rolled["source"] = source
+    return raw
 
 
 DAY = timedelta(days=1)
@@ -119,42 +150,64 @@ WINDOWS = {
     "one day": (BASE + DAY, BASE + 2 * DAY),
     "hours": (BASE + 5 * HOUR, BASE + 53 * HOUR),
     "minutes": (BASE + 10 * HOUR + 17 * MINUTE, BASE + 58 * HOUR + 43 * MINUTE),
+    "a few hours": (BASE + 30 * HOUR + 2 * MINUTE, BASE + 33 * HOUR + 29 * MINUTE),
     "short": (BASE + 30 * HOUR + 2 * MINUTE, BASE + 31 * HOUR + 29 * MINUTE),
     "one bucket": (BASE + 30 * HOUR + 7 * MINUTE, BASE + 30 * HOUR + 8 * MINUTE),
+    "seconds": (
+        BASE + 30 * HOUR + 7 * MINUTE + timedelta(seconds=0.5),
+        BASE + 30 * HOUR + 7 * MINUTE + timedelta(seconds=59.5),
+    ),
     "empty": (BASE - 2 * DAY, BASE - DAY + 3 * HOUR),
     "around": (BASE - 5 * HOUR, BASE + 3 * DAY + 5 * HOUR),
 }
+#: Windows of up to 2 hours: counted per minute, so from the entries.
+PER_MINUTE = {"short", "one bucket", "seconds"}
 
 
 @pytest.mark.parametrize("window", list(WINDOWS), ids=list(WINDOWS))
-def test_rollup_summary_equals_the_raw_summary(
+def test_rollup_summary_equals_the_raw_summary_of_its_window(
     folded: tuple[RedisStore, RedisStore], window: str
 ) -> None:
     store, raw = folded
     since, until = WINDOWS[window]
     rolled = store.summary(since, until)
-    expected = raw.summary(since, until)
     if window != "empty":
         assert rolled["total"] > 0
         assert rolled["sampled"]
         assert rolled["routes"]
         assert rolled["top_paths"]
         assert rolled["requests_per_bucket"]
-    assert rolled["source"]["since"] == since.isoformat(timespec="microseconds")
-    # The documented rule: a minute counts the visitors of its whole hour.
-    hours = raw.summary(since.replace(minute=0), until + (-until.minute % 60) * MINUTE)
-    assert_same(rolled, expected, hours["unique_visitors"])
+    if window in PER_MINUTE:
+        assert rolled["source"] == {"source": "records"}
+        assert rolled["since"] == since.isoformat(timespec="microseconds")
+    else:
+        source = rolled["source"]
+        assert source["raw_records"] == 0
+        assert source["approximate"] == []
+        counted = counted_window(rolled)
+        assert counted[0] is not None
+        assert counted[1] is not None
+        assert counted[0] <= since < until <= counted[1]
+        assert since - counted[0] < HOUR > counted[1] - until
+        assert counted[0].minute == counted[1].minute == 0
+        assert rolled["since"] == source["since"]
+        assert rolled["until"] == source["until"]
+        # The finest piece read: hours (at the edges, or all of a window up to
+        # 3 days, counted per hour); nothing folded in an empty window.
+        assert source["granularity"] == (None if window == "empty" else "hour")
+    assert_same(rolled, raw)
 
 
-def test_windows_are_rounded_to_minutes(folded: tuple[RedisStore, RedisStore]) -> None:
+def test_windows_are_rounded_out_to_hours(folded: tuple[RedisStore, RedisStore]) -> None:
     store, raw = folded
-    since = BASE + 10 * HOUR + 17 * MINUTE
-    until = BASE + 20 * HOUR + 43 * MINUTE
-    rolled = store.summary(since + timedelta(seconds=20), until - timedelta(seconds=20))
-    assert rolled["source"]["granularity"] == "minute"
+    since = BASE + 10 * HOUR
+    until = BASE + 21 * HOUR
+    rolled = store.summary(since + 17 * MINUTE + timedelta(seconds=20), until - 17 * MINUTE)
+    assert rolled["source"]["granularity"] == "hour"
     assert rolled["since"] == since.isoformat(timespec="microseconds")
-    hours = raw.summary(since.replace(minute=0), until.replace(minute=0) + HOUR)
-    assert_same(rolled, raw.summary(since, until), hours["unique_visitors"])
+    assert rolled["until"] == until.isoformat(timespec="microseconds")
+    assert counted_window(rolled) == (since, until)
+    assert_same(rolled, raw)
 
 
 def test_the_tail_after_the_last_fold_is_counted_once(redis_url: str, key: str) -> None:
@@ -168,22 +221,28 @@ def test_the_tail_after_the_last_fold_is_counted_once(redis_url: str, key: str) 
     since, until = BASE, BASE + 2 * DAY
     rolled = store.summary(since, until)
     assert rolled["total"] == raw.summary(since, until)["total"]
-    assert_same(rolled, raw.summary(since, until))
+    assert rolled["source"]["raw_records"] == 600
+    assert_same(rolled, raw)
     assert store.fold() == 600
-    assert_same(store.summary(since, until), raw.summary(since, until))
-    # No since: from the oldest bucket; no until: up to now.
+    assert store.summary(since, until)["source"]["raw_records"] == 0
+    assert_same(store.summary(since, until), raw)
     # No since, no until: as the records' summary, buckets by the span.
+    store.export(spread(rng, BASE + 40 * HOUR, 2, 10))
     everything = store.summary()
     assert everything["since"] is None
-    assert_same(everything, raw.summary())
+    assert everything["source"]["since"] is None is everything["source"]["until"]
+    assert everything["source"]["raw_records"] == 20
+    assert_same(everything, raw)
 
 
 def test_everything_in_the_tail_before_any_fold(redis_url: str, key: str) -> None:
     store = RedisStore(rollups=True, url=redis_url, event_name=key, log_policy=sampled())
     raw = RedisStore(url=redis_url, event_name=key, log_policy=sampled(), rollups=False)
     store.export(spread(random.Random(6), BASE, 3, 20))
+    # Nothing folded: the entries are read, as without rollups.
     rolled = store.summary(BASE, BASE + DAY)
-    assert_same(rolled, raw.summary(BASE, BASE + DAY))
+    assert rolled["source"] == {"source": "records"}
+    assert rolled == raw.summary(BASE, BASE + DAY)
     assert store.summary()["total"] == raw.summary()["total"] > 0
 
 
@@ -214,35 +273,136 @@ def test_two_stores_folding_at_once_count_nothing_twice(redis_url: str, key: str
     since, until = BASE, BASE + 2 * DAY
     rolled = stores[0].summary(since, until)
     assert rolled["total"] == len(records)
-    assert_same(rolled, raw.summary(since, until))
+    assert_same(rolled, raw)
 
 
-def test_retention_removes_old_minutes_and_keeps_hours(
+def test_no_minutes_and_old_hours_are_counted_from_the_entries(
     redis_url: str, key: str, server: redis.Redis
 ) -> None:
     store = RedisStore(
         url=redis_url,
         event_name=key,
         rollups=True,
-        rollup_retention=RollupRetention(minute=timedelta(days=1)),
+        rollup_retention=RollupRetention(hour=timedelta(days=1)),
     )
+    raw = RedisStore(url=redis_url, event_name=key, rollups=False)
     now = datetime.now(UTC)
-    old = bucket = (now - timedelta(days=3)).replace(minute=30, second=0, microsecond=0)
-    store.export([make_record(random.Random(8), old + timedelta(seconds=5))])
+    hour = (now - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    store.export([make_record(random.Random(8), hour + timedelta(minutes=30))])
     store.export([make_record(random.Random(9), now - timedelta(seconds=5))])
     assert store.fold() == 2
     prefix = f"{key}:flask-traffic-rollup:"
-    assert server.exists(f"{prefix}minute:{bucket.isoformat()}")
-    assert store.rollups.retain(now) == 1
-    assert not server.exists(f"{prefix}minute:{bucket.isoformat()}")
-    assert server.zcard(f"{prefix}buckets:minute") == 1
-    hour = bucket.replace(minute=0)
+    assert not server.exists(f"{prefix}buckets:minute")
+    assert not list(server.scan_iter(f"{prefix}minute:*", count=1000))
     assert server.exists(f"{prefix}hour:{hour.isoformat()}")
-    assert server.exists(f"{prefix}visitors:hour:{hour.isoformat()}")
-    # The old hour is still summed, from its hour bucket, past the minutes' cutoff.
-    summary = store.summary(hour, hour + HOUR)
+    assert store.rollups.retain(now) == 1
+    assert not server.exists(f"{prefix}hour:{hour.isoformat()}")
+    assert not server.exists(f"{prefix}visitors:hour:{hour.isoformat()}")
+    assert server.zcard(f"{prefix}buckets:hour") == 1
+    assert server.exists(f"{prefix}day:{hour.replace(hour=0).isoformat()}")
+    # Hours past their retention: the entries of their requests are read.
+    summary = store.summary(hour - HOUR, hour + 2 * HOUR)
     assert summary["total"] == 1
-    assert summary["source"]["granularity"] == "hour"
+    assert summary["source"]["raw_records"] == 1
+    assert_same(summary, raw)
+    # Whole days are still summed from the day buckets.
+    day = hour.replace(hour=0)
+    summary = store.summary(day - 3 * DAY, day + DAY)
+    assert summary["total"] == 1
+    assert summary["source"]["raw_records"] == 0
+    assert summary["source"]["granularity"] == "day"
+    assert_same(summary, raw)
+
+
+def paths_of(server: redis.Redis, bucket: str) -> dict[str, float]:
+    """A bucket's top path weights, and its other weight under ``""``."""
+    weights = {}
+    for name, value in server.hgetall(bucket).items():
+        part, _, path = name.decode().partition("\x1f")
+        if part in ("top_paths", "o:top_paths"):
+            weights[path] = float(value)
+    return weights
+
+
+def many_paths(rng: random.Random, hour: datetime) -> list[TrafficRecord]:
+    """300 distinct paths in ``hour``: 10 clear leaders, 290 seen once."""
+    paths = [f"/lead{i}" for i in range(10) for _ in range(60 - 4 * i)]
+    paths += [f"/rare{i}" for i in range(290)]
+    return [
+        make_record(rng, hour + timedelta(seconds=rng.uniform(0, 3599)), path) for path in paths
+    ]
+
+
+def test_a_closed_hour_keeps_its_200_top_paths_and_the_rest_as_other(
+    redis_url: str, key: str, server: redis.Redis
+) -> None:
+    store = RedisStore(rollups=True, url=redis_url, event_name=key)
+    raw = RedisStore(url=redis_url, event_name=key, rollups=False)
+    hour = BASE + 30 * HOUR
+    made = many_paths(random.Random(12), hour)
+    store.export(made)
+    assert store.fold() == len(made)
+    bucket = f"{key}:flask-traffic-rollup:hour:{hour.isoformat()}"
+    weights = paths_of(server, bucket)
+    assert len(weights) == 201
+    assert weights[""] == 100
+    assert sum(weights.values()) == len(made)
+    assert server.hexists(bucket, "c")
+    # The day is closed too: cut the same way.
+    day = paths_of(server, f"{key}:flask-traffic-rollup:day:{BASE + DAY:%Y-%m-%dT%H:%M:%S+00:00}")
+    assert len(day) == 201
+    rolled = store.summary(hour - HOUR, hour + 2 * HOUR)
+    assert rolled["total"] == len(made)
+    assert rolled["source"]["approximate"] == ["top_paths"]
+    expected = raw.summary(hour - HOUR, hour + 2 * HOUR)
+    assert rolled["top_paths"][:10] == expected["top_paths"][:10]
+    assert rolled["top_paths"][0] == {"value": "/lead0", "count": 60}
+    for name in ("top_paths", "unique_visitors", "source"):
+        del rolled[name], expected[name]
+    assert rolled == expected
+
+
+def test_an_hour_folded_open_is_cut_at_a_fold_after_it_closed(
+    redis_url: str, key: str, server: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_traffic.stores import _redisrollups
+
+    store = RedisStore(rollups=True, url=redis_url, event_name=key)
+    hour = BASE + 40 * HOUR
+
+    class Then(datetime):
+        @classmethod
+        def now(cls, tz: t.Any = None) -> Then:
+            return t.cast("Then", hour + 30 * MINUTE)
+
+    monkeypatch.setattr(_redisrollups, "datetime", Then)
+    store.export(many_paths(random.Random(14), hour))
+    assert store.fold() == 710
+    bucket = f"{key}:flask-traffic-rollup:hour:{hour.isoformat()}"
+    # Still open: every path is kept.
+    assert len(paths_of(server, bucket)) == 300
+    assert not server.hexists(bucket, "c")
+    monkeypatch.undo()
+    # Over now: the next fold cuts it, though its records are elsewhere.
+    store.export([make_record(random.Random(15), BASE + 50 * HOUR)])
+    assert store.fold() == 1
+    weights = paths_of(server, bucket)
+    assert len(weights) == 201
+    assert sum(weights.values()) == 710
+
+
+def test_histograms_are_one_field_a_bucket(
+    folded: tuple[RedisStore, RedisStore], server: redis.Redis
+) -> None:
+    store, _ = folded
+    hour = BASE + 30 * HOUR
+    fields = server.hgetall(f"{store.event_name}:flask-traffic-rollup:hour:{hour.isoformat()}")
+    assert not [name for name in fields if name.startswith(b"time\x1f")]
+    histograms = json.loads(fields[b"h"])
+    routes = {json.dumps(route) for route in ROUTES}
+    assert set(histograms) <= routes
+    weight = sum(w for pairs in histograms.values() for _, w in pairs)
+    assert weight == pytest.approx(float(fields[b"total\x1f"]))
 
 
 def test_retention_of_entries_keeps_what_is_not_folded(redis_url: str, key: str) -> None:
@@ -306,7 +466,9 @@ def test_the_worker_folds(redis_url: str, key: str, tmp_path: t.Any) -> None:
             client.get("/")
             threading.Event().wait(0.1)
         assert store.rollups.position() is not None
-        summary = store.summary()
+        # A few seconds of requests: counted per minute, from the entries.
+        assert store.summary()["source"] == {"source": "records"}
+        summary = store.summary(datetime.now(UTC) - 3 * HOUR)
         assert summary["source"]["source"] == "rollups"
         assert summary["total"] == len(store.read(limit=100))
     finally:

@@ -1,13 +1,13 @@
 """Writing a fold's records into a file store's sidecar
 (:mod:`._filerollups`), with the rules of the SQL stores' rollups
-(:mod:`._sqlrollupparts`), so a bucket holds a bounded number of rows
+(:mod:`._rollupparts`), so a bucket holds a bounded number of rows
 whatever the traffic:
 
-- only hours and days are kept (:data:`~._sqlrollupparts.KEPT_UNITS`);
+- only hours and days are kept (:data:`~._rollupparts.KEPT_UNITS`);
 - per route, its ``response_time`` histogram is one JSON document in the
   bucket's ``histograms`` column, merged here under the fold's write lock;
 - once an hour or a day is over, its top paths and referrers keep their
-  :data:`~._sqlrollupparts.TOP_KEPT` most frequent values, the others added
+  :data:`~._rollupparts.TOP_KEPT` most frequent values, the others added
   up under ``"o:<part>"`` (key ``""``).
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from ..rollups import HyperLogLog, RollupDelta, Unit
-from ._sqlrollupparts import (
+from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
-    closed,
+    is_over,
     merge_histograms,
     split_times,
 )
@@ -98,7 +98,7 @@ def compact(
     """Bound the top lists of the hours and days in ``touched`` that are
     over, as :func:`._sqlrollupparts.compact` does for a table."""
     for unit, start in touched:
-        if not closed(unit, start, now):
+        if not is_over(unit, start, now):
             continue
         bucket = (unit, start.isoformat())
         for part in COMPACTED:

@@ -26,7 +26,8 @@ from ..rollups import (
 from ..summary import SummaryBuilder, bucket_unit
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
-from ._sqlrollupparts import OTHER, feed_histograms
+from ._rollupparts import OTHER, feed_histograms
+from ._rollupparts import rollup_source as _source
 
 __all__ = ["summarize"]
 
@@ -253,22 +254,3 @@ def _moment(microseconds: int | None, after: timedelta | None = None) -> datetim
         return None
     moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
     return moment if after is None else bucket_start(moment, "hour") + after
-
-
-def _source(
-    granularity: str | None,
-    raw_records: int,
-    since: datetime | None,
-    until: datetime | None,
-    approximate: set[str],
-) -> dict[str, t.Any]:
-    """What a summary says of where its counts came from, as
-    :func:`._sqlrollupsummary._source` says it."""
-    return {
-        "source": "rollups",
-        "granularity": granularity,
-        "raw_records": raw_records,
-        "since": None if since is None else iso_text(since),
-        "until": None if until is None else iso_text(until),
-        "approximate": sorted(approximate),
-    }

@@ -3,8 +3,10 @@ stream ids."""
 
 from __future__ import annotations
 
+import time
 import typing as t
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 from .._textcache import text_cache
 from ..record import FIELDS, FieldType
@@ -12,17 +14,27 @@ from ..record import FIELDS, FieldType
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import redis
     from redis.client import Pipeline
     from redis.typing import EncodableT, FieldT
 
     from ..policy import LogPolicy
     from ..record import TrafficRecord
 
-__all__ = ["CODECS", "EMPTY_ENTRY", "add_entries", "next_id"]
+__all__ = ["CODECS", "EMPTY_ENTRY", "add_entries", "lowest_id", "next_id"]
 
 # A stream entry needs at least one field: a record whose kept fields are all
 # None is written with this one, which read() ignores.
 EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
+
+#: How far, in ms, the clock of a host that writes to the stream may be off
+#: from the clock of the host that reads or prunes it. Stream ids are the
+#: Redis server's clock; the server's own offset is measured (``TIME``) and
+#: allowed for, so this covers only the app hosts' disagreement.
+_CLOCK_MARGIN_MS = 60_000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 
 #: The largest sequence number of a stream id (``<ms>-<seq>``).
 _MAX_SEQ = 2**64 - 1
@@ -106,3 +118,15 @@ def add_entries(
             if value is not None
         }
         pipe.xadd(key, entry or EMPTY_ENTRY, maxlen=max_len, approximate=True)
+
+
+def lowest_id(client: redis.Redis, moment: datetime) -> bytes:
+    """The lowest stream id an entry of a request at or after ``moment``
+    can have (``b"-"`` for the start of the stream)."""
+    before = time.time()
+    seconds, micros = client.time()
+    after = time.time()
+    # Stream ids follow the server's clock, requests this host's.
+    offset_ms = (seconds - (before + after) / 2) * 1000 + micros / 1000
+    ms = (moment - _EPOCH) // _MS + int(offset_ms) - _CLOCK_MARGIN_MS
+    return b"-" if ms <= 0 else b"%d" % ms

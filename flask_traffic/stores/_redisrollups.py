@@ -1,5 +1,6 @@
-"""RedisStore's rollups: folding stream entries into per-minute, per-hour
-and per-day hashes, trimming them, and summing them up for a summary.
+"""RedisStore's rollups: folding stream entries into per-hour and per-day
+hashes (:data:`~._rollupparts.KEPT_UNITS`: no minutes, see there), bounding
+and trimming them. Summaries are :mod:`._redisrollupsummary`'s.
 
 Keys, all under ``<event_name>:flask-traffic-rollup:``:
 
@@ -7,9 +8,15 @@ Keys, all under ``<event_name>:flask-traffic-rollup:``:
     the id of the last stream entry folded.
 ``<unit>:<bucket start ISO>``
     a hash: field ``<part>\\x1f<key>`` holds the weight summed
-    (``HINCRBYFLOAT``, see :data:`~flask_traffic.rollups.PARTS`), fields
-    ``first`` and ``last`` the bucket's first and last ``request_date`` in
-    microseconds since the epoch.
+    (``HINCRBYFLOAT``, see :data:`~flask_traffic.rollups.PARTS`), but for
+    ``response_time``: field ``h`` holds the bucket's histograms, JSON
+    ``{route as JSON: [[index, weight], ...]}``, one field a bucket however
+    many routes (:func:`~._rollupparts.merge_histograms`). Fields ``first``
+    and ``last`` hold the bucket's first and last ``request_date`` in
+    microseconds since the epoch. Once the bucket is over, its top paths and
+    referrers are cut to their :data:`~._rollupparts.TOP_KEPT` leaders, the
+    rest summed under ``o:<part>\\x1f`` (a summary then says that list is
+    approximate), and field ``c`` marks it done.
 ``visitors:<unit>:<bucket start ISO>``
     Redis's own HyperLogLog of the visitor hashes of an hour or a day
     (``PFADD`` of each :func:`~flask_traffic.rollups.visitor_hash` as hex).
@@ -22,58 +29,52 @@ from __future__ import annotations
 
 import time
 import typing as t
-import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import datetime, timezone
 
-from ..query import iso_text
-from ..rollups import (
-    UNITS,
-    RollupDelta,
-    RollupRetention,
-    Unit,
-    bucket_start,
-    feed,
-    pieces,
-    visitor_hash,
+from ..rollups import RollupDelta, RollupRetention, Unit
+from ._rollupparts import (
+    COMPACTED,
+    KEPT_UNITS,
+    OTHER,
+    TOP_KEPT,
+    is_over,
+    merge_histograms,
+    split_times,
 )
-from ..summary import SummaryBuilder, bucket_unit
 
 if t.TYPE_CHECKING:
     import redis
 
     from ..query import Query
+    from ..summary import SummaryBuilder
 
 __all__ = ["RedisRollups", "location_of"]
 
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
-_MINUTE = timedelta(minutes=1)
-_MICROSECOND = timedelta(microseconds=1)
 #: Stream entries per fold transaction.
 FOLD_CHUNK = 5000
-#: Entries per ``XRANGE`` of the unfolded tail a summary reads.
-_TAIL_CHUNK = 2000
 #: Bucket keys per ``DEL`` of retention.
 _DELETE_CHUNK = 1000
-_SEPARATOR = "\x1f"
+SEPARATOR = "\x1f"
+#: A bucket's old fields: ``first``, ``last`` and ``h`` (histograms).
+_Old = tuple[bytes | None, bytes | None, bytes | None]
 
 _Row = dict[str, t.Any]
 Decode = Callable[[list[t.Any]], list[_Row]]
 
 
-def _text(value: bytes | str) -> str:
+def text_of(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
-def _seconds(moment: datetime) -> int:
+def seconds_of(moment: datetime) -> int:
     return int((moment - _EPOCH).total_seconds())
 
 
-def _ceil_minute(moment: datetime) -> datetime:
-    start = bucket_start(moment, "minute")
-    return start if start == moment else start + _MINUTE
+def _field(part: str, key: str) -> bytes:
+    return f"{part}{SEPARATOR}{key}".encode("utf-8", "surrogatepass")
 
 
 def location_of(client: redis.Redis, event_name: str) -> str:
@@ -109,26 +110,26 @@ class RedisRollups:
         self.decode = decode
         self.retention = retention
         self.secret = b""
-        self._raw = {never_decode: True}
+        self.raw = {never_decode: True}
         self.prefix = f"{event_name}:flask-traffic-rollup:"
         self.position_key = self.prefix + "position"
         #: Seconds between retention passes of :meth:`maintain`.
         self.retention_interval = 60.0
         self._retention_due = time.monotonic()
 
-    def _bucket_key(self, unit: Unit, start: datetime) -> str:
+    def bucket_key(self, unit: Unit, start: datetime) -> str:
         return f"{self.prefix}{unit}:{start.isoformat()}"
 
-    def _visitor_key(self, unit: Unit, start: datetime) -> str:
+    def visitor_key(self, unit: Unit, start: datetime) -> str:
         return f"{self.prefix}visitors:{unit}:{start.isoformat()}"
 
-    def _set_key(self, unit: Unit) -> str:
+    def set_key(self, unit: Unit) -> str:
         return f"{self.prefix}buckets:{unit}"
 
     def _xrange(self, after: bytes | None, count: int) -> list[t.Any]:
         low = b"-" if after is None else b"(" + after
         entries: list[t.Any] = self.client.execute_command(  # type: ignore[no-untyped-call]
-            "XRANGE", self.event_name, low, b"+", "COUNT", count, **self._raw
+            "XRANGE", self.event_name, low, b"+", "COUNT", count, **self.raw
         )
         return entries
 
@@ -170,6 +171,9 @@ class RedisRollups:
         position. Entry ids are assigned by the server at ``XADD`` and
         entries become visible in id order, so no entry with an id below
         the position can appear later: what is below it is folded, once.
+        Only folds write the buckets, so what a fold reads of them before
+        its ``MULTI`` (spans, histograms, the top lists it cuts) is still
+        theirs when it runs.
         """
         import redis
 
@@ -183,11 +187,14 @@ class RedisRollups:
                     entries = self._xrange(after, FOLD_CHUNK)
                     if not entries:
                         return folded
-                    delta = RollupDelta(self.secret, keep_hashes=True)
+                    delta = RollupDelta(self.secret, keep_hashes=True, units=KEPT_UNITS)
                     delta.add_rows(self.decode(entries))
-                    spans = self._merged_spans(delta)
+                    now = datetime.now(_UTC)
+                    olds = self._read_olds(list(delta.spans))
+                    over = self._read_over(delta, now)
                     pipe.multi()
-                    self._queue_delta(pipe, delta, spans)
+                    self._queue_delta(pipe, delta, olds)
+                    self._queue_compaction(pipe, delta, over)
                     pipe.set(self.position_key, entries[-1][0])
                     pipe.execute()
                 except redis.WatchError:
@@ -196,61 +203,120 @@ class RedisRollups:
             if len(entries) < FOLD_CHUNK:
                 return folded
 
-    def _merged_spans(self, delta: RollupDelta) -> dict[tuple[Unit, datetime], tuple[int, int]]:
-        # The fold is serialized by WATCH, so the old span read here is
-        # still the bucket's when the transaction runs.
-        keys = list(delta.spans)
+    def _read_olds(self, keys: list[tuple[Unit, datetime]]) -> dict[tuple[Unit, datetime], _Old]:
         with self.client.pipeline(transaction=False) as pipe:
             for unit, start in keys:
-                pipe.hmget(self._bucket_key(unit, start), ["first", "last"])
-            olds = pipe.execute()
-        merged = {}
-        for key, (old_first, old_last) in zip(keys, olds, strict=True):
-            first, last = delta.spans[key]
-            if old_first is not None:
-                first = min(first, int(old_first))
-            if old_last is not None:
-                last = max(last, int(old_last))
-            merged[key] = (first, last)
-        return merged
+                pipe.hmget(self.bucket_key(unit, start), ["first", "last", "h"])
+            replies = pipe.execute()
+        return {key: (first, last, h) for key, (first, last, h) in zip(keys, replies, strict=True)}
+
+    def _read_over(
+        self, delta: RollupDelta, now: datetime
+    ) -> dict[tuple[Unit, datetime], dict[bytes, bytes]]:
+        """The fields of the buckets to cut: those of the delta that are
+        over, and the newest few of each size that closed since the last
+        fold without being cut (``c``)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for unit in KEPT_UNITS:
+                pipe.zrange(self.set_key(unit), -3, -1)
+            newest = pipe.execute()
+        chosen = {key for key in delta.spans if is_over(*key, now)}
+        recent = [
+            (unit, start)
+            for unit, members in zip(KEPT_UNITS, newest, strict=True)
+            for start in (datetime.fromisoformat(text_of(member)) for member in members)
+            if is_over(unit, start, now) and (unit, start) not in chosen
+        ]
+        with self.client.pipeline(transaction=False) as pipe:
+            for unit, start in recent:
+                pipe.hexists(self.bucket_key(unit, start), "c")
+            done = pipe.execute()
+        chosen.update(key for key, cut in zip(recent, done, strict=True) if not cut)
+        keys = sorted(chosen)
+        with self.client.pipeline(transaction=False) as pipe:
+            for unit, start in keys:
+                pipe.hgetall(self.bucket_key(unit, start))
+            replies = pipe.execute()
+        return dict(zip(keys, replies, strict=True))
 
     def _queue_delta(
         self,
         pipe: redis.client.Pipeline,
         delta: RollupDelta,
-        spans: dict[tuple[Unit, datetime], tuple[int, int]],
+        olds: dict[tuple[Unit, datetime], _Old],
     ) -> None:
-        for (unit, start, part, key), weight in delta.sums.items():
-            field = f"{part}{_SEPARATOR}{key}".encode("utf-8", "surrogatepass")
-            pipe.hincrbyfloat(self._bucket_key(unit, start), field, weight)
-        for (unit, start), (first, last) in spans.items():
-            pipe.hset(self._bucket_key(unit, start), mapping={"first": first, "last": last})
-            pipe.zadd(self._set_key(unit), {start.isoformat(): _seconds(start)})
+        plain, times = split_times(delta.sums)
+        for (unit, start, part, key), weight in plain.items():
+            pipe.hincrbyfloat(self.bucket_key(unit, start), _field(part, key), weight)
+        for (unit, start), (first, last) in delta.spans.items():
+            old_first, old_last, old_h = olds[unit, start]
+            if old_first is not None:
+                first = min(first, int(old_first))
+            if old_last is not None:
+                last = max(last, int(old_last))
+            mapping: dict[str, str | int] = {"first": first, "last": last}
+            added = times.get((unit, start))
+            if added:
+                stored = None if old_h is None else text_of(old_h)
+                mapping["h"] = t.cast("str", merge_histograms(stored, added))
+            pipe.hset(self.bucket_key(unit, start), mapping=mapping)  # type: ignore[arg-type]
+            pipe.zadd(self.set_key(unit), {start.isoformat(): seconds_of(start)})
         for (unit, start), hashes in delta.hashes.items():
-            pipe.pfadd(self._visitor_key(unit, start), *(f"{h:016x}" for h in hashes))
+            pipe.pfadd(self.visitor_key(unit, start), *(f"{h:016x}" for h in hashes))
+
+    def _queue_compaction(
+        self,
+        pipe: redis.client.Pipeline,
+        delta: RollupDelta,
+        over: dict[tuple[Unit, datetime], dict[bytes, bytes]],
+    ) -> None:
+        """Cut the top lists of the buckets in ``over`` (their fields, less
+        the delta's sums queued before) to their :data:`TOP_KEPT` leaders."""
+        added: dict[tuple[Unit, datetime, str], dict[str, float]] = {}
+        for (unit, start, part, key), weight in delta.sums.items():
+            if part in COMPACTED and (unit, start) in over:
+                added.setdefault((unit, start, part), {})[key] = weight
+        for (unit, start), fields in over.items():
+            bucket = self.bucket_key(unit, start)
+            for part in COMPACTED:
+                prefix = f"{part}{SEPARATOR}"
+                weights: dict[str, float] = {}
+                for name, value in fields.items():
+                    text = text_of(name)
+                    if text.startswith(prefix):
+                        weights[text[len(prefix) :]] = float(value)
+                for key, weight in added.get((unit, start, part), {}).items():
+                    weights[key] = weights.get(key, 0.0) + weight
+                if len(weights) <= TOP_KEPT:
+                    continue
+                ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+                rest = ranked[TOP_KEPT:]
+                pipe.hdel(bucket, *(_field(part, key) for key, _ in rest))
+                pipe.hincrbyfloat(bucket, _field(OTHER + part, ""), sum(w for _, w in rest))
+            pipe.hset(bucket, "c", 1)
 
     # -- retention ---------------------------------------------------------
 
     def retain(self, now: datetime) -> int:
         """Delete the buckets older than each unit's cutoff; return how many."""
         removed = 0
-        for unit in UNITS:
+        for unit in KEPT_UNITS:
             cutoff = self.retention.cutoff(unit, now)
             if cutoff is None:
                 continue
-            set_key = self._set_key(unit)
+            set_key = self.set_key(unit)
             while True:
                 old = t.cast(
                     "list[bytes]",
                     self.client.zrangebyscore(
-                        set_key, "-inf", f"({_seconds(cutoff)}", start=0, num=_DELETE_CHUNK
+                        set_key, "-inf", f"({seconds_of(cutoff)}", start=0, num=_DELETE_CHUNK
                     ),
                 )
                 if not old:
                     break
-                starts = [datetime.fromisoformat(_text(member)) for member in old]
-                keys = [self._bucket_key(unit, start) for start in starts]
-                keys += [self._visitor_key(unit, start) for start in starts]
+                starts = [datetime.fromisoformat(text_of(member)) for member in old]
+                keys = [self.bucket_key(unit, start) for start in starts]
+                keys += [self.visitor_key(unit, start) for start in starts]
                 with self.client.pipeline(transaction=True) as pipe:
                     pipe.delete(*keys)
                     pipe.zrem(set_key, *old)
@@ -260,211 +326,10 @@ class RedisRollups:
 
     # -- summaries ---------------------------------------------------------
 
-    def summarize(self, query: Query, builder: SummaryBuilder) -> None:
-        """Feed ``builder`` the window's buckets and the entries after the
-        fold position that fall in it.
+    def summarize(self, query: Query, builder: SummaryBuilder) -> dict[str, t.Any] | None:
+        """Feed ``builder`` the window of ``query`` from the rollups
+        (:func:`._redisrollupsummary.summarize`); ``None``, having fed
+        nothing, when the entries are to be read instead."""
+        from ._redisrollupsummary import summarize
 
-        The window is rounded to minutes (``since`` down, ``until`` up; no
-        ``since``: the oldest bucket; no ``until``: now). Unique visitors
-        are Redis's ``PFCOUNT`` of each day's union (its day sketch, or the
-        hours it is made of; a minute counts with its whole hour), summed
-        over days. A window that starts before a unit's retention cutoff is
-        summed from buckets of the next unit (hours, not minutes). The
-        tail's visitors join their day's union (``PFMERGE`` into a temporary
-        key, ``PFADD``, ``PFCOUNT``, ``DEL``, in one ``MULTI``), so a
-        visitor seen before and after the fold counts once. The position
-        and the buckets are read under ``WATCH`` of the position, so a
-        fold meanwhile cannot count an entry twice.
-
-        Without ``since`` the window starts at the minute of the first
-        request folded, and the result's buckets follow the span of the
-        requests, as a summary of the records does.
-        """
-        import redis
-
-        until = _ceil_minute(query.until or datetime.now(_UTC))
-        day_keys: dict[datetime, set[str]] = {}
-        day_counts: dict[datetime, int] = {}
-        # With no bucket yet, everything is in the tail.
-        builder.source = {"source": "rollups", "granularity": None}
-        low = query.since
-        while True:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.position_key)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(self.position_key)
-                    after = None if raw is None else bytes(raw)  # type: ignore[arg-type]
-                    span = self._folded_span()
-                    if span is None:
-                        break
-                    since = bucket_start(query.since or span[0], "minute")
-                    if since >= until:
-                        break
-                    coarsest = self._coarsest(since, query.until or span[1])
-                    window = pieces(since, until, coarsest)
-                    found = self._starts(window)
-                    pipe.multi()
-                    day_keys = self._queue_reads(pipe, found)
-                    replies = pipe.execute()
-                except redis.WatchError:
-                    continue
-            day_counts = self._feed(builder, found, sorted(day_keys), replies)
-            finest = min((UNITS.index(piece.unit) for piece in window), default=0)
-            builder.source = {
-                "source": "rollups",
-                "granularity": UNITS[finest],
-                "since": iso_text(since),
-                "until": iso_text(until),
-            }
-            if query.since is not None:
-                builder.since = since
-            if query.until is not None:
-                builder.until = until
-            # No since asked: the tail may hold requests older than any bucket.
-            low = None if query.since is None else since
-            break
-        self._add_tail(builder, after, low, until, day_keys, day_counts)
-
-    def _coarsest(self, since: datetime, until: datetime) -> Unit:
-        # The result's unit (summary.bucket_unit), but past a unit's
-        # retention the next one: a window of old hours is summed from its
-        # hour buckets, though a summary that new would count its minutes.
-        unit: Unit = bucket_unit(since, until)
-        now = datetime.now(_UTC)
-        for finer, coarser in (("minute", "hour"), ("hour", "day")):
-            cutoff = self.retention.cutoff(t.cast("Unit", finer), now)
-            if unit == finer and cutoff is not None and since < cutoff:
-                unit = t.cast("Unit", coarser)
-        return unit
-
-    def _folded_span(self) -> tuple[datetime, datetime] | None:
-        # The first and last request folded: those of the oldest and the
-        # newest bucket of each unit (units are kept for different times).
-        with self.client.pipeline(transaction=False) as pipe:
-            for unit in UNITS:
-                pipe.zrange(self._set_key(unit), 0, 0)
-                pipe.zrange(self._set_key(unit), -1, -1)
-            ends = pipe.execute()
-        with self.client.pipeline(transaction=False) as pipe:
-            for index, members in enumerate(ends):
-                for member in members:
-                    unit = UNITS[index // 2]
-                    start = datetime.fromisoformat(_text(member))
-                    pipe.hget(self._bucket_key(unit, start), "last" if index % 2 else "first")
-            moments = [int(value) for value in pipe.execute() if value is not None]
-        if not moments:
-            return None
-        return _EPOCH + min(moments) * _MICROSECOND, _EPOCH + max(moments) * _MICROSECOND
-
-    def _starts(self, window: list[t.Any]) -> list[tuple[Unit, datetime]]:
-        with self.client.pipeline(transaction=False) as pipe:
-            for piece in window:
-                pipe.zrangebyscore(
-                    self._set_key(piece.unit), _seconds(piece.start), f"({_seconds(piece.end)}"
-                )
-            replies = pipe.execute()
-        return [
-            (piece.unit, datetime.fromisoformat(_text(member)))
-            for piece, members in zip(window, replies, strict=True)
-            for member in members
-        ]
-
-    def _queue_reads(
-        self, pipe: redis.client.Pipeline, found: list[tuple[Unit, datetime]]
-    ) -> dict[datetime, set[str]]:
-        day_keys: dict[datetime, set[str]] = defaultdict(set)
-        for unit, start in found:
-            pipe.hgetall(self._bucket_key(unit, start))
-            day = bucket_start(start, "day")
-            if unit == "day":
-                day_keys[day] = {self._visitor_key("day", day)}
-            else:
-                day_keys[day].add(self._visitor_key("hour", bucket_start(start, "hour")))
-        for day in sorted(day_keys):
-            pipe.pfcount(*sorted(day_keys[day]))
-        return day_keys
-
-    @staticmethod
-    def _feed(
-        builder: SummaryBuilder,
-        found: list[tuple[Unit, datetime]],
-        days: list[datetime],
-        replies: list[t.Any],
-    ) -> dict[datetime, int]:
-        sums: defaultdict[tuple[str, str], float] = defaultdict(float)
-        per_bucket: list[tuple[datetime, float]] = []
-        first: int | None = None
-        last: int | None = None
-        for (_, start), fields in zip(found, replies, strict=False):
-            total = 0.0
-            for name, value in fields.items():
-                text = _text(name)
-                if text == "first":
-                    first = int(value) if first is None else min(first, int(value))
-                elif text == "last":
-                    last = int(value) if last is None else max(last, int(value))
-                else:
-                    part, _, key = text.partition(_SEPARATOR)
-                    weight = float(value)
-                    sums[part, key] += weight
-                    if part == "total":
-                        total = weight
-            per_bucket.append((start, total))
-        feed(
-            builder,
-            ((part, key, weight) for (part, key), weight in sums.items()),
-            per_bucket,
-            (first, last),
-            None,
-        )
-        return {day: int(count) for day, count in zip(days, replies[len(found) :], strict=True)}
-
-    def _tail(self, after: bytes | None) -> Iterator[_Row]:
-        while True:
-            entries = self._xrange(after, _TAIL_CHUNK)
-            if not entries:
-                return
-            yield from self.decode(entries)
-            if len(entries) < _TAIL_CHUNK:
-                return
-            after = bytes(entries[-1][0])
-
-    def _add_tail(
-        self,
-        builder: SummaryBuilder,
-        after: bytes | None,
-        since: datetime | None,
-        until: datetime,
-        day_keys: dict[datetime, set[str]],
-        day_counts: dict[datetime, int],
-    ) -> None:
-        low = None if since is None else iso_text(since)
-        high = iso_text(until)
-        rows = [
-            row
-            for row in self._tail(after)
-            if (date := row.get("request_date")) is not None
-            and (low is None or date >= low)
-            and date < high
-        ]
-        builder.add_rows(rows)
-        hashes: defaultdict[datetime, set[str]] = defaultdict(set)
-        for row in rows:
-            date = row["request_date"]
-            day = bucket_start(datetime.fromisoformat(date), "day")
-            address, agent = row.get("request_remote_address"), row.get("request_user_agent")
-            hashes[day].add(f"{visitor_hash(self.secret, date, address, agent):016x}")
-        counts = dict(day_counts)
-        if hashes:
-            scratch = f"{self.prefix}scratch:{uuid.uuid4().hex}"
-            with self.client.pipeline(transaction=True) as pipe:
-                for day, found in hashes.items():
-                    pipe.pfmerge(scratch, *sorted(day_keys.get(day, ())))
-                    pipe.pfadd(scratch, *found)
-                    pipe.pfcount(scratch)
-                    pipe.delete(scratch)
-                replies = pipe.execute()
-            for index, day in enumerate(hashes):
-                counts[day] = int(replies[4 * index + 2])
-        builder.visitors.clear()
-        builder.visitor_count = sum(counts.values())
+        return summarize(self, query, builder)

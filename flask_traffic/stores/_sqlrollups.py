@@ -46,7 +46,8 @@ from ..rollups import (
     bucket_start,
 )
 from ..summary import SummaryBuilder
-from ._sqlrollupparts import KEPT_UNITS, compact, merge_histograms, split_times
+from ._rollupparts import KEPT_UNITS, merge_histograms, split_times
+from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from ..query import Query, iso_text
+from ..query import Query
 from ..rollups import (
     UNITS,
     Piece,
@@ -22,7 +22,8 @@ from ..rollups import (
     visitor_hash,
 )
 from ..summary import SummaryBuilder, bucket_unit
-from ._sqlrollupparts import OTHER, feed_histograms
+from ._rollupparts import OTHER, feed_histograms
+from ._rollupparts import rollup_source as _source
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -239,25 +240,3 @@ def _moment(microseconds: int | None, after: timedelta | None = None) -> datetim
     if after is None:
         return moment
     return bucket_start(moment, "minute" if after == _MINUTE else "hour") + after
-
-
-def _source(
-    granularity: str | None,
-    raw_records: int,
-    since: datetime | None,
-    until: datetime | None,
-    approximate: set[str],
-) -> dict[str, t.Any]:
-    """What a summary says of where its counts came from: the finest bucket
-    size read, the records read besides, and the window counted (its edges
-    rounded to hours when it is counted per hour or day), and the top lists
-    that are approximate: some bucket of the window kept only its
-    :data:`~._sqlrollupparts.TOP_KEPT` most frequent values."""
-    return {
-        "source": "rollups",
-        "granularity": granularity,
-        "raw_records": raw_records,
-        "since": None if since is None else iso_text(since),
-        "until": None if until is None else iso_text(until),
-        "approximate": sorted(approximate),
-    }

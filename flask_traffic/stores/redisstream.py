@@ -6,7 +6,6 @@ import logging
 import operator
 import os
 import re
-import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
 from ._redisclient import from_host, from_url, is_int
-from ._redisentries import CODECS, add_entries, next_id
+from ._redisentries import CODECS, add_entries, lowest_id, next_id
 from ._redisrollups import RedisRollups, location_of
 from .base import Store
 
@@ -42,20 +41,11 @@ _FENCE_TTL = 24 * 3600
 #: hold the server or the reader's memory for long.
 _CHUNK = 2000
 
-#: How far, in ms, the clock of a host that writes to the stream may be off
-#: from the clock of the host that reads or prunes it. Stream ids are the
-#: Redis server's clock; the server's own offset is measured (``TIME``) and
-#: allowed for, so this covers only the app hosts' disagreement.
-_CLOCK_MARGIN_MS = 60_000
-
 #: The most ``XTRIM`` commands one retention run sends: each removes at most
 #: 100 stream nodes' worth of entries (``~`` trimming's default ``LIMIT``,
 #: 10,000 entries with the default node size), so the server stays
 #: responsive while a large backlog goes; what is left goes at the next run.
 _MAX_TRIMS = 1000
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MS = timedelta(milliseconds=1)
 
 _Row = dict[str, t.Any]
 
@@ -118,7 +108,7 @@ class RedisStore(Store):
         the background (``XTRIM MAXLEN ~``); never fewer.
     :param spool: where records wait on disk while Redis is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
-    :param rollups: keep per-minute, per-hour and per-day rollups, folded
+    :param rollups: keep per-hour and per-day rollups, folded
         from the stream by the worker (:meth:`fold`), so a :meth:`summary`
         without ``where`` reads them and the entries not folded yet instead
         of every entry. ``False`` turns folding and rollup summaries off;
@@ -310,11 +300,13 @@ class RedisStore(Store):
 
     def summarize(self, query: Query, builder: SummaryBuilder) -> None:
         """From the rollups and the entries not folded yet when rollups are
-        on and the query has no ``where``; else from every entry."""
+        on, the query has no ``where`` and its window is counted per hour or
+        day (over 2 hours); else from every entry."""
         if self.keeps_rollups and not query.where:
-            self.rollups.summarize(query, builder)
-        else:
-            super().summarize(query, builder)
+            builder.source = self.rollups.summarize(query, builder)
+            if builder.source is not None:
+                return
+        super().summarize(query, builder)
 
     def _check_minid(self, redis_module: t.Any) -> None:
         try:
@@ -433,7 +425,7 @@ class RedisStore(Store):
         limit: int | None,
         oldest_first: bool,
     ) -> Iterator[_Row]:
-        lowest = b"-" if since is None else self._lowest_id(since)
+        lowest = b"-" if since is None else lowest_id(self._client, since)
         # XRANGE key low high, XREVRANGE key high low: both go on from the
         # first bound, moved past the last id read.
         command, first, second = (
@@ -485,17 +477,6 @@ class RedisStore(Store):
             rows.append(row)
         return rows
 
-    def _lowest_id(self, moment: datetime) -> bytes:
-        """The lowest stream id an entry of a request at or after ``moment``
-        can have (``b"-"`` for the start of the stream)."""
-        before = time.time()
-        seconds, micros = self._client.time()
-        after = time.time()
-        # Stream ids follow the server's clock, requests this host's.
-        offset_ms = (seconds - (before + after) / 2) * 1000 + micros / 1000
-        ms = (moment - _EPOCH) // _MS + int(offset_ms) - _CLOCK_MARGIN_MS
-        return b"-" if ms <= 0 else b"%d" % ms
-
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Trim the stream: ``XTRIM MINID ~`` for ``cutoff``, then ``XTRIM
         MAXLEN ~ max_records``; return how many entries went.
@@ -513,7 +494,7 @@ class RedisStore(Store):
         """
         removed = 0
         if cutoff is not None:
-            lowest = self._lowest_id(cutoff)
+            lowest = lowest_id(self._client, cutoff)
             if self.keeps_rollups:
                 # Never an entry that is not folded yet: fold first.
                 self.rollups.fold()

@@ -1,0 +1,296 @@
+"""Summaries from RedisStore's rollups (:class:`._redisrollups.RedisRollups`),
+by the rules of the SQL stores' (:mod:`._sqlrollupsummary`): a window
+counted per minute is read from the entries; any other has its edges
+rounded out to whole hours, which the hour and day buckets hold."""
+
+from __future__ import annotations
+
+import typing as t
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+from ..query import iso_text
+from ..rollups import UNITS, Piece, Unit, bucket_start, feed, pieces, visitor_hash
+from ..summary import SummaryBuilder, bucket_unit
+from ._redisentries import lowest_id
+from ._redisrollups import SEPARATOR, seconds_of, text_of
+from ._rollupparts import KEPT_UNITS, OTHER, feed_histograms
+from ._rollupparts import rollup_source as _source
+
+if t.TYPE_CHECKING:
+    import redis
+
+    from ..query import Query
+    from ._redisrollups import RedisRollups
+
+__all__ = ["summarize"]
+
+_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_HOUR = timedelta(hours=1)
+#: Entries per ``XRANGE`` of the entries a summary reads.
+_TAIL_CHUNK = 2000
+
+_Row = dict[str, t.Any]
+
+
+def summarize(
+    rollups: RedisRollups, query: Query, builder: SummaryBuilder
+) -> dict[str, t.Any] | None:
+    """Feed ``builder`` the window of ``query`` (which has no ``where``) and
+    return what the summary says of its source; ``None``, having fed
+    nothing, when the entries are to be read instead: nothing folded yet,
+    or a window counted per minute (:func:`~flask_traffic.summary.bucket_unit`
+    of the window, or of the folded span where it has no edge), since
+    minutes are not kept.
+
+    Otherwise ``since`` is rounded down and ``until`` up to whole hours
+    (``builder``'s too, and the source says so); a window without one ends
+    with the hour of the last (or first) request folded. Its buckets are
+    summed; those past their size's retention are counted from the entries
+    folded, as are the entries after the fold position that fall in the
+    window. Unique visitors are Redis's ``PFCOUNT`` of each day's union
+    (its day sketch, or its hours'), with the visitors of the entries read
+    merged in (``PFMERGE`` into a temporary key, ``PFADD``, ``PFCOUNT``,
+    ``DEL``, in one ``MULTI``), so a visitor seen in both counts once. The
+    position and the buckets are read under ``WATCH`` of the position, so
+    a fold meanwhile cannot count an entry twice."""
+    import redis
+
+    while True:
+        with rollups.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(rollups.position_key)  # type: ignore[no-untyped-call]
+                raw = pipe.get(rollups.position_key)
+                span = None if raw is None else _folded_span(rollups)
+                if raw is None or span is None:
+                    return None
+                position = bytes(raw)  # type: ignore[arg-type]
+                unit = bucket_unit(query.since or span[0], query.until or span[1])
+                if unit == "minute":
+                    # Minutes are not kept (see KEPT_UNITS): the entries are read.
+                    return None
+                since = None if query.since is None else bucket_start(query.since, "hour")
+                until = None if query.until is None else _ceil_hour(query.until)
+                start = since or bucket_start(span[0], "hour")
+                end = until or bucket_start(span[1], "hour") + _HOUR
+                found = pieces(start, end, unit) if start < end else []
+                now = datetime.now(_UTC)
+                kept = [
+                    piece
+                    for piece in found
+                    if (cutoff := rollups.retention.cutoff(piece.unit, now)) is None
+                    or piece.start >= cutoff
+                ]
+                expired = [piece for piece in found if piece not in kept]
+                buckets = _starts(rollups, kept)
+                pipe.multi()
+                day_keys = _queue_reads(rollups, pipe, buckets)
+                replies = pipe.execute()
+            except redis.WatchError:
+                continue
+        break
+    builder.since, builder.until = since or builder.since, until or builder.until
+    approximate = _feed(builder, buckets, replies)
+    day_counts = {
+        day: int(count)
+        for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)
+    }
+    rows = _entries(rollups, position, expired, since, until)
+    builder.add_rows(rows)
+    if not buckets:
+        # Nothing folded in the window: the entries' visitors, exactly.
+        return _source(None, len(rows), since, until, approximate)
+    _count_visitors(rollups, builder, rows, day_keys, day_counts)
+    finest = min(UNITS.index(piece.unit) for piece in found)
+    return _source(UNITS[finest], len(rows), since, until, approximate)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    start = bucket_start(moment, "hour")
+    return start if start == moment else start + _HOUR
+
+
+def _folded_span(rollups: RedisRollups) -> tuple[datetime, datetime] | None:
+    # The first and last request folded: those of the oldest and the
+    # newest bucket of each size (sizes are kept for different times).
+    with rollups.client.pipeline(transaction=False) as pipe:
+        for unit in KEPT_UNITS:
+            pipe.zrange(rollups.set_key(unit), 0, 0)
+            pipe.zrange(rollups.set_key(unit), -1, -1)
+        ends = pipe.execute()
+    with rollups.client.pipeline(transaction=False) as pipe:
+        for index, members in enumerate(ends):
+            for member in members:
+                unit = KEPT_UNITS[index // 2]
+                start = datetime.fromisoformat(text_of(member))
+                pipe.hget(rollups.bucket_key(unit, start), "last" if index % 2 else "first")
+        moments = [int(value) for value in pipe.execute() if value is not None]
+    if not moments:
+        return None
+    return _EPOCH + min(moments) * _MICROSECOND, _EPOCH + max(moments) * _MICROSECOND
+
+
+def _starts(rollups: RedisRollups, window: list[Piece]) -> list[tuple[Unit, datetime]]:
+    with rollups.client.pipeline(transaction=False) as pipe:
+        for piece in window:
+            pipe.zrangebyscore(
+                rollups.set_key(piece.unit), seconds_of(piece.start), f"({seconds_of(piece.end)}"
+            )
+        replies = pipe.execute()
+    return [
+        (piece.unit, datetime.fromisoformat(text_of(member)))
+        for piece, members in zip(window, replies, strict=True)
+        for member in members
+    ]
+
+
+def _queue_reads(
+    rollups: RedisRollups, pipe: redis.client.Pipeline, found: list[tuple[Unit, datetime]]
+) -> dict[datetime, set[str]]:
+    day_keys: dict[datetime, set[str]] = defaultdict(set)
+    for unit, start in found:
+        pipe.hgetall(rollups.bucket_key(unit, start))
+        day = bucket_start(start, "day")
+        if unit == "day":
+            day_keys[day] = {rollups.visitor_key("day", day)}
+        else:
+            day_keys[day].add(rollups.visitor_key("hour", bucket_start(start, "hour")))
+    for day in sorted(day_keys):
+        pipe.pfcount(*sorted(day_keys[day]))
+    return day_keys
+
+
+def _feed(
+    builder: SummaryBuilder, found: list[tuple[Unit, datetime]], replies: list[t.Any]
+) -> set[str]:
+    """Feed ``builder`` the buckets' fields; return the top lists some
+    bucket kept only the leaders of."""
+    sums: defaultdict[tuple[str, str], float] = defaultdict(float)
+    per_bucket: list[tuple[datetime, float]] = []
+    histograms: list[str] = []
+    approximate: set[str] = set()
+    first: int | None = None
+    last: int | None = None
+    for (_, start), fields in zip(found, replies, strict=False):
+        total = 0.0
+        for name, value in fields.items():
+            text = text_of(name)
+            if text == "first":
+                first = int(value) if first is None else min(first, int(value))
+            elif text == "last":
+                last = int(value) if last is None else max(last, int(value))
+            elif text == "h":
+                histograms.append(text_of(value))
+            elif text != "c":
+                part, _, key = text.partition(SEPARATOR)
+                weight = float(value)
+                if part.startswith(OTHER):
+                    if weight:
+                        approximate.add(part[len(OTHER) :])
+                    continue
+                sums[part, key] += weight
+                if part == "total":
+                    total = weight
+        per_bucket.append((start, total))
+    feed_histograms(builder, histograms)
+    feed(
+        builder,
+        ((part, key, weight) for (part, key), weight in sums.items()),
+        per_bucket,
+        (first, last),
+        None,
+    )
+    return approximate
+
+
+def _entries(
+    rollups: RedisRollups,
+    position: bytes,
+    expired: list[Piece],
+    since: datetime | None,
+    until: datetime | None,
+) -> list[_Row]:
+    """The entries after ``position`` in the window, and those folded whose
+    request falls in a piece of ``expired`` (its buckets are gone)."""
+    folded_to = _id_key(position)
+    after = b"(" + position
+    if expired:
+        low = lowest_id(rollups.client, expired[0].start)
+        if low == b"-" or _id_key(low) <= folded_to:
+            after = low
+    pieces_text = [(iso_text(piece.start), iso_text(piece.end)) for piece in expired]
+    low_text = None if since is None else iso_text(since)
+    high_text = None if until is None else iso_text(until)
+    rows: list[_Row] = []
+    for folded, chunk in _chunks(rollups, after, folded_to):
+        for row in chunk:
+            date = row.get("request_date")
+            if date is None:
+                continue
+            if folded:
+                if any(low <= date < high for low, high in pieces_text):
+                    rows.append(row)
+            elif (low_text is None or date >= low_text) and (high_text is None or date < high_text):
+                rows.append(row)
+    return rows
+
+
+def _chunks(
+    rollups: RedisRollups, low: bytes, folded_to: tuple[int, int]
+) -> Iterator[tuple[bool, list[_Row]]]:
+    """The entries from ``low`` (an ``XRANGE`` start) on, decoded a chunk at
+    a time, each with whether it is folded (its id up to ``folded_to``)."""
+    while True:
+        entries = rollups.client.execute_command(  # type: ignore[no-untyped-call]
+            "XRANGE", rollups.event_name, low, b"+", "COUNT", _TAIL_CHUNK, **rollups.raw
+        )
+        if not entries:
+            return
+        cut = len(entries)
+        while cut and _id_key(bytes(entries[cut - 1][0])) > folded_to:
+            cut -= 1
+        if cut:
+            yield True, rollups.decode(entries[:cut])
+        if cut < len(entries):
+            yield False, rollups.decode(entries[cut:])
+        if len(entries) < _TAIL_CHUNK:
+            return
+        low = b"(" + bytes(entries[-1][0])
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _count_visitors(
+    rollups: RedisRollups,
+    builder: SummaryBuilder,
+    rows: list[_Row],
+    day_keys: dict[datetime, set[str]],
+    day_counts: dict[datetime, int],
+) -> None:
+    hashes: defaultdict[datetime, set[str]] = defaultdict(set)
+    for row in rows:
+        date = row["request_date"]
+        day = bucket_start(datetime.fromisoformat(date), "day")
+        address, agent = row.get("request_remote_address"), row.get("request_user_agent")
+        hashes[day].add(f"{visitor_hash(rollups.secret, date, address, agent):016x}")
+    counts = dict(day_counts)
+    if hashes:
+        scratch = f"{rollups.prefix}scratch:{uuid.uuid4().hex}"
+        with rollups.client.pipeline(transaction=True) as pipe:
+            for day, found in hashes.items():
+                pipe.pfmerge(scratch, *sorted(day_keys.get(day, ())))
+                pipe.pfadd(scratch, *found)
+                pipe.pfcount(scratch)
+                pipe.delete(scratch)
+            replies = pipe.execute()
+        for index, day in enumerate(hashes):
+            counts[day] = int(replies[4 * index + 2])
+    builder.visitors.clear()
+    builder.visitor_count = sum(counts.values())
