@@ -216,3 +216,63 @@ def test_rollups_need_every_field_they_count_and_say_where_a_summary_came_from(
     store.export(records(10))
     assert store.fold() == 0
     assert store.summary()["source"] == {"source": "records"}
+
+
+def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
+    sqlite_pair: tuple[Flask, SQLStore, SQLStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_traffic.stores import _sqlrollupparts, _sqlrollups
+
+    _, rolled, raw = sqlite_pair
+    hour = START + timedelta(hours=30)
+    made = []
+    for n in range(300):  # 300 paths, the first ten far ahead of the rest
+        for _ in range(20 if n < 10 else 1):
+            made.append(
+                TrafficRecord(
+                    int((hour + timedelta(seconds=len(made))).timestamp() * 1e9),
+                    1_000_000,
+                    "GET",
+                    "http",
+                    "example.com",
+                    None,
+                    f"/p/{n}",
+                    "",
+                    "HTTP/1.1",
+                    "e",
+                    "/p/<n>",
+                    "10.0.0.1",
+                    None,
+                    "curl/8",
+                    200,
+                    "1",
+                    "text/plain",
+                )
+            )
+    # Folded while the hour is still open: kept whole...
+    for module in (_sqlrollups, _sqlrollupparts):
+        monkeypatch.setattr(module, "is_over", lambda *args: False)
+    rolled.export(made)
+    assert rolled.fold() == len(made)
+    window = (hour - timedelta(hours=3), hour + timedelta(hours=3))
+    assert rolled.summary(*window)["source"]["approximate"] == []
+    # ...and cut at the next fold once it is over, though nothing new came.
+    monkeypatch.undo()
+    assert rolled.fold() == 0
+    got = rolled.summary(*window)
+    assert got.pop("source")["approximate"] == ["top_paths"]
+    want = raw.summary(*window)
+    want.pop("source")
+    assert got.pop("unique_visitors") == want.pop("unique_visitors") == 1
+    assert got == want  # the top 10 and every count are the same
+    engine = rolled.database_engine
+    assert engine is not None
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        kept = connection.execute(
+            sa.text(
+                "SELECT unit, count(*) FROM _traffic__rollup WHERE part = 'top_paths' GROUP BY unit"
+            )
+        ).all()
+    assert sorted(kept) == [("day", 200), ("hour", 200)]

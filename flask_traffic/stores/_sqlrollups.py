@@ -46,7 +46,7 @@ from ..rollups import (
     bucket_start,
 )
 from ..summary import SummaryBuilder
-from ._rollupparts import KEPT_UNITS, merge_histograms, split_times
+from ._rollupparts import KEPT_UNITS, is_over, merge_histograms, split_times
 from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text
@@ -137,6 +137,8 @@ class SQLRollups:
             time.sleep(0.1)
             metadata.create_all(engine, checkfirst=True)
         self._upsert_sums = self.make_upsert(self.sums, {"weight": "add"})
+        #: Hours and days folded while open, to compact once over.
+        self._open: set[tuple[Unit, datetime]] = set()
         self._upsert_buckets = self.make_upsert(
             self.buckets,
             {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
@@ -159,7 +161,21 @@ class SQLRollups:
                     progress(count)
                 if count < FOLD_CHUNK:
                     break
+        self._compact_closed()
         return folded
+
+    def _compact_closed(self) -> None:
+        """Cut the top lists of the buckets this process saw open that are
+        over now. (A process that stops first leaves them whole: slower to
+        sum, as exact.)"""
+        now = datetime.now(_UTC)
+        over = [key for key in self._open if is_over(*key, now)]
+        if not over:
+            return
+        with self.engine.begin() as connection:
+            self._lock(connection)
+            compact(self, connection, over, now)
+        self._open.difference_update(over)
 
     def _fold_chunk(self) -> int:
         id_column = self.io.table.c[ID_COLUMN]
@@ -352,7 +368,11 @@ class SQLRollups:
             )
         if rows:
             self._upsert_buckets(connection, rows)
-        compact(self, connection, touched, datetime.now(_UTC))
+        now = datetime.now(_UTC)
+        compact(self, connection, touched, now)
+        # Hours and days still open: cut when a later fold finds them over,
+        # though no record may land in them by then.
+        self._open.update(key for key in touched if not is_over(*key, now))
 
     def _read_buckets(
         self, connection: sa.Connection, keys: list[tuple[Unit, datetime]]
