@@ -35,7 +35,7 @@ from .query import iso_text
 
 if t.TYPE_CHECKING:
     from flask import Flask
-from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, histogram_index
+from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, bucket_unit, histogram_index
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -50,10 +50,12 @@ __all__ = [
     "RollupDelta",
     "RollupRetention",
     "Unit",
+    "WindowPlan",
     "bucket_start",
     "count_visitors",
     "feed",
     "pieces",
+    "plan_window",
     "site_secret",
     "visitor_hash",
 ]
@@ -184,6 +186,54 @@ def site_secret(app: Flask | None, location: str) -> bytes:
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(bytes(value), digest_size=32).digest()
+
+
+class WindowPlan(t.NamedTuple):
+    """How a window counted per hour or day is read (:func:`plan_window`)."""
+
+    #: The window's edges rounded out to whole hours (``None`` stays ``None``).
+    since: datetime | None
+    until: datetime | None
+    #: The pieces that cover it, from the first to the last folded hour
+    #: where an edge is ``None``.
+    found: list[Piece]
+    #: Those still kept, read from the rollups.
+    kept: list[Piece]
+    #: Those past their bucket size's retention, read from the records.
+    expired: list[Piece]
+
+
+def plan_window(
+    since: datetime | None,
+    until: datetime | None,
+    first: datetime | None,
+    last: datetime | None,
+    retention: RollupRetention,
+    now: datetime | None = None,
+) -> WindowPlan | None:
+    """The plan of a summary from rollups, given the first and last folded
+    request: ``None`` when the window is counted per minute (up to 2 hours,
+    which no store keeps: its records are counted); else its edges rounded
+    out to whole hours, which the rollups hold, so that no record is read
+    for them (the result says so), and its pieces."""
+    unit = bucket_unit(since or first, until or last)
+    if unit == "minute":
+        return None
+    since = None if since is None else bucket_start(since, "hour")
+    until = None if until is None else _ceil(until, "hour")
+    start = since or (None if first is None else bucket_start(first, "hour"))
+    end = until or (None if last is None else bucket_start(last, "hour") + _LENGTH["hour"])
+    found = []
+    if start is not None and end is not None and start < end:
+        found = pieces(start, end, unit)
+    now = now or datetime.now(_UTC)
+    kept = [
+        piece
+        for piece in found
+        if (cutoff := retention.cutoff(piece.unit, now)) is None or piece.start >= cutoff
+    ]
+    expired = [piece for piece in found if piece not in kept]
+    return WindowPlan(since, until, found, kept, expired)
 
 
 def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str | None) -> int:

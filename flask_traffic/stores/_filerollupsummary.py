@@ -20,10 +20,10 @@ from ..rollups import (
     bucket_start,
     count_visitors,
     feed,
-    pieces,
+    plan_window,
     visitor_hash,
 )
-from ..summary import SummaryBuilder, bucket_unit
+from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
 from ._rollupparts import OTHER, feed_histograms
@@ -67,40 +67,17 @@ def _summarize(
     first, last = connection.execute(
         "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
     ).fetchone()
-    oldest = _moment(first)
-    unit = bucket_unit(since or oldest, until or _moment(last))
-    if unit == "minute":
-        # Minutes are not kept (see KEPT_UNITS): the records are counted.
+    plan = plan_window(since, until, _moment(first), _moment(last), rollups.retention)
+    if plan is None:
+        # Counted per minute: the records are counted.
         return None
-    # Counted per hour or day: the window's edges are rounded out to whole
-    # hours, which the rollups hold, so no record is read for them (the
-    # result says so).
-    if since is not None:
-        since = builder.since = bucket_start(since, "hour")
-    if until is not None:
-        rounded = bucket_start(until, "hour")
-        until = builder.until = rounded if rounded == until else rounded + _HOUR
+    since, until, found, kept, expired = plan
+    builder.since, builder.until = since or builder.since, until or builder.until
     window = dataclasses.replace(query, since=since, until=until)
-    start = since or (None if oldest is None else bucket_start(oldest, "hour"))
-    end = until or _moment(last, _HOUR)
-    found: list[Piece] = []
-    expired: list[Piece] = []
     sketches: list[tuple[Unit, datetime, bytes]] = []
     approximate: set[str] = set()
-    if start is not None and end is not None and start < end:
-        found = pieces(start, end, unit)
-        # Buckets past their size's retention are gone: those pieces are
-        # counted from the raw records, where there are any.
-        now = datetime.now(_UTC)
-        kept = [
-            piece
-            for piece in found
-            if (cutoff := rollups.retention.cutoff(piece.unit, now)) is None
-            or piece.start >= cutoff
-        ]
-        expired = [piece for piece in found if piece not in kept]
-        if kept:
-            sketches, approximate = _feed_rollups(connection, builder, kept)
+    if kept:
+        sketches, approximate = _feed_rollups(connection, builder, kept)
     since_text, until_text = window.since_iso, window.until_iso
     # Folded records to read again: the expired pieces; the whole window
     # when nothing of it is in the rollups.

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from ..query import iso_text
-from ..rollups import UNITS, Piece, Unit, bucket_start, feed, pieces, visitor_hash
-from ..summary import SummaryBuilder, bucket_unit
+from ..rollups import UNITS, Piece, Unit, bucket_start, feed, plan_window, visitor_hash
+from ..summary import SummaryBuilder
 from ._redisentries import lowest_id
 from ._redisrollups import SEPARATOR, seconds_of, text_of
 from ._rollupparts import KEPT_UNITS, OTHER, feed_histograms
@@ -69,23 +69,11 @@ def summarize(
                 if raw is None or span is None:
                     return None
                 position = bytes(raw)  # type: ignore[arg-type]
-                unit = bucket_unit(query.since or span[0], query.until or span[1])
-                if unit == "minute":
-                    # Minutes are not kept (see KEPT_UNITS): the entries are read.
+                plan = plan_window(query.since, query.until, *span, rollups.retention)
+                if plan is None:
+                    # Counted per minute: the entries are read.
                     return None
-                since = None if query.since is None else bucket_start(query.since, "hour")
-                until = None if query.until is None else _ceil_hour(query.until)
-                start = since or bucket_start(span[0], "hour")
-                end = until or bucket_start(span[1], "hour") + _HOUR
-                found = pieces(start, end, unit) if start < end else []
-                now = datetime.now(_UTC)
-                kept = [
-                    piece
-                    for piece in found
-                    if (cutoff := rollups.retention.cutoff(piece.unit, now)) is None
-                    or piece.start >= cutoff
-                ]
-                expired = [piece for piece in found if piece not in kept]
+                since, until, found, kept, expired = plan
                 buckets = _starts(rollups, kept)
                 pipe.multi()
                 day_keys = _queue_reads(rollups, pipe, buckets)

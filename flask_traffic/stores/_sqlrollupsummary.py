@@ -18,10 +18,10 @@ from ..rollups import (
     bucket_start,
     count_visitors,
     feed,
-    pieces,
+    plan_window,
     visitor_hash,
 )
-from ..summary import SummaryBuilder, bucket_unit
+from ..summary import SummaryBuilder
 from ._rollupparts import OTHER, feed_histograms
 from ._rollupparts import rollup_source as _source
 from ._sqltable import TableIO
@@ -62,56 +62,21 @@ def summarize(
                 sa.func.min(rollups.buckets.c.first_us), sa.func.max(rollups.buckets.c.last_us)
             ).where(rollups.buckets.c.unit == "day")
         ).one()
-        oldest = _moment(first)
-        unit = bucket_unit(since or oldest, until or _moment(last))
-        if unit == "minute":
-            # Minutes are not kept (see KEPT_UNITS): the database counts.
+        plan = plan_window(since, until, _moment(first), _moment(last), rollups.retention)
+        if plan is None:
+            # Counted per minute: the database counts the records.
             return None
-        # Counted per hour or day: the window's edges are rounded out to
-        # whole hours, which the rollups hold, so no record is read for
-        # them (the result says so).
-        if since is not None:
-            since = builder.since = bucket_start(since, "hour")
-        if until is not None:
-            rounded = bucket_start(until, "hour")
-            until = builder.until = rounded if rounded == until else rounded + _HOUR
-        start = (
-            _ceil_minute(since)
-            if since is not None
-            else None
-            if oldest is None
-            else bucket_start(oldest, "hour")
-        )
-        end = bucket_start(until, "minute") if until is not None else _moment(last, _HOUR)
-        found: list[Piece] = []
-        expired: list[Piece] = []
+        since, until, found, kept, expired = plan
+        builder.since, builder.until = since or builder.since, until or builder.until
         sketches: list[tuple[Unit, datetime, bytes]] = []
         approximate: set[str] = set()
-        if start is not None and end is not None and start < end:
-            # The summary's bucket size, from the window or the data's span.
-            found = pieces(start, end, unit)
-            # Buckets past their size's retention are gone: those
-            # pieces are counted from the raw rows, where there are any.
-            now = datetime.now(_UTC)
-            kept = [
-                piece
-                for piece in found
-                if (cutoff := rollups.retention.cutoff(piece.unit, now)) is None
-                or piece.start >= cutoff
-            ]
-            expired = [piece for piece in found if piece not in kept]
-            if kept:
-                sketches, approximate = _feed_rollups(rollups, connection, builder, kept)
-        # No whole minute in the window (or nothing folded near it): all
-        # its rows are read.
+        if kept:
+            sketches, approximate = _feed_rollups(rollups, connection, builder, kept)
+        # Nothing of the window folded: all its rows are read.
         raw: list[sa.ColumnElement[bool]] = []
         if found:
-            # Folded rows outside the whole minutes: the window's edges.
+            # Folded rows to read again: the pieces past retention.
             edges = [sa.and_(date >= piece.start, date < piece.end) for piece in expired]
-            if since is not None:
-                edges.append(date < found[0].start)
-            if until is not None:
-                edges.append(date >= found[-1].end)
             raw = [sa.or_(row_id > position, *edges)]
         if since is not None:
             raw.append(date >= since)
