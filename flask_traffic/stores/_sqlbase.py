@@ -18,14 +18,13 @@ from ..query import Query
 from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
-from .base import Store
+from .base import RollupKeeper, Store
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
     from flask import Flask
     from sqlalchemy import Connection, Engine
 
-    from .._maintenance import MaintenanceFunction
     from ._sqlrollups import SQLRollups
     from ._sqltable import TableIO
 
@@ -284,35 +283,8 @@ class SQLTableStore(Store):
     def keeps_rollups(self) -> bool:
         return self.rollups
 
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
-        """Fold the rows written since the last fold into the rollups (the
-        worker does it at every retention interval); return how many."""
-        rollups = self._rollup_tables()
-        return 0 if rollups is None else rollups.fold(progress)
-
-    def rebuild_rollups(
-        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
-    ) -> int:
-        rollups = self._rollup_tables()
-        if rollups is None:
-            return super().rebuild_rollups(since, progress)
-        self.flush(10.0)
-        return rollups.rebuild(since, progress)
-
-    def _maintenance(self) -> MaintenanceFunction | None:
-        if not self.rollups:
-            return super()._maintenance()
-        return self._maintain
-
-    def _retain_now(self) -> int:
-        # Rows are folded before retention may remove them.
-        rollups = self._rollup_tables()
-        if rollups is not None:
-            rollups.fold()
-            rollups.retain()
-        if self.max_age is None and self.max_records is None:
-            return 0
-        return super()._retain_now()
+    def _rollup_keeper(self) -> RollupKeeper | None:
+        return self._rollup_tables()
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Delete rows older than ``cutoff`` and all but the newest

@@ -31,7 +31,7 @@ from ..summary import SummaryBuilder
 if t.TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["ProcessorOptions", "Sink", "Store", "warn_if_outside_instance_folder"]
+__all__ = ["ProcessorOptions", "RollupKeeper", "Sink", "Store", "warn_if_outside_instance_folder"]
 
 logger = logging.getLogger("flask_traffic")
 
@@ -294,6 +294,19 @@ class Sink(abc.ABC):
         return self.processor.stats()
 
 
+class RollupKeeper(t.Protocol):
+    """What a store's rollups do for it (:meth:`Store.fold`,
+    :meth:`Store.rebuild_rollups`, its worker's retention pass)."""
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int: ...
+
+    def rebuild(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int: ...
+
+    def retain(self, now: datetime | None = None) -> int: ...
+
+
 class Store(Sink):
     """A sink that can be read back: every store shipped with flask-traffic.
 
@@ -343,7 +356,7 @@ class Store(Sink):
         return type(self).retain is not Store.retain
 
     def _maintenance(self) -> MaintenanceFunction | None:
-        if self.max_age is None and self.max_records is None:
+        if self.max_age is None and self.max_records is None and not self.keeps_rollups:
             return None
         return self._maintain
 
@@ -464,7 +477,8 @@ class Store(Sink):
 
         .. versionadded:: 1.0
         """
-        return 0
+        keeper = self._rollup_keeper()
+        return 0 if keeper is None else keeper.fold(progress)
 
     def rebuild_rollups(
         self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
@@ -476,7 +490,16 @@ class Store(Sink):
 
         .. versionadded:: 1.0
         """
-        raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
+        keeper = self._rollup_keeper()
+        if keeper is None:
+            raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
+        self.flush(_READ_FLUSH_TIMEOUT)
+        return keeper.rebuild(since, progress)
+
+    def _rollup_keeper(self) -> RollupKeeper | None:
+        """The store's rollups, ready to fold; ``None`` when it keeps none.
+        Stores that keep rollups return theirs."""
+        return None
 
     def prune(self) -> int:
         """Apply ``max_age`` and ``max_records`` now (``flask traffic prune``).
@@ -494,6 +517,13 @@ class Store(Sink):
             return self._retain_now()
 
     def _retain_now(self) -> int:
+        # Records are folded before retention may remove them.
+        keeper = self._rollup_keeper() if self.keeps_rollups else None
+        if keeper is not None:
+            keeper.fold()
+            keeper.retain()
+        if self.max_age is None and self.max_records is None:
+            return 0
         cutoff = None if self.max_age is None else datetime.now(_UTC) - self.max_age
         removed = self.retain(cutoff, self.max_records)
         if removed:

@@ -31,12 +31,11 @@ from ._framing import (
     split_records,
 )
 from ._rotation import BlockDecoder, FileSet
-from .base import Store, warn_if_outside_instance_folder
+from .base import RollupKeeper, Store, warn_if_outside_instance_folder
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .._maintenance import MaintenanceFunction
     from ._filerollups import FileRollups
 
 __all__ = ["LATE_WRITE_SLACK", "FileStore"]
@@ -468,30 +467,5 @@ class FileStore(Store):
     def keeps_rollups(self) -> bool:
         return self.rollups
 
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
-        """Fold the records written since the last fold into the rollups (the
-        worker does it at every retention interval); return how many."""
-        rollups = self._rollup_files()
-        return 0 if rollups is None else rollups.fold(progress)
-
-    def rebuild_rollups(
-        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
-    ) -> int:
-        rollups = self._rollup_files()
-        if rollups is None:
-            return super().rebuild_rollups(since, progress)
-        self.flush(10.0)
-        return rollups.rebuild(since, progress)
-
-    def _maintenance(self) -> MaintenanceFunction | None:
-        return self._maintain if self.rollups else super()._maintenance()
-
-    def _retain_now(self) -> int:
-        # Records are folded before retention may delete their file.
-        rollups = self._rollup_files()
-        if rollups is not None:
-            rollups.fold()
-            rollups.retain()
-        if self.max_age is None and self.max_records is None:
-            return 0
-        return super()._retain_now()
+    def _rollup_keeper(self) -> RollupKeeper | None:
+        return self._rollup_files()
