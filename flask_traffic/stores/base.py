@@ -31,7 +31,15 @@ from ..summary import SummaryBuilder
 if t.TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["ProcessorOptions", "RollupKeeper", "Sink", "Store", "warn_if_outside_instance_folder"]
+__all__ = [
+    "ProcessorOptions",
+    "RollupKeeper",
+    "Sink",
+    "Store",
+    "warn_if_outside_instance_folder",
+]
+
+from ._rollupstore import KeepsRollups, RollupKeeper
 
 logger = logging.getLogger("flask_traffic")
 
@@ -294,20 +302,7 @@ class Sink(abc.ABC):
         return self.processor.stats()
 
 
-class RollupKeeper(t.Protocol):
-    """What a store's rollups do for it (:meth:`Store.fold`,
-    :meth:`Store.rebuild_rollups`, its worker's retention pass)."""
-
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int: ...
-
-    def rebuild(
-        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
-    ) -> int: ...
-
-    def retain(self, now: datetime | None = None) -> int: ...
-
-
-class Store(Sink):
+class Store(KeepsRollups, Sink):
     """A sink that can be read back: every store shipped with flask-traffic.
 
     Besides :meth:`~Sink.export`, a store implements :meth:`scan` (the rows a
@@ -458,48 +453,6 @@ class Store(Sink):
         record inside the limits.
         """
         raise NotImplementedError
-
-    @property
-    def keeps_rollups(self) -> bool:
-        """Whether this store keeps rollups (:mod:`flask_traffic.rollups`),
-        which its ``summary()`` answers from.
-
-        .. versionadded:: 1.0
-        """
-        return False
-
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
-        """Fold the records written since the last fold into the rollups now,
-        rather than at the worker's next retention pass, and go on with a
-        rebuild left unfinished; return how many records were folded.
-
-        :param progress: called with the count of each step.
-
-        .. versionadded:: 1.0
-        """
-        keeper = self._rollup_keeper()
-        return 0 if keeper is None else keeper.fold(progress)
-
-    def rebuild_rollups(
-        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
-    ) -> int:
-        """Build the rollups again from the stored records, from the UTC day
-        of ``since`` on (all of them without it); return how many records.
-        Safe while the app writes; an interrupted rebuild goes on at the next
-        :meth:`fold`.
-
-        .. versionadded:: 1.0
-        """
-        keeper = self._rollup_keeper()
-        if keeper is None:
-            raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
-        self.flush(_READ_FLUSH_TIMEOUT)
-        return keeper.rebuild(since, progress)
-
-    def _rollup_keeper(self) -> RollupKeeper | None:
-        """The store's rollups, ready to fold; ``None`` when it keeps none.
-        Stores that keep rollups return theirs."""
-        return None
 
     def prune(self) -> int:
         """Apply ``max_age`` and ``max_records`` now (``flask traffic prune``).

@@ -1,0 +1,82 @@
+"""What every store has of rollups (:mod:`flask_traffic.rollups`): the
+:class:`KeepsRollups` part of :class:`~flask_traffic.stores.Store`, and the
+:class:`RollupKeeper` a store that keeps them hands it."""
+
+from __future__ import annotations
+
+import typing as t
+from datetime import datetime
+
+__all__ = ["KeepsRollups", "RollupKeeper"]
+
+# Seconds a rebuild waits for the queue to be written first.
+_FLUSH_TIMEOUT = 10.0
+
+
+class RollupKeeper(t.Protocol):
+    """What a store's rollups do for it (:meth:`Store.fold`,
+    :meth:`Store.rebuild_rollups`, its worker's retention pass)."""
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int: ...
+
+    def rebuild(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int: ...
+
+    def retain(self, now: datetime | None = None) -> int: ...
+
+
+class KeepsRollups:
+    """The rollup methods of a store; by default it keeps none.
+
+    A store that keeps rollups overrides :attr:`keeps_rollups` and
+    :meth:`_rollup_keeper`.
+    """
+
+    name: str
+
+    if t.TYPE_CHECKING:
+        # Sink's, which comes after this class in a store's bases.
+        def flush(self, timeout: float | None = 10.0) -> bool: ...
+
+    @property
+    def keeps_rollups(self) -> bool:
+        """Whether this store keeps rollups (:mod:`flask_traffic.rollups`),
+        which its ``summary()`` answers from.
+
+        .. versionadded:: 1.0
+        """
+        return False
+
+    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+        """Fold the records written since the last fold into the rollups now,
+        rather than at the worker's next retention pass, and go on with a
+        rebuild left unfinished; return how many records were folded.
+
+        :param progress: called with the count of each step.
+
+        .. versionadded:: 1.0
+        """
+        keeper = self._rollup_keeper()
+        return 0 if keeper is None else keeper.fold(progress)
+
+    def rebuild_rollups(
+        self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        """Build the rollups again from the stored records, from the UTC day
+        of ``since`` on (all of them without it); return how many records.
+        Safe while the app writes; an interrupted rebuild goes on at the next
+        :meth:`fold`.
+
+        .. versionadded:: 1.0
+        """
+        keeper = self._rollup_keeper()
+        if keeper is None:
+            raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
+        self.flush(_FLUSH_TIMEOUT)
+        return keeper.rebuild(since, progress)
+
+    def _rollup_keeper(self) -> RollupKeeper | None:
+        """The store's rollups, ready to fold; ``None`` when it keeps none.
+        Stores that keep rollups return theirs."""
+        return None
