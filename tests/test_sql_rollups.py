@@ -276,3 +276,24 @@ def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
             )
         ).all()
     assert sorted(kept) == [("day", 200), ("hour", 200)]
+
+
+def test_rollups_outlive_the_records_max_age_removes(tmp_path: Path) -> None:
+    """Raw requests kept a day, their hours and days for longer: a summary
+    of last week still counts them, from the rollups."""
+    app = make_app(tmp_path)
+    rolled = SQLStore(sync=True, rollups=True, max_age=timedelta(days=1))
+    Traffic(app, stores=rolled)
+    made = records(600)  # three days, ending days before now
+    rolled.export(made)
+    assert rolled.prune() == 600  # folded first, then removed
+    assert rolled.read(10) == []
+    window = (START, START + timedelta(days=3))
+    got = rolled.summary(*window)
+    assert got["source"]["source"] == "rollups"
+    assert got["total"] == 600
+    assert got["requests_per_bucket"][0]["start"] == "2026-11-27T00:00:00+00:00"
+    # A window counted per minute reads the records, which are gone.
+    short = rolled.summary(START, START + timedelta(hours=1))
+    assert short["source"] == {"source": "records"}
+    assert short["total"] == 0

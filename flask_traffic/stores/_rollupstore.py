@@ -7,6 +7,10 @@ from __future__ import annotations
 import typing as t
 from datetime import datetime
 
+if t.TYPE_CHECKING:
+    from ..query import Query
+    from ..summary import SummaryBuilder
+
 __all__ = ["KeepsRollups", "RollupKeeper"]
 
 # Seconds a rebuild waits for the queue to be written first.
@@ -36,8 +40,17 @@ class KeepsRollups:
     name: str
 
     if t.TYPE_CHECKING:
-        # Sink's, which comes after this class in a store's bases.
+        # Sink's and Store's, which come after this class in a store's bases.
         def flush(self, timeout: float | None = 10.0) -> bool: ...
+
+        def within_max_age(self, query: Query) -> Query: ...
+
+    def summarize_records(self, query: Query, builder: SummaryBuilder) -> Query:
+        """Where a store that keeps rollups counts the records instead: the
+        query and the builder's window cut to ``max_age``, as without them."""
+        query = self.within_max_age(query)
+        builder.since = query.since
+        return query
 
     @property
     def keeps_rollups(self) -> bool:

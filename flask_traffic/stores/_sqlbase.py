@@ -247,6 +247,7 @@ class SQLTableStore(Store):
             builder.source = rollups.summarize(query, builder)
             if builder.source is not None:
                 return
+            query = self.summarize_records(query, builder)
         engine, io = self._ready()
         # The databases that count differently, by SQLAlchemy's dialect name.
         kinds = {"sqlite": SQLiteSummarySQL, "mysql": MySQLSummarySQL, "mariadb": MySQLSummarySQL}

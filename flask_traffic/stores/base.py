@@ -386,7 +386,10 @@ class Store(KeepsRollups, Sink):
         records retention has not removed yet are not given either. This is
         the one place that rule is applied.
         """
-        query = Query.make(self.fields, limit, since, until, where)
+        return self.within_max_age(Query.make(self.fields, limit, since, until, where))
+
+    def within_max_age(self, query: Query) -> Query:
+        """``query``, its window starting no earlier than ``max_age`` ago."""
         if self.max_age is not None and "request_date" in self.fields:
             floor = datetime.now(_UTC) - self.max_age
             if query.since is None or query.since < floor:
@@ -430,7 +433,13 @@ class Store(KeepsRollups, Sink):
 
         Flushes the store's queue first, like :meth:`read`.
         """
-        query = self.query(None, since=since, until=until)
+        if self.keeps_rollups:
+            # Rollups outlive the records (a week of requests, a year of
+            # hours): the window is cut to max_age only where the records
+            # are counted (see summarize_records).
+            query = Query.make(self.fields, None, since, until, None)
+        else:
+            query = self.query(None, since=since, until=until)
         self.flush(_READ_FLUSH_TIMEOUT)
         builder = SummaryBuilder(query.since, query.until, self.fields)
         self.summarize(query, builder)

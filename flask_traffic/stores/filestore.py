@@ -301,6 +301,7 @@ class FileStore(Store):
             builder.source = rollups.summarize(query, builder)
             if builder.source is not None:
                 return
+            query = self.summarize_records(query, builder)
         tally = ColumnTally(self.fields, builder, query.since_iso, query.until_iso)
         for rows in self._row_blocks(query, oldest_first=False, stored=True):
             tally.add(rows)

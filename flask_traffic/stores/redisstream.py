@@ -306,6 +306,7 @@ class RedisStore(Store):
             builder.source = self.rollups.summarize(query, builder)
             if builder.source is not None:
                 return
+            query = self.summarize_records(query, builder)
         super().summarize(query, builder)
 
     def _check_minid(self, redis_module: t.Any) -> None:
