@@ -191,7 +191,8 @@ def site_secret(app: Flask | None, location: str) -> bytes:
 class WindowPlan(t.NamedTuple):
     """How a window counted per hour or day is read (:func:`plan_window`)."""
 
-    #: The window's edges rounded out to whole hours (``None`` stays ``None``).
+    #: The window's edges rounded out to whole hours, or days for a summary
+    #: counted per day (``None`` stays ``None``).
     since: datetime | None
     until: datetime | None
     #: The pieces that cover it, from the first to the last folded hour
@@ -214,13 +215,16 @@ def plan_window(
     """The plan of a summary from rollups, given the first and last folded
     request: ``None`` when the window is counted per minute (up to 2 hours,
     which no store keeps: its records are counted); else its edges rounded
-    out to whole hours, which the rollups hold, so that no record is read
-    for them (the result says so), and its pieces."""
+    out to whole hours or days, as the summary counts it, which the rollups
+    hold, so that no record is read for them (the result says so), and its
+    pieces."""
     unit = bucket_unit(since or first, until or last)
     if unit == "minute":
         return None
-    since = None if since is None else bucket_start(since, "hour")
-    until = None if until is None else _ceil(until, "hour")
+    # Rounded to the summary's own bucket size: a month counted per day is
+    # 30 day buckets, not 29 and 46 hours at its ends.
+    since = None if since is None else bucket_start(since, unit)
+    until = None if until is None else _ceil(until, unit)
     start = since or (None if first is None else bucket_start(first, "hour"))
     end = until or (None if last is None else bucket_start(last, "hour") + _LENGTH["hour"])
     found = []

@@ -114,8 +114,11 @@ def same(
             assert edge is None
         else:
             assert edge is not None
-            assert abs(asked - edge) < timedelta(hours=1)
+            # Rounded out to the summary's bucket: an hour, or a day.
+            step = timedelta(days=1) if got["bucket"] == "day" else timedelta(hours=1)
+            assert abs(asked - edge) < step
             assert (edge.minute, edge.second, edge.microsecond) == (0, 0, 0)
+            assert got["bucket"] != "day" or edge.hour == 0
     assert counted[0] is None or since is None or counted[0] <= since
     assert counted[1] is None or until is None or until <= counted[1]
     want = raw.summary(*counted)

@@ -188,13 +188,16 @@ def test_rollup_summary_equals_the_raw_summary_of_its_window(
         assert counted[0] is not None
         assert counted[1] is not None
         assert counted[0] <= since < until <= counted[1]
-        assert since - counted[0] < HOUR > counted[1] - until
+        # Rounded out to the summary's bucket: an hour, or a day.
+        step = DAY if rolled["bucket"] == "day" else HOUR
+        assert since - counted[0] < step > counted[1] - until
         assert counted[0].minute == counted[1].minute == 0
+        assert rolled["bucket"] != "day" or counted[0].hour == counted[1].hour == 0
         assert rolled["since"] == source["since"]
         assert rolled["until"] == source["until"]
-        # The finest piece read: hours (at the edges, or all of a window up to
-        # 3 days, counted per hour); nothing folded in an empty window.
-        assert source["granularity"] == (None if window == "empty" else "hour")
+        # The finest piece read: the summary's own bucket (hours up to 3
+        # days, days beyond); nothing folded in an empty window.
+        assert source["granularity"] == (None if window == "empty" else rolled["bucket"])
     assert_same(rolled, raw)
 
 
