@@ -290,7 +290,9 @@ def test_the_live_refresh_picks_up_a_new_request(visit: Visit, served: Served) -
         f"() => document.querySelector('[data-figure=total]').dataset.value === '{total + 1}'",
         timeout=20,
     )
-    assert page.locator("#records tbody tr.record td.path").first.inner_text() == "/item/99"
+    # Newest first; a request of the page itself may have come after it.
+    newest = page.locator("#records tbody tr.record td.path").all_inner_texts()[:3]
+    assert "/item/99" in newest
 
 
 def test_export_of_the_current_view(visit: Visit, served: Served, tmp_path: Path) -> None:
