@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 import typing as t
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -149,7 +150,7 @@ class FileRollups:
         try:
             if not self._made:
                 # WAL: summaries read while a fold writes.
-                connection.execute("PRAGMA journal_mode=WAL")
+                _use_wal(connection)
                 with self.transaction(connection):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
@@ -434,3 +435,20 @@ def open_files(rows: list[FileRow], snaps: list[Snapshot]) -> dict[int, Snapshot
             if row is not None:
                 found[row[0]] = snap
     return found
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the sidecar in WAL mode, once for good. Switching waits for no
+    busy timeout: when another process opens a new sidecar at the same
+    moment, it is tried again until the connection's timeout."""
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
