@@ -4,6 +4,7 @@ the raw summary counts, on SQLite, PostgreSQL and MariaDB."""
 from __future__ import annotations
 
 import random
+import time
 import typing as t
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -300,3 +301,44 @@ def test_rollups_outlive_the_records_max_age_removes(tmp_path: Path) -> None:
     short = rolled.summary(START, START + timedelta(hours=1))
     assert short["source"] == {"source": "records"}
     assert short["total"] == 0
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_fold_goes_on_chunk_after_chunk_up_to_the_settled_ids(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ids may commit out of order, a fold takes the ids seen a while
+    before, all of them, however many chunks that is."""
+    from flask_traffic.stores import _sqlrollups
+
+    monkeypatch.setattr(_sqlrollups, "FOLD_CHUNK", 400)
+    name = unique_name()
+    fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
+    store = SQLStore(
+        sync=True,
+        rollups=True,
+        database_table_name=name,
+        database_url=request.getfixturevalue(fixture),
+    )
+    Traffic(make_app(tmp_path), stores=store)
+    try:
+        rollups = store._rollup_tables()
+        assert rollups is not None
+        rollups.settle = 0.3
+        store.export(records(2500))
+        assert store.fold() == 0  # notes the newest id
+        time.sleep(0.4)
+        assert store.fold() == 2500
+        store.export(records(100))
+        time.sleep(0.4)
+        assert store.fold() == 0  # the ids up to the last note are folded; notes anew
+        time.sleep(0.4)
+        assert store.fold() == 100
+    finally:
+        import sqlalchemy as sa
+
+        engine = store.database_engine
+        assert engine is not None
+        with engine.begin() as connection:
+            for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
+                connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

@@ -304,7 +304,9 @@ class SQLRollups:
         now = time.time()
         settled = candidate_at is not None and now - float(candidate_at) >= self.settle
         limit = int(candidate) if settled and candidate is not None else int(position)
-        if candidate is None or settled:
+        # A new candidate once the settled one is folded, not before: the
+        # fold goes on up to it, chunk after chunk.
+        if candidate is None or (settled and int(position) >= int(candidate)):
             connection.execute(
                 state.update()
                 .where(state.c.name == _STATE)
