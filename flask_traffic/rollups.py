@@ -54,8 +54,10 @@ __all__ = [
     "bucket_start",
     "count_visitors",
     "feed",
+    "from_microseconds",
     "pieces",
     "plan_window",
+    "rollup_settings",
     "site_secret",
     "visitor_hash",
 ]
@@ -125,6 +127,20 @@ class RollupRetention:
 
 #: What stores keep when given no ``rollup_retention``.
 DEFAULT_RETENTION = RollupRetention()
+
+
+def rollup_settings(
+    asked: bool, retention: RollupRetention | None, fields: Iterable[str]
+) -> tuple[bool, RollupRetention]:
+    """A store's ``rollups=`` and ``rollup_retention=``, checked: whether it
+    keeps rollups (asked, and its policy keeps every field they count), and
+    how long (:data:`DEFAULT_RETENTION` for ``None``)."""
+    if retention is not None and not isinstance(retention, RollupRetention):
+        raise TypeError(
+            f"rollup_retention must be a flask_traffic.rollups.RollupRetention, "
+            f"not {type(retention).__name__}."
+        )
+    return bool(asked) and set(fields) >= ROLLUP_FIELDS, retention or DEFAULT_RETENTION
 
 
 def bucket_start(moment: datetime, unit: Unit) -> datetime:
@@ -468,7 +484,19 @@ def feed(
 
 
 def _iso(microseconds: int) -> str:
-    return iso_text(_EPOCH + timedelta(microseconds=microseconds))
+    return iso_text(from_microseconds(microseconds))
+
+
+@t.overload
+def from_microseconds(microseconds: int) -> datetime: ...
+@t.overload
+def from_microseconds(microseconds: None) -> None: ...
+def from_microseconds(microseconds: int | None) -> datetime | None:
+    """The aware UTC datetime of ``microseconds`` since the epoch (a bucket's
+    ``first``/``last`` as stored)."""
+    if microseconds is None:
+        return None
+    return _EPOCH + timedelta(microseconds=int(microseconds))
 
 
 def count_visitors(

@@ -10,29 +10,24 @@ import dataclasses
 import math
 import sqlite3
 import typing as t
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from ..query import Query, iso_text
 from ..rollups import (
-    UNITS,
     Piece,
     Unit,
-    bucket_start,
-    count_visitors,
     feed,
+    from_microseconds,
     plan_window,
-    visitor_hash,
 )
 from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
-from ._rollupparts import OTHER, feed_histograms
-from ._rollupparts import rollup_source as _source
+from ._rollupparts import OTHER, add_records, feed_histograms
 
 __all__ = ["summarize"]
 
 _UTC = timezone.utc
-_HOUR = timedelta(hours=1)
 #: A span of dates as stored text, either end open (``None``).
 _Range = tuple[str | None, str | None]
 
@@ -67,7 +62,9 @@ def _summarize(
     first, last = connection.execute(
         "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
     ).fetchone()
-    plan = plan_window(since, until, _moment(first), _moment(last), rollups.retention)
+    plan = plan_window(
+        since, until, from_microseconds(first), from_microseconds(last), rollups.retention
+    )
     if plan is None:
         # Counted per minute: the records are counted.
         return None
@@ -85,29 +82,17 @@ def _summarize(
     if not found:
         edges.append((since_text, until_text))
     rows = _raw_rows(rollups, connection, window, edges)
-    builder.add_rows(rows)
-    if not sketches:
-        # Nothing folded in the window: the raw records' visitors, exactly.
-        return _source(None, len(rows), since, until, approximate)
-    # The raw records' visitors join their days' sketches: a visitor seen
-    # in both is counted once.
-    secret = rollups.secret
-    extra = [
-        (
-            datetime.fromisoformat(row["request_date"]),
-            visitor_hash(
-                secret,
-                row["request_date"],
-                row.get("request_remote_address"),
-                row.get("request_user_agent"),
-            ),
-        )
-        for row in rows
-        if row.get("request_date") is not None
-    ]
-    builder.visitor_count = round(count_visitors(sketches, extra))
-    finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-    return _source(UNITS[finest], len(rows), since, until, approximate)
+    return add_records(
+        builder,
+        rows,
+        found,
+        sketches,
+        approximate,
+        rollups.secret,
+        since,
+        until,
+        packed=False,
+    )
 
 
 def _raw_rows(
@@ -222,12 +207,3 @@ def _feed_rollups(
 
 def _piece_values(piece: Piece) -> tuple[str, str, str]:
     return (piece.unit, piece.start.isoformat(), piece.end.isoformat())
-
-
-def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
-    """The aware datetime of ``microseconds`` since the epoch; with ``after``
-    (an hour), the end of the hour it falls in."""
-    if microseconds is None:
-        return None
-    moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
-    return moment if after is None else bucket_start(moment, "hour") + after

@@ -30,7 +30,6 @@ __all__ = ["summarize"]
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_HOUR = timedelta(hours=1)
 #: Entries per ``XRANGE`` of the entries a summary reads.
 _TAIL_CHUNK = 2000
 
@@ -95,11 +94,6 @@ def summarize(
     _count_visitors(rollups, builder, rows, day_keys, day_counts)
     finest = min(UNITS.index(piece.unit) for piece in found)
     return _source(UNITS[finest], len(rows), since, until, approximate)
-
-
-def _ceil_hour(moment: datetime) -> datetime:
-    start = bucket_start(moment, "hour")
-    return start if start == moment else start + _HOUR
 
 
 def _folded_span(rollups: RedisRollups) -> tuple[datetime, datetime] | None:

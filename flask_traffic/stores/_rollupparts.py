@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from ..query import iso_text
-from ..rollups import Unit
+from ..rollups import UNITS, Piece, Unit, count_visitors, visitor_hash
 from ..summary import SummaryBuilder
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "LENGTH",
     "OTHER",
     "TOP_KEPT",
+    "add_records",
     "feed_histograms",
     "is_over",
     "merge_histograms",
@@ -129,3 +130,45 @@ def rollup_source(
         "until": None if until is None else iso_text(until),
         "approximate": sorted(approximate),
     }
+
+
+def add_records(
+    builder: SummaryBuilder,
+    rows: list[dict[str, t.Any]],
+    found: list[Piece],
+    sketches: list[tuple[Unit, datetime, bytes]],
+    approximate: set[str],
+    secret: bytes,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    packed: bool,
+) -> dict[str, t.Any]:
+    """Feed ``builder`` the records a rollup summary read besides the sums
+    (``rows``), count the window's visitors, and say where it all came from.
+
+    With no sketch in the window, the records' visitors are counted exactly;
+    otherwise each record's visitor joins its day's sketch, so a visitor
+    seen in both is counted once.
+
+    :param packed: the sketches are as :meth:`~flask_traffic.rollups.HyperLogLog.packed` gives them.
+    """
+    builder.add_rows(rows)
+    if not sketches:
+        return rollup_source(None, len(rows), since, until, approximate)
+    extra = [
+        (
+            datetime.fromisoformat(row["request_date"]),
+            visitor_hash(
+                secret,
+                row["request_date"],
+                row.get("request_remote_address"),
+                row.get("request_user_agent"),
+            ),
+        )
+        for row in rows
+        if row.get("request_date") is not None
+    ]
+    builder.visitor_count = round(count_visitors(sketches, extra, packed=packed))
+    finest = min((UNITS.index(piece.unit) for piece in found), default=0)
+    return rollup_source(UNITS[finest], len(rows), since, until, approximate)

@@ -16,7 +16,7 @@ from .._health import describe_error
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord
-from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
+from ..rollups import ROLLUP_FIELDS, RollupRetention, rollup_settings, site_secret
 from ..summary import SummaryBuilder
 from .base import RollupKeeper, Store
 
@@ -75,14 +75,10 @@ class SQLTableStore(Store):
         super().__init__(
             log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records, spool=spool
         )
-        if rollup_retention is not None and not isinstance(rollup_retention, RollupRetention):
-            raise TypeError(
-                f"rollup_retention must be a flask_traffic.rollups.RollupRetention, "
-                f"not {type(rollup_retention).__name__}."
-            )
         #: Whether this store keeps rollups (it needs every field they count).
-        self.rollups = bool(rollups) and set(self.log_policy.enabled_fields) >= ROLLUP_FIELDS
-        self.rollup_retention = rollup_retention or DEFAULT_RETENTION
+        self.rollups, self.rollup_retention = rollup_settings(
+            rollups, rollup_retention, self.log_policy.enabled_fields
+        )
         self._rollup_state: SQLRollups | None = None
         self._visitor_secret = b""
         self._engine = None

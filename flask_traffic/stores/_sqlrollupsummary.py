@@ -6,24 +6,20 @@ from __future__ import annotations
 import math
 import typing as t
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
 from ..query import Query
 from ..rollups import (
-    UNITS,
     Piece,
     Unit,
-    bucket_start,
-    count_visitors,
     feed,
+    from_microseconds,
     plan_window,
-    visitor_hash,
 )
 from ..summary import SummaryBuilder
-from ._rollupparts import OTHER, feed_histograms
-from ._rollupparts import rollup_source as _source
+from ._rollupparts import OTHER, add_records, feed_histograms
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -34,8 +30,6 @@ if t.TYPE_CHECKING:
 __all__ = ["summarize"]
 
 _UTC = timezone.utc
-_MINUTE = timedelta(minutes=1)
-_HOUR = timedelta(hours=1)
 
 
 def summarize(
@@ -62,7 +56,9 @@ def summarize(
                 sa.func.min(rollups.buckets.c.first_us), sa.func.max(rollups.buckets.c.last_us)
             ).where(rollups.buckets.c.unit == "day")
         ).one()
-        plan = plan_window(since, until, _moment(first), _moment(last), rollups.retention)
+        plan = plan_window(
+            since, until, from_microseconds(first), from_microseconds(last), rollups.retention
+        )
         if plan is None:
             # Counted per minute: the database counts the records.
             return None
@@ -83,29 +79,17 @@ def summarize(
         if until is not None:
             raw.append(date < until)
         rows = io_rows(connection, rollups.io, raw)
-    builder.add_rows(rows)
-    if not sketches:
-        # Nothing folded in the window: the raw rows' visitors, exactly.
-        return _source(None, len(rows), since, until, approximate)
-    # The raw rows' visitors join their days' sketches: a visitor seen
-    # in both is counted once.
-    secret = rollups.secret
-    extra = [
-        (
-            datetime.fromisoformat(row["request_date"]),
-            visitor_hash(
-                secret,
-                row["request_date"],
-                row["request_remote_address"],
-                row["request_user_agent"],
-            ),
-        )
-        for row in rows
-        if row["request_date"] is not None
-    ]
-    builder.visitor_count = round(count_visitors(sketches, extra, packed=True))
-    finest = min((UNITS.index(piece.unit) for piece in found), default=0)
-    return _source(UNITS[finest], len(rows), since, until, approximate)
+    return add_records(
+        builder,
+        rows,
+        found,
+        sketches,
+        approximate,
+        rollups.secret,
+        since,
+        until,
+        packed=True,
+    )
 
 
 def _feed_rollups(
@@ -141,20 +125,9 @@ def _feed_rollups(
             within(buckets, found)
         )
     ).one()
-    # A minute piece counts the visitors of its hours.
-    visitor_pieces = [
-        piece
-        if piece.unit != "minute"
-        else Piece(
-            "hour",
-            bucket_start(piece.start, "hour"),
-            bucket_start(piece.end - _MINUTE, "hour") + timedelta(hours=1),
-        )
-        for piece in found
-    ]
     sketches = connection.execute(
         sa.select(buckets.c.unit, buckets.c.start, buckets.c.visitors).where(
-            within(buckets, visitor_pieces), buckets.c.visitors.is_not(None)
+            within(buckets, found), buckets.c.visitors.is_not(None)
         )
     ).all()
     weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
@@ -189,19 +162,3 @@ def io_rows(
     table = io.table
     statement = sa.select(*(table.c[name] for name in io.written)).where(*conditions)
     return io.convert(connection.execute(statement))
-
-
-def _ceil_minute(moment: datetime) -> datetime:
-    start = bucket_start(moment, "minute")
-    return start if start == moment else start + _MINUTE
-
-
-def _moment(microseconds: int | None, after: timedelta | None = None) -> datetime | None:
-    """The aware datetime of ``microseconds`` since the epoch; with ``after``
-    (a minute or an hour), the end of the minute or hour it falls in."""
-    if microseconds is None:
-        return None
-    moment = datetime(1970, 1, 1, tzinfo=_UTC) + timedelta(microseconds=int(microseconds))
-    if after is None:
-        return moment
-    return bucket_start(moment, "minute" if after == _MINUTE else "hour") + after

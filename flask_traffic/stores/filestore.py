@@ -17,7 +17,7 @@ from .._tally import ColumnTally
 from ..policy import LogPolicy
 from ..query import Query
 from ..record import TrafficRecord, iso_text
-from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
+from ..rollups import ROLLUP_FIELDS, RollupRetention, rollup_settings, site_secret
 from ..summary import SummaryBuilder
 from ._framing import (
     Snapshot,
@@ -125,14 +125,10 @@ class FileStore(Store):
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)
-        if rollup_retention is not None and not isinstance(rollup_retention, RollupRetention):
-            raise TypeError(
-                f"rollup_retention must be a flask_traffic.rollups.RollupRetention, "
-                f"not {type(rollup_retention).__name__}."
-            )
         #: Whether this store keeps rollups (it needs every field they count).
-        self.rollups = bool(rollups) and set(self.log_policy.enabled_fields) >= ROLLUP_FIELDS
-        self.rollup_retention = rollup_retention or DEFAULT_RETENTION
+        self.rollups, self.rollup_retention = rollup_settings(
+            rollups, rollup_retention, self.log_policy.enabled_fields
+        )
         self._rollup_state: FileRollups | None = None
         self._visitor_secret = b""
         if filename is None:

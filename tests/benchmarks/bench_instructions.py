@@ -50,23 +50,26 @@ def child(mode: str, requests: int) -> None:
             store.shutdown()
 
 
-def instructions(mode: str, requests: int) -> int:
+def callgrind_count(script: str, *args: str) -> int:
+    """The instructions ``python script args...`` runs, every thread counted."""
     command = [
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
         # The interpreter itself: a pyenv or venv shim would be measured instead.
         os.path.realpath(sys.executable),
-        __file__,
-        "--child",
-        mode,
-        str(requests),
+        script,
+        *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{result.stderr}")
     return int(found.group(1))
+
+
+def instructions(mode: str, requests: int) -> int:
+    return callgrind_count(__file__, "--child", mode, str(requests))
 
 
 def main(argv: list[str] | None = None) -> int:

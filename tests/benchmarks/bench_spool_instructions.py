@@ -18,16 +18,14 @@ Needs valgrind. A benchmark, not a test: nothing asserts.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench_ingest import MAKERS, ingest, make_records
+from bench_instructions import callgrind_count
 from bench_spool import replay, spill
 
 from flask_traffic._spool import Spool
@@ -51,22 +49,7 @@ def instructions(mode: str, count: int) -> int:
         folder = Path(tmp)
         if mode == "replay":
             spill(folder / "staged", count)
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            os.path.realpath(sys.executable),
-            __file__,
-            "--child",
-            mode,
-            str(count),
-            str(folder),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise SystemExit(f"no instruction count in valgrind's output:\n{result.stderr}")
-    return int(found.group(1))
+        return callgrind_count(__file__, "--child", mode, str(count), str(folder))
 
 
 def main(argv: list[str] | None = None) -> int:
