@@ -420,10 +420,18 @@ class BatchProcessor:
         if replay is None or target is None:
             return self._export
         spool_id = replay.file.id
-        numbers = {id(record): replay.start + i for i, record in enumerate(replay.records)}
+        records = replay.records
+        numbers: dict[int, int] = {}
 
         def replay_part(part: t.Sequence[TrafficRecord]) -> None:
-            target.replay_spooled(list(part), spool_id, numbers[id(part[0])])
+            if part[0] is records[0]:
+                number = replay.start
+            else:
+                # A part of a batch being searched for a poison record.
+                if not numbers:
+                    numbers.update((id(record), i) for i, record in enumerate(records))
+                number = replay.start + numbers[id(part[0])]
+            target.replay_spooled(list(part), spool_id, number)
 
         return replay_part
 

@@ -53,6 +53,8 @@ _SUFFIX = ".spool"
 _MAGIC = b"flask-traffic spool 1\n"
 #: At most one spill line a minute per store; each says how many since.
 _SPILL_REPORT_INTERVAL = 60.0
+# Frames counted at a time when a spool file is taken over.
+_COUNT_CHUNK = 10_000
 
 
 def spool_folder(base: Path, store_name: str) -> Path:
@@ -110,9 +112,11 @@ class SpoolFile:
             os.close(fd)
             return None
         size, records = len(_MAGIC), 0
-        for _, after in read_frames(fd, len(_MAGIC), end, 1 << 62):
-            size = after
-            records += 1
+        while True:
+            frames, size = read_frames(fd, size, end, _COUNT_CHUNK)
+            records += len(frames)
+            if len(frames) < _COUNT_CHUNK:
+                break
         found = cls(path, fd, size, records)
         if size < end:
             logger.warning(
@@ -163,11 +167,7 @@ class SpoolFile:
     def read(self, limit: int, key: str | None = None) -> tuple[list[TrafficRecord], int]:
         """Up to ``limit`` records from the replay offset, and the offset
         after them; rows spilled under policy ``key`` come back ready to write."""
-        payloads = []
-        offset = self.offset
-        for payload, after in read_frames(self.fd, self.offset, self.size, limit):
-            payloads.append(payload)
-            offset = after
+        payloads, offset = read_frames(self.fd, self.offset, self.size, limit)
         if not payloads:
             return [], offset
         return decode_batch(payloads, key), offset
@@ -199,8 +199,10 @@ class Spool:
     Used by the store's worker thread only; ``stats`` reads plain numbers.
 
     :param folder: the store's spool folder.
-    :param max_bytes: the size this process's spool file may reach; records
-        past it are dropped (the caller counts them).
+    :param max_bytes: the size the folder's spool files may reach together
+        (every process's, and those waiting to be replayed); records past it
+        are dropped (the caller counts them). Processes spilling at the same
+        moment may pass it by one spill each.
     :param name: how log lines name the store.
     :param rows: the store's policy values key and ``values`` function: each
         spilled record keeps its row too, and replay writes the rows kept
@@ -292,7 +294,10 @@ class Spool:
             if self._own is None:
                 self._own = SpoolFile.create(self.folder)
                 self._files.append(self._own)
-            written = self._own.append(list(map(self._encode, records)), self.max_bytes)
+            # The bound is the folder's: every process of the site spills
+            # into it, and the disk is shared.
+            room = self.max_bytes - self._others_bytes()
+            written = self._own.append(list(map(self._encode, records)), room)
         except OSError:
             logger.warning(
                 "%s: cannot open a spool file in %s.", self.name, self.folder, exc_info=True
@@ -315,17 +320,29 @@ class Spool:
             self._last_spill_report = moment
         return written
 
+    def _others_bytes(self) -> int:
+        """Bytes of the folder's spool files but this process's own: what
+        other processes spilled and what waits to be replayed."""
+        own = None if self._own is None else self._own.path.name
+        total = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.folder):
+                if entry.name.endswith(_SUFFIX) and entry.name != own:
+                    with contextlib.suppress(OSError):
+                        total += entry.stat().st_size
+        return total
+
     def _encode(self, record: TrafficRecord) -> bytes:
         rows = self._rows
         if rows is None:
             return encode_record(record)
         try:
-            row = (rows[0], rows[1](record))
+            return encode_record(record, (rows[0], rows[1](record)))
         except Exception:
-            # The store's write fails on it too: the dead-letter file will
-            # tell; the spool keeps what makes the record again.
-            row = None
-        return encode_record(record, row)
+            # The store's write fails on it too (the dead-letter file will
+            # tell), or a value marshal does not keep: the spool keeps what
+            # makes the record again.
+            return encode_record(record)
 
     def next_batch(self, limit: int) -> ReplayBatch | None:
         """The oldest records not replayed yet, at most ``limit``."""

@@ -3,10 +3,14 @@ as bytes that survive a torn write (:func:`encode_record`), and back
 (:func:`decode_batch`).
 
 A frame is its payload's length and CRC-32, then the payload: optionally a
-row part (JSON ``[start_time_ns, tag, values]``: the store's policy values
-and a tag of their key, :func:`key_tag`) and a NUL byte, then the record's
-constructor values as JSON (ASCII, so lone surrogates survive; and so no
-NUL byte but the separator).
+row part, then the record's constructor values as JSON (ASCII, so lone
+surrogates survive). The row part is a byte 1, the length of what follows
+(2 bytes) and ``(start_time_ns, tag, values)`` in :mod:`marshal`: the
+store's policy values and a tag of their key (:func:`key_tag`). Marshal,
+not JSON, because replay reads it for every record (a third of the cost)
+and it keeps the values' types as they are; the record's own part stays
+JSON, which every Python reads. Spool files written before this had a JSON
+row part ended by a NUL byte; they are still read.
 Replay writes a row part made under the store's own policy as it is and
 only decodes the rest when something else of the record is read.
 """
@@ -16,11 +20,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import marshal
 import os
 import struct
 import typing as t
 import zlib
-from collections.abc import Iterator
 
 from .record import TrafficRecord
 
@@ -46,8 +50,13 @@ _MAX_FRAME = 64 << 20
 #: ``LogPolicy.values``), so that replay writes them without making the
 #: record again.
 Row = tuple[str, tuple[t.Any, ...]]
-# Ends the frame's row part. JSON in ASCII holds no NUL byte.
+# Opens a frame's row part; a JSON document never starts with it.
+_ROW = 1
+_ROW_LENGTH = struct.Struct("<BH")
+# Ended the JSON row part of older frames. JSON in ASCII holds no NUL byte.
 _ROW_END = b"\x00"
+#: The marshal format of row parts (readable by every Python 3 since 3.4).
+_MARSHAL_VERSION = 4
 
 
 def _dumps(value: t.Any) -> bytes:
@@ -63,18 +72,32 @@ def key_tag(key: str) -> str:
 
 def encode_record(record: TrafficRecord, row: Row | None = None) -> bytes:
     """One frame: its length and CRC, then, when ``row`` is given, the row
-    part (JSON ``[start_time_ns, key, values]`` and a NUL byte), then the
-    record's :meth:`~flask_traffic.TrafficRecord.raw_values` as JSON (ASCII,
-    so lone surrogates survive)."""
+    part (``(start_time_ns, tag, values)`` in marshal, after a byte 1 and
+    its length), then the record's
+    :meth:`~flask_traffic.TrafficRecord.raw_values` as JSON (ASCII, so lone
+    surrogates survive).
+
+    :raises ValueError: the row holds a value marshal does not keep (the
+        caller spills the record without it).
+    """
     payload = _dumps(record.raw_values())
     if row is not None:
-        payload = _dumps((record.start_time_ns, key_tag(row[0]), row[1])) + _ROW_END + payload
+        head = marshal.dumps((record.start_time_ns, key_tag(row[0]), row[1]), _MARSHAL_VERSION)
+        if len(head) > 0xFFFF:
+            raise ValueError("the row is too long for a spool frame's row part")
+        payload = _ROW_LENGTH.pack(_ROW, len(head)) + head + payload
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _raw_part(payload: bytes) -> bytes:
+    if payload[0] == _ROW:
+        return payload[_ROW_LENGTH.size + _ROW_LENGTH.unpack_from(payload)[1] :]
+    return payload.rpartition(_ROW_END)[2]
 
 
 def decode_record(payload: bytes) -> TrafficRecord:
     """The record a frame's payload holds, identical to the one spilled."""
-    return _record(json.loads(payload.rpartition(_ROW_END)[2]))
+    return _record(json.loads(_raw_part(payload)))
 
 
 def _record(values: list[t.Any]) -> TrafficRecord:
@@ -114,59 +137,70 @@ class _SpooledRecord(TrafficRecord):
 def decode_batch(payloads: list[bytes], key: str | None) -> list[TrafficRecord]:
     """The records of a batch of frame payloads: from their row parts where
     the row was made under policy ``key``, else made again in full."""
-    heads, raws = [], []
-    for payload in payloads:
-        head, found, raw = payload.partition(_ROW_END)
-        if found:
-            heads.append(head)
-            raws.append(raw)
-        else:
-            heads.append(b"null")
-            raws.append(head)
-    # One JSON document for the batch: a third of the cost of one each.
-    rows = json.loads(b"[" + b",".join(heads) + b"]")
     records: list[TrafficRecord] = []
     slow: list[tuple[int, bytes]] = []
     tag = None if key is None else key_tag(key)
-    for row, raw in zip(rows, raws, strict=True):
-        if row is not None and key is not None and row[1] == tag:
-            records.append(_SpooledRecord(row[0], key, tuple(row[2]), raw))
+    start = _ROW_LENGTH.size
+    for payload in payloads:
+        if payload[0] != _ROW:
+            # An older frame, with a JSON row part or none: the slow way.
+            slow.append((len(records), payload.rpartition(_ROW_END)[2]))
+            records.append(t.cast(TrafficRecord, None))
+            continue
+        end = start + (payload[1] | payload[2] << 8)
+        try:
+            moment, row_tag, values = marshal.loads(payload[start:end])
+        except (ValueError, EOFError, TypeError):
+            row_tag = None  # a marshal format this Python does not read
+        if row_tag == tag and key is not None:
+            records.append(_SpooledRecord(moment, key, values, payload[end:]))
         else:
-            slow.append((len(records), raw))
+            slow.append((len(records), payload[end:]))
             records.append(t.cast(TrafficRecord, None))
     if slow:
+        # One JSON document for them all: a third of the cost of one each.
         made = json.loads(b"[" + b",".join(raw for _, raw in slow) + b"]")
         for (index, _), values in zip(slow, made, strict=True):
             records[index] = _record(values)
     return records
 
 
-def read_frames(fd: int, offset: int, end: int, limit: int) -> Iterator[tuple[bytes, int]]:
-    """The payloads of up to ``limit`` whole frames from ``offset`` on, with
-    the offset after each; stops at ``end`` or at the first torn frame."""
-    buffer = b""
-    pos = 0  # of the next frame in buffer
-    base = offset  # file offset of buffer[0]
-    count = 0
-    while count < limit:
-        avail = len(buffer) - pos
-        need = HEADER.size
-        if avail >= need:
-            length, crc = HEADER.unpack_from(buffer, pos)
+def read_frames(fd: int, offset: int, end: int, limit: int) -> tuple[list[bytes], int]:
+    """The payloads of up to ``limit`` whole frames from ``offset`` on, and
+    the offset after the last; stops at ``end`` or at the first torn frame."""
+    payloads: list[bytes] = []
+    unpack, header, crc32 = HEADER.unpack_from, HEADER.size, zlib.crc32
+    while len(payloads) < limit and offset < end:
+        # Whole blocks, a frame at least: one read for thousands of frames.
+        buffer = os.pread(fd, min(end - offset, _READ_BLOCK), offset)
+        size = len(buffer)
+        pos = 0
+        while len(payloads) < limit and pos + header <= size:
+            length, crc = unpack(buffer, pos)
             if length == 0 or length > _MAX_FRAME:
-                return
-            need += length
-        if avail < need:
-            buffer, base, pos = buffer[pos:], base + pos, 0
-            want = min(max(need - avail, _READ_BLOCK), end - base - len(buffer))
-            chunk = os.pread(fd, want, base + len(buffer)) if want > 0 else b""
-            if not chunk:
-                return
-            buffer += chunk
-            continue
-        payload = buffer[pos + HEADER.size : pos + need]
-        if zlib.crc32(payload) != crc:
-            return
-        pos += need
-        count += 1
-        yield payload, base + pos
+                return payloads, offset + pos
+            stop = pos + header + length
+            if stop > size:
+                break
+            payload = buffer[pos + header : stop]
+            if crc32(payload) != crc:
+                return payloads, offset + pos
+            payloads.append(payload)
+            pos = stop
+        if pos == 0:
+            # Not one whole frame in the block: a longer frame, or a torn one.
+            if size < _READ_BLOCK or size + offset >= end:
+                return payloads, offset
+            length = unpack(buffer, 0)[0]
+            if length > _MAX_FRAME:
+                return payloads, offset
+            buffer = os.pread(fd, header + length, offset)
+            if len(buffer) < header + length:
+                return payloads, offset
+            payload = buffer[header:]
+            if crc32(payload) != HEADER.unpack_from(buffer)[1]:
+                return payloads, offset
+            payloads.append(payload)
+            pos = len(buffer)
+        offset += pos
+    return payloads, offset

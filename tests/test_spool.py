@@ -4,11 +4,13 @@ batch from being written twice."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 import typing as t
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from flask import Flask
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic._spool import Spool, SpoolFile
-from flask_traffic._spoolframes import decode_record, encode_record
+from flask_traffic._spoolframes import HEADER, decode_record, encode_record, key_tag
 from flask_traffic.processors import BatchProcessor
 from flask_traffic.stores import JSONStore, MemoryStore, SQLStore
 
@@ -185,6 +187,64 @@ def test_a_torn_tail_is_skipped_and_the_whole_records_kept(tmp_path: Path) -> No
     taken.close(delete=True)
 
 
+def test_frames_of_any_size_are_read_and_a_damaged_one_ends_the_file(tmp_path: Path) -> None:
+    # A frame longer than a read block (a 3 MB header value), then frames
+    # after it; then one whose bytes changed (a disk error, a crash that
+    # left garbage): what follows a frame failing its check is not trusted.
+    spool = SpoolFile.create(tmp_path)
+    frames = [encode_record(record(n)) for n in range(5)]
+    frames[1] = encode_record(record(1, request_user_agent="x" * 3_000_000))
+    assert spool.append(frames, 1 << 30) == 5
+    spool.close(delete=False)
+    taken = SpoolFile.adopt(spool.path)
+    assert taken is not None
+    assert taken.records == 5
+    records, _ = taken.read(100)
+    assert [r.request_path for r in records] == paths(5)
+    assert len(records[1].request_user_agent or "") == 3_000_000
+    taken.close(delete=False)
+    damaged = bytearray(spool.path.read_bytes())
+    third = damaged.index(b"/r/3")
+    damaged[third + 3] = ord("9")
+    spool.path.write_bytes(bytes(damaged))
+    again = SpoolFile.adopt(spool.path)
+    assert again is not None
+    assert again.records == 3
+    records, _ = again.read(100)
+    assert [r.request_path for r in records] == paths(3)
+    again.close(delete=True)
+
+
+def test_frames_written_before_the_row_part_was_marshal_still_replay(tmp_path: Path) -> None:
+    # Spool files left by the version before: a JSON row part ended by a
+    # NUL byte. After an upgrade they are replayed, the records made again.
+    policy = LogPolicy()
+    spool = SpoolFile.create(tmp_path)
+    older = []
+    for n in range(3):
+        made = record(n)
+        head = json.dumps([made.start_time_ns, key_tag(policy.values_key), policy.values(made)])
+        payload = head.encode() + b"\x00" + encode_record(made)[8:]
+        older.append(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+    assert spool.append(older, 1 << 20) == 3
+    records, _ = spool.read(10, policy.values_key)
+    assert [r.request_path for r in records] == paths(3)
+    assert [policy.values(r) for r in records] == [policy.values(record(n)) for n in range(3)]
+    spool.close(delete=True)
+
+
+def test_a_row_marshal_cannot_keep_is_spilled_without_it(tmp_path: Path) -> None:
+    # A store whose row holds an object marshal does not write: the spool
+    # keeps the record alone and replay makes the row again.
+    spool = Spool(tmp_path, 1 << 20, "s", rows=("odd", lambda r: (object(), r.request_path)))
+    assert spool.spill([record(0), record(1)]) == 2
+    batch = spool.next_batch(10)
+    assert batch is not None
+    assert [r.request_path for r in batch.records] == paths(2)
+    spool.advance(batch)
+    spool.close()
+
+
 def test_a_held_spool_is_not_taken_over(tmp_path: Path) -> None:
     spool = SpoolFile.create(tmp_path)
     spool.append([encode_record(record(0))], 1 << 20)
@@ -350,3 +410,51 @@ def test_spill_and_replay_each_log_a_line(tmp_path: Path, caplog: pytest.LogCapt
     assert sum("spilled" in m for m in messages) == 1
     assert sum("replaying" in m for m in messages) == 1
     assert sum("replay finished" in m for m in messages) == 1
+
+
+def test_the_spool_bound_holds_for_all_the_processes_of_a_store_together(tmp_path: Path) -> None:
+    # Two processes of one site spill into the store's one folder: the
+    # bound is on the folder, so eight gunicorn workers do not take 8 GiB.
+    first = Spool(tmp_path, 20_000, "first")
+    second = Spool(tmp_path, 20_000, "second")
+    assert first.spill([record(n) for n in range(40)]) == 40
+    used = sum(path.stat().st_size for path in tmp_path.glob("*.spool"))
+    kept = second.spill([record(n) for n in range(40, 400)])
+    assert 0 < kept < 360
+    total = sum(path.stat().st_size for path in tmp_path.glob("*.spool"))
+    assert used < total <= 20_000
+    # The first process, now that the folder is full, keeps nothing more.
+    assert first.spill([record(400)]) == 0
+    first.close()
+    second.close()
+
+
+def test_a_sql_store_replays_the_very_rows_a_fresh_write_makes(tmp_path: Path) -> None:
+    # A SQL store spills the row with its text encoded as the table holds it
+    # (lone surrogates, NUL bytes) and replay inserts it as it is: what is
+    # read back equals what writing the same records afresh gives.
+    from flask_traffic._spool import SPOOL_FOLDER, spool_folder
+    from flask_traffic.stores._sqltable import spooled_row
+
+    policy = LogPolicy().set_from_true()
+    made = [hostile_record(), record(1, request_user_agent="nul\x00byte"), record(2)]
+    fresh = SQLStore(location=tmp_path / "fresh", log_policy=policy, sync=True)
+    Traffic(Flask("fresh", instance_path=str(tmp_path / "fresh")), stores=fresh)
+    fresh.export(made)
+    replayed = SQLStore(location=tmp_path / "replayed", log_policy=policy)
+    staged = Spool(tmp_path / "staged", 1 << 20, "s", rows=spooled_row(policy))
+    assert staged.spill(made) == 3
+    staged.close()
+    target = spool_folder(tmp_path / "replayed" / SPOOL_FOLDER, replayed.name)
+    target.mkdir(parents=True)
+    for path in (tmp_path / "staged").iterdir():
+        path.rename(target / path.name)
+    Traffic(Flask("replayed", instance_path=str(tmp_path / "replayed")), stores=replayed)
+    assert wait_for(lambda: replayed.stats()["replayed"] == 3)
+    replayed.flush()
+    assert replayed.read()[::-1] == fresh.read()[::-1]
+    rows = replayed.read()[::-1]
+    assert [r["request_path"] for r in rows] == ["/caf\udce9?x", "/r/1", "/r/2"]
+    assert rows[1]["request_user_agent"] == "nul\x00byte"
+    replayed.shutdown()
+    fresh.shutdown()

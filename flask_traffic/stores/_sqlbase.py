@@ -26,7 +26,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from ._sqlrollups import SQLRollups
-    from ._sqltable import TableIO
+    from ._sqltable import SpooledRow, TableIO
 
 __all__ = ["SQLTableStore"]
 
@@ -84,6 +84,7 @@ class SQLTableStore(Store):
         self._engine = None
         self._io = None
         self._fence: sa.Table | None = None
+        self._spooled: SpooledRow | None = None
         # Set by setup() when the database did not answer: finishes it.
         self._open_later: t.Callable[[], tuple[Engine, TableIO]] | None = None
         self._open_lock = threading.Lock()
@@ -169,10 +170,26 @@ class SQLTableStore(Store):
         with engine.begin() as connection:
             self._insert(connection, io, records)
 
+    def _spooled_row(self) -> SpooledRow:
+        # The spool keeps the text encoded as the table holds it.
+        if self._spooled is None:
+            from ._sqltable import spooled_row
+
+            self._spooled = spooled_row(self.log_policy)
+        return self._spooled
+
     def _insert(
-        self, connection: Connection, io: TableIO, records: Sequence[TrafficRecord]
+        self,
+        connection: Connection,
+        io: TableIO,
+        records: Sequence[TrafficRecord],
+        *,
+        spooled: bool = False,
     ) -> None:
-        rows = io.rows(records, self.log_policy.values)
+        if spooled:
+            rows = io.spooled_rows(records, self._spooled_row())
+        else:
+            rows = io.rows(records, self.log_policy.values)
         if rows:
             # A list of parameter sets: one executemany, which the drivers
             # turn into multi-row inserts or a pipeline.
@@ -206,7 +223,7 @@ class SQLTableStore(Store):
         engine, io = self._ready()
         fence = self._fence_table(engine, io)
         with engine.begin() as connection:
-            self._insert(connection, io, records)
+            self._insert(connection, io, records, spooled=True)
             moved = connection.execute(
                 fence.update().where(fence.c.spool_id == spool_id).values(records_written=position)
             ).rowcount

@@ -14,7 +14,18 @@ from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
 from .sqlschema import ID_COLUMN
 
-__all__ = ["RETAIN_BATCH", "SCAN_CHUNK", "TableIO", "date_text", "make_fence_table"]
+if t.TYPE_CHECKING:
+    from ..policy import LogPolicy
+
+__all__ = [
+    "RETAIN_BATCH",
+    "SCAN_CHUNK",
+    "SpooledRow",
+    "TableIO",
+    "date_text",
+    "make_fence_table",
+    "spooled_row",
+]
 
 #: Rows fetched at a time while streaming a scan (an export of millions of
 #: rows holds this many in memory, not all).
@@ -106,6 +117,24 @@ class TableIO:
         if self._date_index is not None:
             # The record keeps the datetime itself: no need to parse the text.
             columns[self._date_index] = map(_request_date, records)
+        return [dict(zip(written, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def spooled_rows(
+        self, records: Sequence[TrafficRecord], spooled: SpooledRow
+    ) -> list[dict[str, t.Any]]:
+        """:meth:`rows` of records read back from a spool, most of which
+        carry their row under ``spooled``'s key with the text encoded."""
+        written = self.written
+        if not written or not records:
+            return [{} for _ in records]
+        key, encode = spooled
+        tuples = [record.computed(key, encode) for record in records]
+        if self._pick is not None:
+            tuples = list(map(self._pick, tuples))
+        if self._date_index is None:
+            return [dict(zip(written, row, strict=True)) for row in tuples]
+        columns: list[t.Iterable[t.Any]] = list(zip(*tuples, strict=True))
+        columns[self._date_index] = map(_request_date, records)
         return [dict(zip(written, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
@@ -274,6 +303,32 @@ def _parse_iso(text: str) -> datetime | None:
 
 
 _request_date = operator.attrgetter("request_date")
+
+#: What a SQL store's spool keeps of a record (:func:`spooled_row`): the key
+#: it is kept under on the record, and what makes it.
+SpooledRow = tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]
+
+
+def spooled_row(policy: LogPolicy) -> SpooledRow:
+    """What a SQL store spills of a record beside the record itself: the
+    policy's values with their text encoded as the table holds it
+    (:func:`encode_optional_text`) and the date left out (the record's start
+    time gives it again), so that replay inserts them as they are, doing
+    less than a fresh write does (:meth:`TableIO.spooled_rows`)."""
+    names = policy.enabled_fields
+    texts = [i for i, name in enumerate(names) if _FIELD_BY_NAME[name].type == "str"]
+    date = names.index("request_date") if "request_date" in names else None
+    values = policy.values
+
+    def encode(record: TrafficRecord) -> tuple[t.Any, ...]:
+        row = list(values(record))
+        for index in texts:
+            row[index] = encode_optional_text(row[index])
+        if date is not None:
+            row[date] = None
+        return tuple(row)
+
+    return f"sql-text\x00{policy.values_key}", encode
 
 
 def _apply(reader: Callable[[t.Any], t.Any], value: t.Any) -> t.Any:

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import typing as t
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -179,8 +179,14 @@ class Sink(abc.ABC):
             return None
         else:
             folder = spool_folder(base, self.name)
+        return Spool(folder, max_bytes, self.name, rows=self._spooled_row())
+
+    def _spooled_row(self) -> tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]:
+        # What the spool keeps of a record beside it, and the key it comes
+        # back under on the record replay gives export_spooled(): by
+        # default the policy's values; a store may keep what it writes.
         policy = self.log_policy
-        return Spool(folder, max_bytes, self.name, rows=(policy.values_key, policy.values))
+        return policy.values_key, policy.values
 
     def _maintenance(self) -> MaintenanceFunction | None:
         # What the processor runs between batches; stores with retention
