@@ -29,6 +29,12 @@ from .record import TrafficRecord
 
 __all__ = ["SHUTDOWN_TIMEOUT", "SUSPECT_AFTER", "BatchProcessor", "SpoolTarget"]
 
+# A replayed batch is this many times max_batch_size: the spool is a backlog
+# already on disk, so nothing waits on the batch, and larger transactions
+# amortise the per-batch work (a round trip, the commit, the fence update)
+# that makes replay keep up with a store's ingest rate.
+_REPLAY_BATCHES = 4
+
 logger = logging.getLogger("flask_traffic")
 
 ExportFunction = Export
@@ -382,7 +388,7 @@ class BatchProcessor:
             self._set_aside(found.poison)
             if found.unwritten:
                 pending.batch = found.unwritten
-                self._in_flight = len(found.unwritten)
+                self._in_flight = 0 if pending.replay else len(found.unwritten)
                 # Nothing could be written: take more records in next time,
                 # unless the store went away (then retry it unchanged).
                 pending.may_grow = (
@@ -437,10 +443,12 @@ class BatchProcessor:
 
     def _load_replay(self, pending: PendingBatch) -> None:
         assert self._spool is not None
-        replay = self._spool.next_batch(self._max_batch_size)
+        replay = self._spool.next_batch(self._max_batch_size * _REPLAY_BATCHES)
         if replay is not None:
             pending.batch, pending.replay = list(replay.records), replay
-            self._in_flight = len(replay.records)
+            # On disk still, and counted in the spool's backlog until
+            # written: they take no room from the queue's bound.
+            self._in_flight = 0
 
     def _replayed(self, replay: ReplayBatch) -> None:
         assert self._spool is not None
@@ -470,7 +478,7 @@ class BatchProcessor:
                 records.append(item)
         # Flushes wait for the spool to be replayed, behind it in the queue.
         queue.extendleft(reversed(markers))
-        self._in_flight = len(pending.batch)
+        self._in_flight = 0 if pending.replay else len(pending.batch)
         kept = spool.spill(records)
         self._health.drop(
             len(records) - kept,

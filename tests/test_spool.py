@@ -458,3 +458,42 @@ def test_a_sql_store_replays_the_very_rows_a_fresh_write_makes(tmp_path: Path) -
     assert rows[1]["request_user_agent"] == "nul\x00byte"
     replayed.shutdown()
     fresh.shutdown()
+
+
+def test_a_redis_store_replays_the_very_entries_a_fresh_write_makes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # RedisStore spills each record's entry as it writes it and replay adds
+    # it as it is: what is read back equals a fresh write of the same records.
+    import uuid
+
+    from flask_traffic._spool import SPOOL_FOLDER, spool_folder
+    from flask_traffic.stores import RedisStore
+    from flask_traffic.stores._redisentries import spooled_entry
+
+    policy = LogPolicy().set_from_true()
+    made = [hostile_record(), record(1, request_user_agent="nul\x00byte"), record(2)]
+    name = f"spool-entries-{uuid.uuid4().hex[:8]}"
+    fresh = RedisStore(event_name=f"{name}-fresh", url=redis_url, log_policy=policy, sync=True)
+    Traffic(Flask("fresh", instance_path=str(tmp_path / "fresh")), stores=fresh)
+    fresh.export(made)
+    replayed = RedisStore(event_name=f"{name}-replayed", url=redis_url, log_policy=policy)
+    staged = Spool(tmp_path / "staged", 1 << 20, "s", rows=spooled_entry(policy))
+    assert staged.spill(made) == 3
+    staged.close()
+    target = spool_folder(tmp_path / "replayed" / SPOOL_FOLDER, replayed.name)
+    target.mkdir(parents=True)
+    for path in (tmp_path / "staged").iterdir():
+        path.rename(target / path.name)
+    Traffic(Flask("replayed", instance_path=str(tmp_path / "replayed")), stores=replayed)
+    try:
+        assert wait_for(lambda: replayed.stats()["replayed"] == 3)
+        replayed.flush()
+        rows = replayed.read()[::-1]
+        assert rows == fresh.read()[::-1]
+        assert [r["request_path"] for r in rows] == ["/caf\udce9?x", "/r/1", "/r/2"]
+        assert rows[1]["request_user_agent"] == "nul\x00byte"
+    finally:
+        for store in (replayed, fresh):
+            store.client.delete(store.event_name)
+            store.shutdown()

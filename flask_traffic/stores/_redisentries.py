@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 import typing as t
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 
 from .._textcache import text_cache
 from ..record import FIELDS, FieldType
 
 if t.TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import redis
     from redis.client import Pipeline
     from redis.typing import EncodableT, FieldT
@@ -21,7 +19,15 @@ if t.TYPE_CHECKING:
     from ..policy import LogPolicy
     from ..record import TrafficRecord
 
-__all__ = ["CODECS", "EMPTY_ENTRY", "add_entries", "lowest_id", "next_id"]
+__all__ = [
+    "CODECS",
+    "EMPTY_ENTRY",
+    "add_entries",
+    "entry_maker",
+    "lowest_id",
+    "next_id",
+    "spooled_entry",
+]
 
 # A stream entry needs at least one field: a record whose kept fields are all
 # None is written with this one, which read() ignores.
@@ -100,24 +106,45 @@ def next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
     return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
 
 
-def add_entries(
-    pipe: Pipeline,
-    key: str,
-    records: Sequence[TrafficRecord],
-    policy: LogPolicy,
-    max_len: int | None,
-) -> None:
-    """Queue one ``XADD`` per record on ``pipe``: the policy's fields that are
-    not ``None``, each encoded by its codec."""
+def entry_maker(policy: LogPolicy) -> Callable[[TrafficRecord], dict[FieldT, EncodableT]]:
+    """What makes a record's stream entry: the policy's fields that are not
+    ``None``, each encoded by its codec."""
     codecs = [CODECS[name] for name in policy.enabled_fields]
     values = policy.values
-    for record in records:
-        entry: dict[FieldT, EncodableT] = {
+
+    def entry(record: TrafficRecord) -> dict[FieldT, EncodableT]:
+        made: dict[FieldT, EncodableT] = {
             name: encode(value)
             for (name, encode, _), value in zip(codecs, values(record), strict=True)
             if value is not None
         }
-        pipe.xadd(key, entry or EMPTY_ENTRY, maxlen=max_len, approximate=True)
+        return made or EMPTY_ENTRY
+
+    return entry
+
+
+def spooled_entry(policy: LogPolicy) -> tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]:
+    """What a RedisStore spills of a record beside the record itself: its
+    entry's fields and encoded values, so that replay adds them as they are
+    (``dict()`` of the pairs), doing less than a fresh write does; and the
+    key they come back under on the record."""
+    make = entry_maker(policy)
+
+    def pairs(record: TrafficRecord) -> tuple[t.Any, ...]:
+        return tuple(make(record).items())
+
+    return f"redis-entry\x00{policy.values_key}", pairs
+
+
+def add_entries(
+    pipe: Pipeline,
+    key: str,
+    entries: Iterable[dict[FieldT, EncodableT]],
+    max_len: int | None,
+) -> None:
+    """Queue one ``XADD`` per entry on ``pipe``."""
+    for entry in entries:
+        pipe.xadd(key, entry, maxlen=max_len, approximate=True)
 
 
 def lowest_id(client: redis.Redis, moment: datetime) -> bytes:

@@ -20,7 +20,7 @@ from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
 from ._redisclient import from_host, from_url, is_int
-from ._redisentries import CODECS, add_entries, lowest_id, next_id
+from ._redisentries import CODECS, add_entries, entry_maker, lowest_id, next_id, spooled_entry
 from ._redisrollups import RedisRollups, location_of
 from .base import Store
 
@@ -367,12 +367,17 @@ class RedisStore(Store):
         self._unsure = None
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                add_entries(pipe, self.event_name, records, self.log_policy, self.max_len)
+                entries = map(entry_maker(self.log_policy), records)
+                add_entries(pipe, self.event_name, entries, self.max_len)
                 pipe.set(self._fence_key, number, ex=_FENCE_TTL)
                 pipe.execute()
         except self._unsure_errors:
             self._unsure = (records, number)
             raise
+
+    def _spooled_row(self) -> tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]:
+        # The spool keeps each record's entry as it is written.
+        return spooled_entry(self.log_policy)
 
     def _spool_key(self, spool_id: str) -> str:
         return f"{self.event_name}:flask-traffic-spool:{spool_id}"
@@ -386,8 +391,11 @@ class RedisStore(Store):
         self, records: Sequence[TrafficRecord], spool_id: str, position: int
     ) -> None:
         """The entries and the spool file's fence key in one ``MULTI``/``EXEC``."""
+        key, pairs = self._spooled_row()
+        # Most come back from the spool with their entry made.
+        entries = (dict(record.computed(key, pairs)) for record in records)
         with self._client.pipeline(transaction=True) as pipe:
-            add_entries(pipe, self.event_name, records, self.log_policy, self.max_len)
+            add_entries(pipe, self.event_name, entries, self.max_len)
             pipe.set(self._spool_key(spool_id), position, ex=_FENCE_TTL)
             pipe.execute()
 
