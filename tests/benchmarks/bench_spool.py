@@ -43,14 +43,11 @@ def spill(folder: Path, count: int, kind: str = "sqlite") -> float:
     (which is then left behind, as by a process that stopped), each with
     the row a store of ``kind`` keeps beside it (a failing store's worker
     spills its rows too)."""
-    from flask_traffic.stores import SQLStore
+    from flask_traffic.stores._redisentries import spooled_entry
+    from flask_traffic.stores._sqltable import spooled_row
 
     # The stores measured keep the default policy's fields.
-    if kind == "redis":
-        policy = LogPolicy()
-        rows = (policy.values_key, policy.values)
-    else:
-        rows = SQLStore()._spooled_row()
+    rows = (spooled_entry if kind == "redis" else spooled_row)(LogPolicy())
     spool = Spool(folder, 1 << 40, "bench", rows=rows)
     records = make_records(count)
     start = time.perf_counter()

@@ -1,10 +1,13 @@
-"""Replay against ingest of a SQLite store, in CPU instructions.
+"""Replay against ingest of a store, in CPU instructions.
 
-    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000]
+    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000] [--stores sqlite]
 
-SQLite runs in the process, so ``valgrind --tool=callgrind`` counts all of
-a write's work, the database's included: unlike the records per second of
-``bench_spool.py``, the figure does not move with the machine's load. Each
+``valgrind --tool=callgrind`` counts the instructions of the process: unlike
+the records per second of ``bench_spool.py``, the figure does not move with
+the machine's load. SQLite runs in the process, so all of a write's work is
+counted, the database's included; for PostgreSQL, MariaDB and Redis it is
+the client's work (the server does the same for a replayed record as for a
+fresh one, but for the fence update each replayed batch adds). Each
 mode runs twice, with ``--small`` and ``--large`` records, and the
 difference of the counts over the difference of the records is the cost of
 one record, start-up cancelled out. ``ingest``: records handed to the
@@ -31,10 +34,11 @@ from bench_spool import replay, spill
 from flask_traffic._spool import Spool
 
 
-def child(mode: str, count: int, folder: Path) -> None:
-    """Ingest ``count`` records, or replay the spool staged in ``folder``."""
+def child(kind: str, mode: str, count: int, folder: Path) -> None:
+    """Ingest ``count`` records into a ``kind`` store, or replay the spool
+    staged in ``folder``."""
     Spool.rescan_interval = 0.0
-    with MAKERS["sqlite"](folder / mode) as store:
+    with MAKERS[kind](folder / mode) as store:
         if mode == "ingest":
             _, written = ingest(store, folder / mode, count)
         else:
@@ -44,39 +48,43 @@ def child(mode: str, count: int, folder: Path) -> None:
         raise SystemExit(f"{mode}: {written} of {count} records written")
 
 
-def instructions(mode: str, count: int) -> int:
+def instructions(kind: str, mode: str, count: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if mode == "replay":
-            spill(folder / "staged", count)
-        return callgrind_count(__file__, "--child", mode, str(count), str(folder))
+            spill(folder / "staged", count, kind)
+        return callgrind_count(__file__, "--child", kind, mode, str(count), str(folder))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=6000)
+    parser.add_argument("--stores", default="sqlite", help="comma-separated store kinds")
     parser.add_argument(
-        "--child", nargs=3, metavar=("MODE", "COUNT", "FOLDER"), help=argparse.SUPPRESS
+        "--child", nargs=4, metavar=("KIND", "MODE", "COUNT", "FOLDER"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], int(args.child[1]), Path(args.child[2]))
+        child(args.child[0], args.child[1], int(args.child[2]), Path(args.child[3]))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
-    per_record = {}
-    for mode in ("ingest", "replay"):
-        started = time.perf_counter()
-        small, large = instructions(mode, args.small), instructions(mode, args.large)
-        per_record[mode] = (large - small) / (args.large - args.small)
-        print(
-            f"{mode}: {per_record[mode] / 1000:,.1f} k instructions per record "
-            f"({time.perf_counter() - started:.0f} s)"
-        )
-    ratio = per_record["ingest"] / per_record["replay"]
-    print(f"SQLite replay rate / ingest rate, in instructions: {ratio:.3f}")
+    for kind in args.stores.split(","):
+        per_record = {}
+        for mode in ("ingest", "replay"):
+            started = time.perf_counter()
+            small = instructions(kind, mode, args.small)
+            large = instructions(kind, mode, args.large)
+            per_record[mode] = (large - small) / (args.large - args.small)
+            print(
+                f"{kind} {mode}: {per_record[mode] / 1000:,.1f} k instructions per record "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        ratio = per_record["ingest"] / per_record["replay"]
+        print(f"{kind} replay rate / ingest rate, in instructions: {ratio:.3f}", flush=True)
     return 0
 
 
