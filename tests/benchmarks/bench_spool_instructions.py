@@ -1,6 +1,7 @@
 """Replay against ingest of a store, in CPU instructions.
 
-    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000] [--stores sqlite]
+    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000] \
+        [--stores sqlite,redis]
 
 ``valgrind --tool=callgrind`` counts the instructions of the process: unlike
 the records per second of ``bench_spool.py``, the figure does not move with
