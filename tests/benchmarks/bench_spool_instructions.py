@@ -1,6 +1,6 @@
 """Replay against ingest of a store, in CPU instructions.
 
-    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000] \
+    python tests/benchmarks/bench_spool_instructions.py [--small 2000] [--large 6000]
         [--stores sqlite,redis]
 
 ``valgrind --tool=callgrind`` counts the instructions of the process: unlike
