@@ -449,3 +449,40 @@ def test_orm_example_tables_from_flask_migrate(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert columns == ["traffic_id", *FIELD_NAMES]
+
+
+def test_columns_of_a_models_own_get_their_defaults(
+    url: str, tmp_path: Path, unique_name: str, stores: list[Store]
+) -> None:
+    # A model may add columns of its own: one with a Python-side default
+    # (which only SQLAlchemy fills in, so the write goes through it), one
+    # with a server default. Every record gets both.
+    app = Flask("own", instance_path=str(tmp_path / "instance"))
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db = SQLAlchemy()
+
+    class Hit(db.Model, SQLORMModelMixin):  # type: ignore[name-defined,misc]
+        __tablename__ = unique_name
+        tenant: Mapped[str] = mapped_column(sa.String(20), default=lambda: "acme")
+        region: Mapped[str] = mapped_column(sa.String(20), server_default="eu")
+
+    db.init_app(app)
+    app.add_url_rule("/<path:rest>", "any", lambda rest: rest)
+    with app.app_context():
+        db.create_all()
+    try:
+        store = SQLORMStore(Hit)
+        stores.append(store)
+        Traffic(app, stores=store)
+        client = app.test_client()
+        for n in range(3):
+            client.get(f"/p/{n}")
+        assert [row["request_path"] for row in store.read()] == ["/p/2", "/p/1", "/p/0"]
+        with app.app_context():
+            hits = db.session.scalars(sa.select(Hit).order_by(Hit.traffic_id)).all()
+            assert [(hit.tenant, hit.region) for hit in hits] == [("acme", "eu")] * 3
+    finally:
+        with app.app_context():
+            db.drop_all()
+            for engine in db.engines.values():
+                engine.dispose()

@@ -186,14 +186,12 @@ class SQLTableStore(Store):
         *,
         spooled: bool = False,
     ) -> None:
+        # One executemany, which the drivers turn into multi-row inserts or
+        # a pipeline.
         if spooled:
-            rows = io.spooled_rows(records, self._spooled_row())
+            io.write_spooled(connection, records, self._spooled_row())
         else:
-            rows = io.rows(records, self.log_policy.values)
-        if rows:
-            # A list of parameter sets: one executemany, which the drivers
-            # turn into multi-row inserts or a pipeline.
-            connection.execute(io.insert, rows)
+            io.write(connection, records, self.log_policy.values)
 
     def _fence_table(self, engine: Engine, io: TableIO) -> sa.Table:
         """``<table>_spool_fence``: per spool file, how many of its records
