@@ -32,6 +32,7 @@ __all__ = [
 # A stream entry needs at least one field: a record whose kept fields are all
 # None is written with this one, which read() ignores.
 EMPTY_ENTRY: dict[FieldT, EncodableT] = {b"_": b""}
+_EMPTY_FLAT: tuple[EncodableT, ...] = (b"_", b"")
 
 #: How far, in ms, the clock of a host that writes to the stream may be off
 #: from the clock of the host that reads or prunes it. Stream ids are the
@@ -106,45 +107,48 @@ def next_id(entry_id: bytes, oldest_first: bool) -> bytes | None:
     return None if ms == 0 else b"%d-%d" % (ms - 1, _MAX_SEQ)
 
 
-def entry_maker(policy: LogPolicy) -> Callable[[TrafficRecord], dict[FieldT, EncodableT]]:
-    """What makes a record's stream entry: the policy's fields that are not
-    ``None``, each encoded by its codec."""
+def entry_maker(policy: LogPolicy) -> Callable[[TrafficRecord], tuple[EncodableT, ...]]:
+    """What makes a record's stream entry, flat: field name, value, name,
+    value... of the policy's fields that are not ``None``, each encoded by
+    its codec (flat because that is what ``XADD`` takes, with no dict made
+    and taken apart again per record)."""
     codecs = [CODECS[name] for name in policy.enabled_fields]
     values = policy.values
 
-    def entry(record: TrafficRecord) -> dict[FieldT, EncodableT]:
-        made: dict[FieldT, EncodableT] = {
-            name: encode(value)
-            for (name, encode, _), value in zip(codecs, values(record), strict=True)
-            if value is not None
-        }
-        return made or EMPTY_ENTRY
+    def entry(record: TrafficRecord) -> tuple[EncodableT, ...]:
+        made: list[EncodableT] = []
+        add = made.extend
+        for (name, encode, _), value in zip(codecs, values(record), strict=True):
+            if value is not None:
+                add((name, encode(value)))
+        return tuple(made) or _EMPTY_FLAT
 
     return entry
 
 
 def spooled_entry(policy: LogPolicy) -> tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]:
     """What a RedisStore spills of a record beside the record itself: its
-    entry's fields and encoded values, so that replay adds them as they are
-    (``dict()`` of the pairs), doing less than a fresh write does; and the
-    key they come back under on the record."""
-    make = entry_maker(policy)
-
-    def pairs(record: TrafficRecord) -> tuple[t.Any, ...]:
-        return tuple(make(record).items())
-
-    return f"redis-entry\x00{policy.values_key}", pairs
+    flat entry (:func:`entry_maker`), so that replay adds it as it is, doing
+    less than a fresh write does; and the key it comes back under on the
+    record."""
+    return f"redis-entry\x00{policy.values_key}", entry_maker(policy)
 
 
 def add_entries(
     pipe: Pipeline,
     key: str,
-    entries: Iterable[dict[FieldT, EncodableT]],
+    entries: Iterable[tuple[EncodableT, ...]],
     max_len: int | None,
 ) -> None:
-    """Queue one ``XADD`` per entry on ``pipe``."""
+    """Queue one ``XADD`` per flat entry on ``pipe``: the command redis-py's
+    ``xadd(key, entry, maxlen=max_len, approximate=True)`` sends, without
+    its checks and list building per record."""
+    head: tuple[EncodableT, ...] = (
+        ("XADD", key, "*") if max_len is None else ("XADD", key, "MAXLEN", "~", max_len, "*")
+    )
+    command = t.cast("Callable[..., object]", pipe.execute_command)
     for entry in entries:
-        pipe.xadd(key, entry, maxlen=max_len, approximate=True)
+        command(*head, *entry)
 
 
 def lowest_id(client: redis.Redis, moment: datetime) -> bytes:

@@ -393,7 +393,7 @@ class RedisStore(Store):
         """The entries and the spool file's fence key in one ``MULTI``/``EXEC``."""
         key, pairs = self._spooled_row()
         # Most come back from the spool with their entry made.
-        entries = (dict(record.computed(key, pairs)) for record in records)
+        entries = (record.computed(key, pairs) for record in records)
         with self._client.pipeline(transaction=True) as pipe:
             add_entries(pipe, self.event_name, entries, self.max_len)
             pipe.set(self._spool_key(spool_id), position, ex=_FENCE_TTL)
