@@ -462,8 +462,23 @@ def test_sqlite_summary_index_can_be_left_out(stores: list[Store], tmp_path: Pat
     assert index_columns(store) == [["request_date"]]
     store.export(dataset()[0])
     assert without_source(store.summary()) == row_summary(store)
-    with pytest.raises(TypeError, match="summary_index must be True or False"):
+    with pytest.raises(TypeError, match="summary_index must be True, False or None"):
         SQLStore(summary_index="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rollups", "indexed"), [(False, True), (True, False)])
+def test_sqlite_summary_index_by_default_only_without_rollups(
+    stores: list[Store], tmp_path: Path, rollups: bool, indexed: bool
+) -> None:
+    # A store keeping rollups answers summaries from them: the index would
+    # only slow its inserts down.
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'db.sqlite'}", "hits")
+    store = sql_store(database, stores, tmp_path, rollups=rollups)
+    store.flush()  # the table is made by the worker
+    summary_columns = ["request_route", "response_status_code", "request_browser"]
+    found = index_columns(store)
+    assert any(columns[:3] == summary_columns for columns in found) == indexed
+    assert ["request_date"] in found
 
 
 def test_orm_model_with_the_summary_index_summarizes_through_it(

@@ -66,14 +66,16 @@ class SQLStore(SQLTableStore):
     :param spool: where records wait on disk while the database is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
     :param summary_index: on SQLite, give the table (also an existing one)
-        the index :meth:`summary` reads, on ``request_route``,
+        the index :meth:`summary` reads from the records, on ``request_route``,
         ``response_status_code``, ``request_browser``, ``request_platform``,
         ``response_time``, ``request_sample_rate`` and ``request_date``. It
         makes a summary of a million rows about 1.6 times as fast, and costs
         every write: a large table takes rows a quarter to half as fast, and 28 %
-        more disk. Pass ``False`` for a table written much more often than
-        summarized. Other databases do not get it (PostgreSQL groups without
-        sorting; MariaDB cannot index whole ``TEXT`` columns).
+        more disk. ``None`` (the default) gives it to a store without
+        ``rollups`` only: with them summaries read the rollups. Pass ``False``
+        for a table written much more often than summarized. Other databases
+        do not get it (PostgreSQL groups without sorting; MariaDB cannot index
+        whole ``TEXT`` columns). An index made before is not dropped.
 
     :meth:`read` and :meth:`summary` run in the database: the window on the
     indexed ``request_date`` and the ``where`` tests become the ``WHERE`` of
@@ -106,7 +108,7 @@ class SQLStore(SQLTableStore):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
-        summary_index: bool = True,
+        summary_index: bool | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
         rollups: bool = False,
         rollup_retention: RollupRetention | None = None,
@@ -142,8 +144,13 @@ class SQLStore(SQLTableStore):
             raise TypeError(f"filename must be a non-empty str or path, got {filename!r}.")
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"location must be a folder path or None, got {location!r}.")
-        if not isinstance(summary_index, bool):
-            raise TypeError(f"summary_index must be True or False, got {summary_index!r}.")
+        if summary_index is not None and not isinstance(summary_index, bool):
+            raise TypeError(f"summary_index must be True, False or None, got {summary_index!r}.")
+        if summary_index is None:
+            # Rollups answer summaries of any window over an hour: what the
+            # index is for; without it inserts into a large table go 3x
+            # as fast.
+            summary_index = not self.rollups
         if not isinstance(database_table_name, str) or not database_table_name:
             raise TypeError(
                 f"database_table_name must be a non-empty str, got {database_table_name!r}."
