@@ -20,6 +20,7 @@ if t.TYPE_CHECKING:
     from ..record import TrafficRecord
 
 __all__ = [
+    "CLOCK_MARGIN_MS",
     "CODECS",
     "EMPTY_ENTRY",
     "add_entries",
@@ -38,7 +39,7 @@ _EMPTY_FLAT: tuple[EncodableT, ...] = (b"_", b"")
 #: from the clock of the host that reads or prunes it. Stream ids are the
 #: Redis server's clock; the server's own offset is measured (``TIME``) and
 #: allowed for, so this covers only the app hosts' disagreement.
-_CLOCK_MARGIN_MS = 60_000
+CLOCK_MARGIN_MS = 60_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
@@ -159,5 +160,5 @@ def lowest_id(client: redis.Redis, moment: datetime) -> bytes:
     after = time.time()
     # Stream ids follow the server's clock, requests this host's.
     offset_ms = (seconds - (before + after) / 2) * 1000 + micros / 1000
-    ms = (moment - _EPOCH) // _MS + int(offset_ms) - _CLOCK_MARGIN_MS
+    ms = (moment - _EPOCH) // _MS + int(offset_ms) - CLOCK_MARGIN_MS
     return b"-" if ms <= 0 else b"%d" % ms

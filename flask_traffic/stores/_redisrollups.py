@@ -23,6 +23,10 @@ Keys, all under ``<event_name>:flask-traffic-rollup:``:
 ``buckets:<unit>``
     a sorted set of the bucket starts (POSIX seconds), so retention and
     summaries find buckets without ``SCAN``.
+``rebuild``
+    while a rebuild runs (:meth:`RedisRollups.rebuild`): a hash of the last
+    entry refolded (``cursor``), the fold position when it began (``stop``)
+    and the POSIX day it rebuilds from (``day``, empty for all).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import typing as t
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from ..rollups import RollupDelta, RollupRetention, Unit
+from ..rollups import RollupDelta, RollupRetention, Unit, bucket_start
+from ._redisentries import CLOCK_MARGIN_MS
 from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
@@ -77,6 +82,12 @@ def _field(part: str, key: str) -> bytes:
     return f"{part}{SEPARATOR}{key}".encode("utf-8", "surrogatepass")
 
 
+def _id_before(day: datetime) -> bytes:
+    """A stream id below every entry that can hold a request of ``day`` or
+    later: the day's start less the clock margin app hosts may be off by."""
+    return b"%d-0" % max(0, seconds_of(day) * 1000 - CLOCK_MARGIN_MS)
+
+
 def location_of(client: redis.Redis, event_name: str) -> str:
     """Where a store writes, without a password: the default visitor secret."""
     kwargs = client.connection_pool.connection_kwargs
@@ -113,6 +124,7 @@ class RedisRollups:
         self.raw = {never_decode: True}
         self.prefix = f"{event_name}:flask-traffic-rollup:"
         self.position_key = self.prefix + "position"
+        self.rebuild_key = self.prefix + "rebuild"
         #: Seconds between retention passes of :meth:`maintain`.
         self.retention_interval = 60.0
         self._retention_due = time.monotonic()
@@ -126,10 +138,10 @@ class RedisRollups:
     def set_key(self, unit: Unit) -> str:
         return f"{self.prefix}buckets:{unit}"
 
-    def _xrange(self, after: bytes | None, count: int) -> list[t.Any]:
+    def _xrange(self, after: bytes | None, count: int, stop: bytes = b"+") -> list[t.Any]:
         low = b"-" if after is None else b"(" + after
         entries: list[t.Any] = self.client.execute_command(  # type: ignore[no-untyped-call]
-            "XRANGE", self.event_name, low, b"+", "COUNT", count, **self.raw
+            "XRANGE", self.event_name, low, stop, "COUNT", count, **self.raw
         )
         return entries
 
@@ -177,7 +189,7 @@ class RedisRollups:
         """
         import redis
 
-        folded = 0
+        folded = self._rebuild_chunks()
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
@@ -187,14 +199,7 @@ class RedisRollups:
                     entries = self._xrange(after, FOLD_CHUNK)
                     if not entries:
                         return folded
-                    delta = RollupDelta(self.secret, keep_hashes=True, units=KEPT_UNITS)
-                    delta.add_rows(self.decode(entries))
-                    now = datetime.now(_UTC)
-                    olds = self._read_olds(list(delta.spans))
-                    over = self._read_over(delta, now)
-                    pipe.multi()
-                    self._queue_delta(pipe, delta, olds)
-                    self._queue_compaction(pipe, delta, over)
+                    self._queue_fold(pipe, self.decode(entries))
                     pipe.set(self.position_key, entries[-1][0])
                     pipe.execute()
                 except redis.WatchError:
@@ -202,6 +207,114 @@ class RedisRollups:
             folded += len(entries)
             if len(entries) < FOLD_CHUNK:
                 return folded
+
+    def _queue_fold(self, pipe: redis.client.Pipeline, rows: list[_Row]) -> None:
+        """Read what folding ``rows`` changes (``pipe`` is watching), then
+        start its ``MULTI`` and queue the changes."""
+        delta = RollupDelta(self.secret, keep_hashes=True, units=KEPT_UNITS)
+        delta.add_rows(rows)
+        now = datetime.now(_UTC)
+        olds = self._read_olds(list(delta.spans))
+        over = self._read_over(delta, now)
+        pipe.multi()
+        self._queue_delta(pipe, delta, olds)
+        self._queue_compaction(pipe, delta, over)
+
+    # -- rebuilding --------------------------------------------------------
+
+    def rebuild(self, since: datetime | None = None) -> int:
+        """Drop the buckets from the UTC day of ``since`` on (all of them
+        without it) and fold those days' entries again; return how many
+        entries were folded.
+
+        The entries folded so far are refolded chunk by chunk (from the
+        first whose id is a clock margin before that day: no earlier entry
+        can hold a request of it) while the app keeps writing; an
+        interrupted rebuild goes on at the next :meth:`fold`. Until it ends,
+        summaries are counted from the entries.
+        """
+        import redis
+
+        day = None if since is None else bucket_start(since, "day")
+        while True:
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.position_key, self.rebuild_key)  # type: ignore[no-untyped-call]
+                    position = pipe.get(self.position_key)
+                    low = "-inf" if day is None else seconds_of(day)
+                    starts = {
+                        unit: t.cast(
+                            "list[bytes]", pipe.zrangebyscore(self.set_key(unit), low, "+inf")
+                        )
+                        for unit in KEPT_UNITS
+                    }
+                    pipe.multi()
+                    for unit, members in starts.items():
+                        moments = [datetime.fromisoformat(text_of(m)) for m in members]
+                        keys = [self.bucket_key(unit, m) for m in moments]
+                        keys += [self.visitor_key(unit, m) for m in moments]
+                        for index in range(0, len(keys), _DELETE_CHUNK):
+                            pipe.delete(*keys[index : index + _DELETE_CHUNK])
+                        if members:
+                            pipe.zrem(self.set_key(unit), *members)
+                    pipe.delete(self.rebuild_key)
+                    if position is not None:
+                        # Written again, so that a summary or a fold reading
+                        # meanwhile (watching it) starts over.
+                        pipe.set(self.position_key, position)
+                        cursor = b"" if day is None else _id_before(day)
+                        pipe.hset(
+                            self.rebuild_key,
+                            mapping={
+                                "cursor": cursor,
+                                "stop": position,
+                                "day": b"" if day is None else b"%d" % seconds_of(day),
+                            },
+                        )
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            return self.fold()
+
+    def rebuilding(self) -> bool:
+        """Whether a rebuild is under way (or was interrupted)."""
+        return bool(self.client.exists(self.rebuild_key))
+
+    def _rebuild_chunks(self) -> int:
+        """Refold the entries a rebuild has left, chunk by chunk."""
+        import redis
+
+        refolded = 0
+        while True:
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.position_key, self.rebuild_key)  # type: ignore[no-untyped-call]
+                    state = t.cast("dict[bytes, bytes]", pipe.hgetall(self.rebuild_key))
+                    if not state:
+                        return refolded
+                    cursor = state[b"cursor"] or None
+                    entries = self._xrange(cursor, FOLD_CHUNK, state[b"stop"])
+                    rows = self.decode(entries)
+                    if state[b"day"]:
+                        day = datetime.fromtimestamp(int(state[b"day"]), _UTC)
+                        # Earlier days' requests are in the buckets kept.
+                        rows = [
+                            row
+                            for row in rows
+                            if row["request_date"] is not None
+                            and datetime.fromisoformat(row["request_date"]) >= day
+                        ]
+                    self._queue_fold(pipe, rows)
+                    if len(entries) < FOLD_CHUNK:
+                        pipe.delete(self.rebuild_key)
+                    else:
+                        pipe.hset(self.rebuild_key, "cursor", entries[-1][0])
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            refolded += len(rows)
+            if len(entries) < FOLD_CHUNK:
+                return refolded
 
     def _read_olds(self, keys: list[tuple[Unit, datetime]]) -> dict[tuple[Unit, datetime], _Old]:
         with self.client.pipeline(transaction=False) as pipe:

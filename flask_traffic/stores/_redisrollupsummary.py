@@ -62,10 +62,14 @@ def summarize(
     while True:
         with rollups.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(rollups.position_key)  # type: ignore[no-untyped-call]
+                pipe.watch(rollups.position_key, rollups.rebuild_key)  # type: ignore[no-untyped-call]
                 raw = pipe.get(rollups.position_key)
-                span = None if raw is None else _folded_span(rollups)
-                if raw is None or span is None:
+                if raw is None or pipe.exists(rollups.rebuild_key):
+                    # Nothing folded yet, or a rebuild under way: the
+                    # entries are read.
+                    return None
+                span = _folded_span(rollups)
+                if span is None:
                     return None
                 position = bytes(raw)  # type: ignore[arg-type]
                 plan = plan_window(query.since, query.until, *span, rollups.retention)

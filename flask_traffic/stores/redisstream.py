@@ -290,13 +290,16 @@ class RedisStore(Store):
     def rebuild_rollups(
         self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None
     ) -> int:
+        """Drop the rollups from the UTC day of ``since`` on (all without
+        it) and fold the entries of those days still in the stream again;
+        safe while the app writes, and an interrupted rebuild goes on at the
+        next fold (:meth:`._redisrollups.RedisRollups.rebuild`)."""
         if not self.keeps_rollups:
             return super().rebuild_rollups(since, progress)
-        # Not yet: the fold position only moves forward here.
-        raise NotImplementedError(
-            f"{self.name} cannot rebuild its rollups yet; they are kept from the entries "
-            f"written since they were turned on."
-        )
+        folded = self.rollups.rebuild(since)
+        if folded and progress is not None:
+            progress(folded)
+        return folded
 
     def summarize(self, query: Query, builder: SummaryBuilder) -> None:
         """From the rollups and the entries not folded yet when rollups are
