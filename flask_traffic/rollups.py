@@ -384,8 +384,13 @@ class RollupDelta:
     def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
         """Add rows as ``read()`` gives them (``request_date`` as ISO text)."""
         sums, spans, visitors, hashes = self.sums, self.spans, self.visitors, self.hashes
-        secret, keep_hashes = self.secret, self.keep_hashes
-        starts: dict[str, datetime] = {}
+        secret, keep_hashes, units = self.secret, self.keep_hashes, self.units
+        # Per minute of the rows: its bucket of each size, worked out once.
+        starts: dict[str, list[tuple[Unit, datetime]]] = {}
+        # Keys repeat from row to row: each is made once.
+        route_keys: dict[str | None, str] = {}
+        time_keys: dict[tuple[str | None, int], str] = {}
+        tops = tuple(TOP_FIELDS.items())
         for row in rows:
             date_text = row.get("request_date")
             if date_text is None:
@@ -393,47 +398,58 @@ class RollupDelta:
             self.records += 1
             rate = row.get("request_sample_rate")
             weight = 1.0 if not rate else 1.0 / rate
-            minute_text = date_text[:16]
-            minute = starts.get(minute_text)
-            if minute is None:
-                minute = starts[minute_text] = bucket_start(
-                    datetime.fromisoformat(date_text), "minute"
-                )
-            moment = (datetime.fromisoformat(date_text) - _EPOCH) // _MICROSECOND
+            moment_at = datetime.fromisoformat(date_text)
+            buckets = starts.get(date_text[:16])
+            if buckets is None:
+                minute = bucket_start(moment_at, "minute")
+                buckets = starts[date_text[:16]] = [
+                    (unit, minute if unit == "minute" else bucket_start(minute, unit))
+                    for unit in units
+                ]
+            moment = (moment_at - _EPOCH) // _MICROSECOND
             status = row.get("response_status_code")
             route = row.get("request_route")
+            route_key = route_keys.get(route)
+            if route_key is None:
+                route_key = route_keys[route] = _key(route)
             ms = row.get("response_time")
             keys = [
                 ("total", ""),
                 ("status", "" if status is None else str(status)),
-                ("route", _key(route)),
+                ("route", route_key),
             ]
             if ms is not None:
-                keys.append(("time", _key([route, histogram_index(ms)])))
-            for name, field in TOP_FIELDS.items():
+                index = histogram_index(ms)
+                time_key = time_keys.get((route, index))
+                if time_key is None:
+                    time_key = time_keys[route, index] = _key([route, index])
+                keys.append(("time", time_key))
+            for name, field in tops:
                 value = row.get(field)
                 if value is not None:
                     keys.append((name, value))
             hashed = visitor_hash(
                 secret, date_text, row.get("request_remote_address"), row.get("request_user_agent")
             )
-            for unit in self.units:
-                start = minute if unit == "minute" else bucket_start(minute, unit)
+            for bucket in buckets:
+                unit, start = bucket
                 for part, key in keys:
                     sums[unit, start, part, key] += weight
                 sums[unit, start, "records", ""] += 1.0
-                span = spans.get((unit, start))
+                span = spans.get(bucket)
                 if span is None:
-                    spans[unit, start] = [moment, moment]
+                    spans[bucket] = [moment, moment]
                 else:
-                    span[0] = min(span[0], moment)
-                    span[1] = max(span[1], moment)
+                    if moment < span[0]:
+                        span[0] = moment
+                    if moment > span[1]:
+                        span[1] = moment
                 if unit in _VISITOR_UNITS and keep_hashes:
-                    hashes.setdefault((unit, start), set()).add(hashed)
+                    hashes.setdefault(bucket, set()).add(hashed)
                 elif unit in _VISITOR_UNITS:
-                    sketch = visitors.get((unit, start))
+                    sketch = visitors.get(bucket)
                     if sketch is None:
-                        sketch = visitors[unit, start] = HyperLogLog()
+                        sketch = visitors[bucket] = HyperLogLog()
                     sketch.add(hashed)
 
 

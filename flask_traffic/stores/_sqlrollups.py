@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from ..query import Query
 from ..rollups import (
+    ROLLUP_FIELDS,
     UNITS,
     HyperLogLog,
     RollupDelta,
@@ -196,10 +197,12 @@ class SQLRollups:
     ) -> tuple[int, int] | None:
         """Fold the first :data:`FOLD_CHUNK` rows meeting ``conditions``, by
         id; the last one's id and how many, or None when there were none."""
-        table, io = self.io.table, self.io
+        table = self.io.table
         id_column = table.c[ID_COLUMN]
+        # Only the fields rollups count: a third fewer values to convert.
+        names, convert = self.io.reader(ROLLUP_FIELDS)
         statement = (
-            sa.select(id_column, *(table.c[name] for name in io.written))
+            sa.select(id_column, *(table.c[name] for name in names))
             .where(*conditions)
             .order_by(id_column)
             .limit(FOLD_CHUNK)
@@ -208,7 +211,7 @@ class SQLRollups:
         if not found:
             return None
         delta = RollupDelta(self.secret, units=KEPT_UNITS)
-        delta.add_rows(io.convert(row[1:] for row in found))
+        delta.add_rows(convert(row[1:] for row in found))
         self._apply(connection, delta)
         return int(found[-1][0]), len(found)
 

@@ -154,6 +154,20 @@ class TableIO:
         else:
             plan.run(connection, columns)
 
+    def reader(
+        self, names: t.Collection[str]
+    ) -> tuple[list[str], Callable[[t.Iterable[t.Sequence[t.Any]]], list[dict[str, t.Any]]]]:
+        """The written columns among ``names``, and what turns rows of just
+        them into dicts of their values as ``read()`` gives them (a fold
+        reads only the fields rollups count)."""
+        chosen = [name for name in self.written if name in names]
+        readers = [_READERS[_FIELD_BY_NAME[name].type] for name in chosen]
+
+        def convert(rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
+            return [dict(zip(chosen, map(_apply, readers, row), strict=True)) for row in rows]
+
+        return chosen, convert
+
     def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
         """Rows of the written columns (in :attr:`written` order) as dicts
         keyed by :attr:`fields`, values as ``read()`` gives them."""
