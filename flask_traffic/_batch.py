@@ -386,6 +386,8 @@ class BatchProcessor:
             self._health.failed(exc, len(batch), retrying=False)
             found = isolate(export, batch, self._transient, self._health, suspect=suspect)
             self._set_aside(found.poison)
+            if found.poison and not found.unwritten and pending.replay is not None:
+                self._fence_past(pending.replay)
             if found.unwritten:
                 pending.batch = found.unwritten
                 self._in_flight = 0 if pending.replay else len(found.unwritten)
@@ -440,6 +442,19 @@ class BatchProcessor:
             target.replay_spooled(list(part), spool_id, number)
 
         return replay_part
+
+    def _fence_past(self, replay: ReplayBatch) -> None:
+        """Move the sink's fence to the end of ``replay``, whose records are
+        written but for those just set aside as poison: after a crash, the
+        next process skips them instead of setting them aside again."""
+        target = self._spool_target
+        if target is None:
+            return
+        try:
+            target.replay_spooled([], replay.file.id, replay.start + len(replay.records))
+        except Exception as exc:
+            # At worst a crash before the next batch sets them aside twice.
+            logger.info("%s: could not move the spool fence: %s", self._health.name, exc)
 
     def _load_replay(self, pending: PendingBatch) -> None:
         assert self._spool is not None

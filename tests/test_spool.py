@@ -42,6 +42,8 @@ class FencedSink:
     def __init__(self) -> None:
         self.written: list[str | None] = []
         self.positions: dict[str, int] = {}
+        #: Every fenced write: spool id and the position after it.
+        self.fences: list[tuple[str, int]] = []
         self.fail = False
         #: Write, then raise as if the reply were lost.
         self.lose_reply = False
@@ -56,6 +58,8 @@ class FencedSink:
     def replay_spooled(self, records: list[TrafficRecord], spool_id: str, first: int) -> None:
         if self.fail:
             raise ConnectionError("down")
+        if any(r.request_user_agent == "poison" for r in records):
+            raise ValueError("this record can never be written")
         done = self.positions.get(spool_id, 0)
         end = first + len(records)
         if done >= end:
@@ -63,6 +67,7 @@ class FencedSink:
         with self.lock:
             self.written.extend(r.request_path for r in records[max(0, done - first) :])
             self.positions[spool_id] = end
+            self.fences.append((spool_id, end))
         if self.lose_reply:
             self.lose_reply = False
             raise ConnectionError("reply lost")
@@ -497,3 +502,35 @@ def test_a_redis_store_replays_the_very_entries_a_fresh_write_makes(
         for store in (replayed, fresh):
             store.client.delete(store.event_name)
             store.shutdown()
+
+
+def test_a_poison_record_replayed_is_set_aside_once_and_fenced_past(tmp_path: Path) -> None:
+    # A spooled record no write takes (a value the database refuses): it is
+    # set aside, and the fence moves past it, so that a process taking the
+    # spool over after a crash skips it rather than set it aside again.
+    sink = FencedSink()
+    sink.fail = True
+    letters: list[str | None] = []
+    p = processor(
+        sink,
+        tmp_path,
+        max_batch_size=10,
+        dead_letter=lambda poison: letters.extend(r.request_path for r, _ in poison) or len(poison),
+    )
+    made = [record(n) for n in range(9)] + [record(9, request_user_agent="poison")]
+    for item in made:
+        p.emit(item)
+    p.shutdown(5)
+    assert p.stats()["spilled"] == 10
+    sink.fail = False
+    again = processor(
+        sink,
+        tmp_path,
+        max_batch_size=10,
+        dead_letter=lambda poison: letters.extend(r.request_path for r, _ in poison) or len(poison),
+    )
+    assert wait_for(lambda: not list(tmp_path.glob("*.spool")))
+    again.shutdown()
+    assert sink.written == paths(9)
+    assert letters == ["/r/9"]
+    assert sink.fences[-1][1] == 10
