@@ -19,9 +19,9 @@ from flask import Flask
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic._spool import Spool, SpoolFile
-from flask_traffic._spoolframes import HEADER, decode_record, encode_record, key_tag
+from flask_traffic._spoolframes import HEADER, Row, decode_record, encode_record, key_tag
 from flask_traffic.processors import BatchProcessor
-from flask_traffic.stores import JSONStore, MemoryStore, SQLStore
+from flask_traffic.stores import JSONStore, MemoryStore, SQLStore, Store
 
 
 def record(n: int, **extra: t.Any) -> TrafficRecord:
@@ -177,6 +177,17 @@ def test_a_spilled_row_is_written_as_it_was_made_and_the_record_stays_whole(
     again.close()
 
 
+def taken_over(path: Path, count: int, *, delete: bool = True) -> list[TrafficRecord]:
+    """The records of the spool file at ``path`` taken over as a new process
+    would, which must hold ``count``."""
+    taken = SpoolFile.adopt(path)
+    assert taken is not None
+    assert taken.records == count
+    records, _ = taken.read(count + 100)
+    taken.close(delete=delete)
+    return records
+
+
 def test_a_torn_tail_is_skipped_and_the_whole_records_kept(tmp_path: Path) -> None:
     spool = SpoolFile.create(tmp_path)
     assert spool.append([encode_record(record(n)) for n in range(10)], 1 << 20) == 10
@@ -184,12 +195,7 @@ def test_a_torn_tail_is_skipped_and_the_whole_records_kept(tmp_path: Path) -> No
     spool.close(delete=False)
     with open(spool.path, "r+b") as file:
         file.truncate(size - 3)  # the last record cut short, as by SIGKILL
-    taken = SpoolFile.adopt(spool.path)
-    assert taken is not None
-    assert taken.records == 9
-    records, _ = taken.read(100)
-    assert [r.request_path for r in records] == paths(9)
-    taken.close(delete=True)
+    assert [r.request_path for r in taken_over(spool.path, 9)] == paths(9)
 
 
 def test_frames_of_any_size_are_read_and_a_damaged_one_ends_the_file(tmp_path: Path) -> None:
@@ -201,23 +207,14 @@ def test_frames_of_any_size_are_read_and_a_damaged_one_ends_the_file(tmp_path: P
     frames[1] = encode_record(record(1, request_user_agent="x" * 3_000_000))
     assert spool.append(frames, 1 << 30) == 5
     spool.close(delete=False)
-    taken = SpoolFile.adopt(spool.path)
-    assert taken is not None
-    assert taken.records == 5
-    records, _ = taken.read(100)
+    records = taken_over(spool.path, 5, delete=False)
     assert [r.request_path for r in records] == paths(5)
     assert len(records[1].request_user_agent or "") == 3_000_000
-    taken.close(delete=False)
     damaged = bytearray(spool.path.read_bytes())
     third = damaged.index(b"/r/3")
     damaged[third + 3] = ord("9")
     spool.path.write_bytes(bytes(damaged))
-    again = SpoolFile.adopt(spool.path)
-    assert again is not None
-    assert again.records == 3
-    records, _ = again.read(100)
-    assert [r.request_path for r in records] == paths(3)
-    again.close(delete=True)
+    assert [r.request_path for r in taken_over(spool.path, 3)] == paths(3)
 
 
 def test_frames_written_before_the_row_part_was_marshal_still_replay(tmp_path: Path) -> None:
@@ -434,35 +431,57 @@ def test_the_spool_bound_holds_for_all_the_processes_of_a_store_together(tmp_pat
     second.close()
 
 
-def test_a_sql_store_replays_the_very_rows_a_fresh_write_makes(tmp_path: Path) -> None:
-    # A SQL store spills the row with its text encoded as the table holds it
-    # (lone surrogates, NUL bytes) and replay inserts it as it is: what is
-    # read back equals what writing the same records afresh gives.
+def replayed_and_fresh(
+    tmp_path: Path, fresh: Store, replayed: Store, rows: Row
+) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any]]]:
+    """What ``replayed`` reads back after replaying a spool of the records of
+    :func:`hostile_records` spilled with ``rows``, as a stopped process
+    leaves it, and what ``fresh`` reads after writing them itself; oldest
+    first."""
     from flask_traffic._spool import SPOOL_FOLDER, spool_folder
-    from flask_traffic.stores._sqltable import spooled_row
 
-    policy = LogPolicy().set_from_true()
-    made = [hostile_record(), record(1, request_user_agent="nul\x00byte"), record(2)]
-    fresh = SQLStore(location=tmp_path / "fresh", log_policy=policy, sync=True)
+    made = hostile_records()
     Traffic(Flask("fresh", instance_path=str(tmp_path / "fresh")), stores=fresh)
     fresh.export(made)
-    replayed = SQLStore(location=tmp_path / "replayed", log_policy=policy)
-    staged = Spool(tmp_path / "staged", 1 << 20, "s", rows=spooled_row(policy))
-    assert staged.spill(made) == 3
+    staged = Spool(tmp_path / "staged", 1 << 20, "s", rows=rows)
+    assert staged.spill(made) == len(made)
     staged.close()
     target = spool_folder(tmp_path / "replayed" / SPOOL_FOLDER, replayed.name)
     target.mkdir(parents=True)
     for path in (tmp_path / "staged").iterdir():
         path.rename(target / path.name)
     Traffic(Flask("replayed", instance_path=str(tmp_path / "replayed")), stores=replayed)
-    assert wait_for(lambda: replayed.stats()["replayed"] == 3)
+    assert wait_for(lambda: replayed.stats()["replayed"] == len(made))
     replayed.flush()
-    assert replayed.read()[::-1] == fresh.read()[::-1]
-    rows = replayed.read()[::-1]
+    return replayed.read()[::-1], fresh.read()[::-1]
+
+
+def hostile_records() -> list[TrafficRecord]:
+    """Records whose text a store must encode: lone surrogates, a NUL byte."""
+    return [hostile_record(), record(1, request_user_agent="nul\x00byte"), record(2)]
+
+
+def assert_hostile_rows(rows: list[dict[str, t.Any]]) -> None:
     assert [r["request_path"] for r in rows] == ["/caf\udce9?x", "/r/1", "/r/2"]
     assert rows[1]["request_user_agent"] == "nul\x00byte"
-    replayed.shutdown()
-    fresh.shutdown()
+
+
+def test_a_sql_store_replays_the_very_rows_a_fresh_write_makes(tmp_path: Path) -> None:
+    # A SQL store spills the row with its text encoded as the table holds it
+    # and replay inserts it as it is: what is read back equals what writing
+    # the same records afresh gives.
+    from flask_traffic.stores._sqltable import spooled_row
+
+    policy = LogPolicy().set_from_true()
+    fresh = SQLStore(location=tmp_path / "fresh", log_policy=policy, sync=True)
+    replayed = SQLStore(location=tmp_path / "replayed", log_policy=policy)
+    try:
+        rows, expected = replayed_and_fresh(tmp_path, fresh, replayed, spooled_row(policy))
+        assert rows == expected
+        assert_hostile_rows(rows)
+    finally:
+        replayed.shutdown()
+        fresh.shutdown()
 
 
 def test_a_redis_store_replays_the_very_entries_a_fresh_write_makes(
@@ -472,32 +491,17 @@ def test_a_redis_store_replays_the_very_entries_a_fresh_write_makes(
     # it as it is: what is read back equals a fresh write of the same records.
     import uuid
 
-    from flask_traffic._spool import SPOOL_FOLDER, spool_folder
     from flask_traffic.stores import RedisStore
     from flask_traffic.stores._redisentries import spooled_entry
 
     policy = LogPolicy().set_from_true()
-    made = [hostile_record(), record(1, request_user_agent="nul\x00byte"), record(2)]
     name = f"spool-entries-{uuid.uuid4().hex[:8]}"
     fresh = RedisStore(event_name=f"{name}-fresh", url=redis_url, log_policy=policy, sync=True)
-    Traffic(Flask("fresh", instance_path=str(tmp_path / "fresh")), stores=fresh)
-    fresh.export(made)
     replayed = RedisStore(event_name=f"{name}-replayed", url=redis_url, log_policy=policy)
-    staged = Spool(tmp_path / "staged", 1 << 20, "s", rows=spooled_entry(policy))
-    assert staged.spill(made) == 3
-    staged.close()
-    target = spool_folder(tmp_path / "replayed" / SPOOL_FOLDER, replayed.name)
-    target.mkdir(parents=True)
-    for path in (tmp_path / "staged").iterdir():
-        path.rename(target / path.name)
-    Traffic(Flask("replayed", instance_path=str(tmp_path / "replayed")), stores=replayed)
     try:
-        assert wait_for(lambda: replayed.stats()["replayed"] == 3)
-        replayed.flush()
-        rows = replayed.read()[::-1]
-        assert rows == fresh.read()[::-1]
-        assert [r["request_path"] for r in rows] == ["/caf\udce9?x", "/r/1", "/r/2"]
-        assert rows[1]["request_user_agent"] == "nul\x00byte"
+        rows, expected = replayed_and_fresh(tmp_path, fresh, replayed, spooled_entry(policy))
+        assert rows == expected
+        assert_hostile_rows(rows)
     finally:
         for store in (replayed, fresh):
             store.client.delete(store.event_name)
