@@ -1,7 +1,7 @@
 """Per-request cost of flask-traffic against bare Flask, in the same run.
 
     python tests/benchmarks/bench_overhead.py [--requests 500] [--rounds 30] [-v]
-    python tests/benchmarks/bench_overhead.py --stores json,csv,sqlite,sqlorm,redis
+    python tests/benchmarks/bench_overhead.py --stores json,csv,sqlite,sqlorm,redis [--rollups]
 
 Two apps with the same routes: bare Flask (A) and Flask with a JSONStore and
 a CSVStore (B), or the stores named by ``--stores`` (the kinds of
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Run as a script, this folder is on sys.path.
+import bench_ingest
 from bench_ingest import MAKERS, USER_AGENTS
 from flask import Flask
 
@@ -67,6 +68,9 @@ def measure(
         for store in stores:
             if not store.flush(60):
                 raise SystemExit(f"{store.name} did not flush")
+            if store.keeps_rollups:
+                # What the worker does between batches, inside the round.
+                store.fold()
 
     wall_ratios, cpu_ratios = [], []
     for number in range(rounds):
@@ -99,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="A/B rounds")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
     parser.add_argument("--stores", default="json,csv", help="comma-separated store kinds")
+    parser.add_argument(
+        "--rollups", action="store_true", help="SQL and Redis keep rollups, folded each round"
+    )
     args = parser.parse_args(argv)
+    bench_ingest.ROLLUPS = args.rollups
     kinds = args.stores.split(",")
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as made:
         bare = make_app(folder, "bare")
