@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing as t
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +29,7 @@ import redis
 from flask import Flask
 from own_servers import RedisServer
 
-from flask_traffic import FIELD_NAMES, FIELDS, LogPolicy, Traffic
+from flask_traffic import FIELD_NAMES, FIELDS, LogPolicy, Traffic, TrafficRecord
 from flask_traffic.stores import JSONStore, RedisStore, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,6 +311,52 @@ def test_a_key_that_is_not_a_stream_fails_at_init_app(
     stores.append(store)
     with pytest.raises(RuntimeError, match="holds a string, not a stream: pass another event_name"):
         Traffic(make_app(tmp_path), stores=store)
+
+
+def made(path: str) -> TrafficRecord:
+    return TrafficRecord(time.time_ns(), 1_000_000, "GET", request_path=path)
+
+
+def test_a_write_refused_inside_the_transaction_raises_and_the_client_goes_on(
+    redis_url: str, server: redis.Redis, stream: str
+) -> None:
+    # The key turned into a string after init_app: every XADD of the batch
+    # fails inside EXEC. The write raises Redis's error (no retry can write
+    # it), and the client's connections are still good for the next one.
+    store = RedisStore(event_name=stream, url=redis_url, sync=True)
+    Traffic(Flask("refused"), stores=store)
+    server.set(stream, "not a stream")
+    records = [made(f"/r/{n}") for n in range(3)]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.export(records)
+    server.delete(stream)
+    store.export(records)
+    assert [row["request_path"] for row in store.read()] == ["/r/2", "/r/1", "/r/0"]
+    store.shutdown()
+
+
+def test_a_client_of_a_redis_subclass_writes_through_redis_pys_pipeline(
+    redis_url: str, stream: str
+) -> None:
+    # A subclass may route or wrap commands: the store leaves its writes to
+    # redis-py rather than packing them itself.
+    from flask_traffic.stores._redistransaction import _PipelineTransaction, transaction
+
+    class Counting(redis.Redis):
+        pipelines = 0
+
+        def pipeline(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+            Counting.pipelines += 1
+            return super().pipeline(*args, **kwargs)
+
+    with Counting.from_url(redis_url) as client:
+        assert isinstance(transaction(client), _PipelineTransaction)
+        store = RedisStore(event_name=stream, client=client, sync=True)
+        Traffic(Flask("subclass"), stores=store)
+        store.export([made("/via-pipeline")])
+        assert Counting.pipelines >= 1
+        assert [row["request_path"] for row in store.read()] == ["/via-pipeline"]
+        store.shutdown()
 
 
 # What is stored, and how it reads back.

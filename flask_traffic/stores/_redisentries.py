@@ -13,11 +13,11 @@ from ..record import FIELDS, FieldType
 
 if t.TYPE_CHECKING:
     import redis
-    from redis.client import Pipeline
     from redis.typing import EncodableT, FieldT
 
     from ..policy import LogPolicy
     from ..record import TrafficRecord
+    from ._redistransaction import Transaction
 
 __all__ = [
     "CLOCK_MARGIN_MS",
@@ -136,18 +136,18 @@ def spooled_entry(policy: LogPolicy) -> tuple[str, Callable[[TrafficRecord], tup
 
 
 def add_entries(
-    pipe: Pipeline,
+    writes: Transaction,
     key: str,
     entries: Iterable[tuple[EncodableT, ...]],
     max_len: int | None,
 ) -> None:
-    """Queue one ``XADD`` per flat entry on ``pipe``: the command redis-py's
+    """Queue one ``XADD`` per flat entry on ``writes``: the command redis-py's
     ``xadd(key, entry, maxlen=max_len, approximate=True)`` sends, without
     its checks and list building per record."""
     head: tuple[EncodableT, ...] = (
         ("XADD", key, "*") if max_len is None else ("XADD", key, "MAXLEN", "~", max_len, "*")
     )
-    command = t.cast("Callable[..., object]", pipe.execute_command)
+    command = writes.command
     for entry in entries:
         command(*head, *entry)
 

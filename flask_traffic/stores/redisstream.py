@@ -22,6 +22,7 @@ from ..summary import SummaryBuilder
 from ._redisclient import from_host, from_url, is_int
 from ._redisentries import CODECS, add_entries, entry_maker, lowest_id, next_id, spooled_entry
 from ._redisrollups import RedisRollups, location_of
+from ._redistransaction import transaction
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -369,11 +370,12 @@ class RedisStore(Store):
             number = self._batch_number
         self._unsure = None
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                entries = map(entry_maker(self.log_policy), records)
-                add_entries(pipe, self.event_name, entries, self.max_len)
-                pipe.set(self._fence_key, number, ex=_FENCE_TTL)
-                pipe.execute()
+            writes = transaction(self._client)
+            add_entries(
+                writes, self.event_name, map(entry_maker(self.log_policy), records), self.max_len
+            )
+            writes.command("SET", self._fence_key, number, "EX", _FENCE_TTL)
+            writes.execute()
         except self._unsure_errors:
             self._unsure = (records, number)
             raise
@@ -397,10 +399,10 @@ class RedisStore(Store):
         key, pairs = self._spooled_row()
         # Most come back from the spool with their entry made.
         entries = (record.computed(key, pairs) for record in records)
-        with self._client.pipeline(transaction=True) as pipe:
-            add_entries(pipe, self.event_name, entries, self.max_len)
-            pipe.set(self._spool_key(spool_id), position, ex=_FENCE_TTL)
-            pipe.execute()
+        writes = transaction(self._client)
+        add_entries(writes, self.event_name, entries, self.max_len)
+        writes.command("SET", self._spool_key(spool_id), position, "EX", _FENCE_TTL)
+        writes.execute()
 
     def forget_spool(self, spool_id: str) -> None:
         self._client.delete(self._spool_key(spool_id))
