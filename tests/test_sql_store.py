@@ -391,7 +391,9 @@ def test_a_batch_is_one_executemany_in_one_transaction(
         client.get(f"/batch/{n}")
     assert store.flush(timeout=30)
     sa.event.remove(engine, "before_cursor_execute", on_execute)
-    assert inserts == [(True, 50)]
+    # PostgreSQL (psycopg) takes the rows by COPY, which cursor events do
+    # not see: no INSERT at all there, rather than one a row.
+    assert inserts == ([] if database.backend == "postgresql" else [(True, 50)])
     assert len(commits) == 1
     assert len(store.read()) == 50
 

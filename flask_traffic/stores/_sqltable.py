@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
+from ._sqlinsert import DriverInsert, plan_insert
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
 from .sqlschema import ID_COLUMN
 
@@ -96,7 +97,7 @@ class TableIO:
         ]
         # Per dialect: how the driver runs the insert, or False where
         # SQLAlchemy must (see _DriverInsert.plan).
-        self._plans: dict[sa.Dialect, _DriverInsert | t.Literal[False]] = {}
+        self._plans: dict[sa.Dialect, DriverInsert | t.Literal[False]] = {}
 
     def write(
         self,
@@ -146,7 +147,7 @@ class TableIO:
             columns[self._date_index] = map(_request_date, records)
         plan = self._plans.get(connection.dialect)
         if plan is None:
-            plan = self._plans[connection.dialect] = _DriverInsert.plan(self, connection.dialect)
+            plan = self._plans[connection.dialect] = plan_insert(self, connection.dialect)
         if plan is False:
             written = self.written
             rows = [dict(zip(written, row, strict=True)) for row in zip(*columns, strict=True)]
@@ -334,65 +335,6 @@ def _parse_iso(text: str) -> datetime | None:
 
 
 _request_date = operator.attrgetter("request_date")
-
-
-class _DriverInsert:
-    """The insert of a table's written columns run by the database driver's
-    own ``executemany``, each column made ready by its type's bind
-    processor here, a column at a time: SQLAlchemy's work per parameter set
-    (building the dict, running each processor) was about a third of a
-    write's time.
-
-    :param sql: the compiled insert.
-    :param processors: per written column, its bind processor or ``None``.
-    :param names: for a driver taking named parameters, the written columns'
-        names in the statement; ``None`` for a positional one, where
-        ``order`` gives the written column of each placeholder.
-    """
-
-    def __init__(
-        self,
-        sql: str,
-        processors: Sequence[Callable[[t.Any], t.Any] | None],
-        names: list[str] | None,
-        order: list[int],
-    ) -> None:
-        self.sql = sql
-        self.processors = processors
-        self.names = names
-        self.order = order
-
-    @classmethod
-    def plan(cls, io: TableIO, dialect: sa.Dialect) -> _DriverInsert | t.Literal[False]:
-        """The plan of ``io``'s insert on ``dialect``, or ``False`` when the
-        statement has parameters besides the written columns (a model's
-        column with a Python-side default, which only SQLAlchemy fills in)."""
-        table, written = io.table, list(io.written)
-        compiled = io.insert.compile(dialect=dialect, column_keys=written)
-        params = list(compiled.positiontup or []) if compiled.positional else list(compiled.binds)
-        if sorted(params) != sorted(written):
-            return False
-        processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in written
-        ]
-        if compiled.positional:
-            return cls(str(compiled), processors, None, [written.index(p) for p in params])
-        return cls(str(compiled), processors, written, list(range(len(written))))
-
-    def run(self, connection: sa.Connection, columns: list[t.Iterable[t.Any]]) -> None:
-        """Insert the rows of ``columns`` (in written order)."""
-        ready = [
-            column if processor is None else map(processor, column)
-            for column, processor in zip(columns, self.processors, strict=True)
-        ]
-        if self.names is None:
-            if self.order != list(range(len(ready))):
-                ready = [ready[i] for i in self.order]
-            connection.exec_driver_sql(self.sql, list(zip(*ready, strict=True)))
-        else:
-            names = self.names
-            rows = [dict(zip(names, row, strict=True)) for row in zip(*ready, strict=True)]
-            connection.exec_driver_sql(self.sql, rows)
 
 
 #: What a SQL store's spool keeps of a record (:func:`spooled_row`): the key
