@@ -332,6 +332,12 @@ class HyperLogLog:
     @classmethod
     def unpacked(cls, packed: bytes) -> HyperLogLog:
         """The sketch :meth:`packed` gave."""
+        # A compressed sketch is its registers as they are: no merge into
+        # zeros (4,096 steps of max(), most of a month's visitor count).
+        if packed[:1] == b"Z":
+            return cls(zlib.decompress(packed[1:]))
+        if packed[:1] != b"S":
+            return cls(zlib.decompress(packed))
         sketch = cls()
         sketch.merge_packed(packed)
         return sketch
