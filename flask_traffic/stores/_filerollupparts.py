@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from ..rollups import HyperLogLog, RollupDelta, Unit
+from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
     is_over,
-    merge_histograms,
     split_times,
 )
 

@@ -23,7 +23,8 @@ from ..rollups import (
 from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
-from ._rollupparts import OTHER, add_records, feed_histograms
+from ._rolluphistograms import feed_histograms
+from ._rollupparts import OTHER, add_records
 
 __all__ = ["summarize"]
 

@@ -33,13 +33,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from ..rollups import RollupDelta, RollupRetention, Unit
+from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
     is_over,
-    merge_histograms,
     split_times,
 )
 

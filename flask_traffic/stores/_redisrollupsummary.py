@@ -16,7 +16,8 @@ from ..rollups import UNITS, Piece, Unit, bucket_start, feed, plan_window, visit
 from ..summary import SummaryBuilder
 from ._redisentries import lowest_id
 from ._redisrollups import SEPARATOR, seconds_of, text_of
-from ._rollupparts import KEPT_UNITS, OTHER, feed_histograms
+from ._rolluphistograms import feed_histograms
+from ._rollupparts import KEPT_UNITS, OTHER
 from ._rollupparts import rollup_source as _source
 
 if t.TYPE_CHECKING:

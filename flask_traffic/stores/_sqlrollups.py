@@ -46,7 +46,8 @@ from ..rollups import (
     bucket_start,
 )
 from ..summary import SummaryBuilder
-from ._rollupparts import KEPT_UNITS, is_over, merge_histograms, split_times
+from ._rolluphistograms import merge_histograms
+from ._rollupparts import KEPT_UNITS, is_over, split_times
 from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text

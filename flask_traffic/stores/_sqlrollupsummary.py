@@ -19,7 +19,8 @@ from ..rollups import (
     plan_window,
 )
 from ..summary import SummaryBuilder
-from ._rollupparts import OTHER, add_records, feed_histograms
+from ._rolluphistograms import feed_histograms
+from ._rollupparts import OTHER, add_records
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
