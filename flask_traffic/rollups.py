@@ -458,8 +458,13 @@ def feed(
     :param visitors: unique visitors, summed over the window's days.
     """
     total = records = 0.0
+    tops = builder.tops
     for part, key, weight in sums:
-        if part == "total":
+        # The top lists first: most of a window's sums.
+        counter = tops.get(part)
+        if counter is not None:
+            counter[key] += weight
+        elif part == "total":
             total += weight
         elif part == "records":
             records += weight
@@ -470,8 +475,6 @@ def feed(
         elif part == "time":
             route, index = json.loads(key)
             builder.add_route_time(route, index, weight)
-        elif part in TOP_FIELDS:
-            builder.add_top(part, key, weight)
     builder.total += total
     if round(total, 6) != round(records, 6):
         builder.sampled = True
