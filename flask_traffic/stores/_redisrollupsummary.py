@@ -152,42 +152,51 @@ def _feed(
 ) -> set[str]:
     """Feed ``builder`` the buckets' fields; return the top lists some
     bucket kept only the leaders of."""
-    sums: defaultdict[tuple[str, str], float] = defaultdict(float)
+    # Summed by the field's name as Redis gave it: a month is some 30,000
+    # fields of 6,000 names, each name decoded once, after.
+    sums: dict[bytes | str, float] = {}
+    get = sums.get
     per_bucket: list[tuple[datetime, float]] = []
     histograms: list[str] = []
-    approximate: set[str] = set()
     first: int | None = None
     last: int | None = None
     for (_, start), fields in zip(found, replies, strict=False):
-        total = 0.0
+        low, high, document, _ = (_own(fields, name) for name in _OWN_FIELDS)
+        if low is not None:
+            first = int(low) if first is None else min(first, int(low))
+        if high is not None:
+            last = int(high) if last is None else max(last, int(high))
+        if document is not None:
+            histograms.append(text_of(document))
         for name, value in fields.items():
-            text = text_of(name)
-            if text == "first":
-                first = int(value) if first is None else min(first, int(value))
-            elif text == "last":
-                last = int(value) if last is None else max(last, int(value))
-            elif text == "h":
-                histograms.append(text_of(value))
-            elif text != "c":
-                part, _, key = text.partition(SEPARATOR)
-                weight = float(value)
-                if part.startswith(OTHER):
-                    if weight:
-                        approximate.add(part[len(OTHER) :])
-                    continue
-                sums[part, key] += weight
-                if part == "total":
-                    total = weight
-        per_bucket.append((start, total))
+            sums[name] = get(name, 0.0) + float(value)
+        total = _own(fields, _TOTAL_FIELD)
+        per_bucket.append((start, 0.0 if total is None else float(total)))
+    weights: list[tuple[str, str, float]] = []
+    approximate: set[str] = set()
+    for name, weight in sums.items():
+        part, _, key = text_of(name).partition(SEPARATOR)
+        if not part.startswith(OTHER):
+            weights.append((part, key, weight))
+        elif weight:
+            approximate.add(part[len(OTHER) :])
     feed_histograms(builder, histograms)
-    feed(
-        builder,
-        ((part, key, weight) for (part, key), weight in sums.items()),
-        per_bucket,
-        (first, last),
-        None,
-    )
+    feed(builder, weights, per_bucket, (first, last), None)
     return approximate
+
+
+#: A bucket's fields that are not sums: ``first``, ``last``, ``h`` and ``c``.
+_OWN_FIELDS = ("first", "last", "h", "c")
+_TOTAL_FIELD = f"total{SEPARATOR}"
+
+
+def _own(fields: dict[t.Any, t.Any], name: str) -> t.Any:
+    """Take the field ``name`` out of a bucket's ``HGETALL`` (names are
+    bytes, or text from a client that decodes replies); the total is read,
+    not taken."""
+    take = fields.get if name == _TOTAL_FIELD else fields.pop
+    value = take(name.encode("ascii"), None)
+    return take(name, None) if value is None else value
 
 
 def _entries(
