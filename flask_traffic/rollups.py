@@ -278,6 +278,8 @@ class HyperLogLog:
     PRECISION = 12
     SIZE = 1 << PRECISION
     _REST = 64 - PRECISION
+    # The high bit of each register, as one integer (see merge()).
+    _HIGH_BITS = int.from_bytes(b"\x80" * SIZE, "little")
 
     __slots__ = ("registers",)
 
@@ -297,8 +299,23 @@ class HyperLogLog:
 
     def merge(self, other: bytes | bytearray) -> None:
         """Add every hash another sketch counted."""
-        # map() over the two byte strings: the loop runs in C.
-        self.registers = bytearray(map(max, self.registers, other))
+        mine = int.from_bytes(self.registers, "little")
+        theirs = int.from_bytes(other, "little")
+        if (mine | theirs) & self._HIGH_BITS or len(other) != self.SIZE:
+            # Not registers this class writes (a rank is at most 53): the
+            # plain way, a max() per register.
+            self.registers = bytearray(map(max, self.registers, other))
+            return
+        # Each byte's max at once, in a few operations on 4,096-byte
+        # integers (a max() per register took 0.3 to 1 ms a merge): with
+        # the high bit of every byte set, a byte of mine minus theirs keeps
+        # that bit exactly where mine is the larger or equal, borrowing
+        # nothing from the next byte.
+        high = self._HIGH_BITS
+        larger = (((mine | high) - theirs) & high) >> 7
+        take = (larger << 8) - larger
+        merged = theirs ^ ((mine ^ theirs) & take)
+        self.registers = bytearray(merged.to_bytes(self.SIZE, "little"))
 
     def count(self) -> float:
         """The estimated number of distinct hashes added."""
