@@ -110,7 +110,7 @@ def encode(histograms: Mapping[Route, Dense]) -> str | None:
     lengths = array("H")
     weights: list[float] = []
     for route, dense in histograms.items():
-        used = [index for index, weight in enumerate(dense) if weight]
+        used = list(itertools.compress(range(len(dense)), dense))
         if not used:
             continue
         routes.append(route)
