@@ -4,8 +4,9 @@
 whatever the traffic:
 
 - only hours and days are kept (:data:`~._rollupparts.KEPT_UNITS`);
-- per route, its ``response_time`` histogram is one JSON document in the
-  bucket's ``histograms`` column, merged here under the fold's write lock;
+- per route, its ``response_time`` histogram, all in one document
+  (:mod:`._rolluphistograms`) in the bucket's ``histograms`` column,
+  merged here under the fold's write lock;
 - once an hour or a day is over, its top paths and referrers keep their
   :data:`~._rollupparts.TOP_KEPT` most frequent values, the others added
   up under ``"o:<part>"`` (key ``""``).

@@ -95,7 +95,7 @@ def _tables(table: sa.Table) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]
         sa.Column("first_us", sa.BigInteger, nullable=False),
         sa.Column("last_us", sa.BigInteger, nullable=False),
         sa.Column("visitors", sa.LargeBinary, nullable=True),
-        # Per route, its response_time histogram: JSON (see _sqlrollupparts).
+        # Per route, its response_time histogram (see _rolluphistograms).
         sa.Column("histograms", sa.Text, nullable=True),
     )
     state = sa.Table(
