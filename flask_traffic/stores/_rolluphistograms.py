@@ -147,6 +147,25 @@ def _add(sums: dict[Route, Dense], route: Route, offset: int, weights: t.Sequenc
     dense[offset:end] = map(operator.add, dense[offset:end], weights)
 
 
+def _add_document(sums: dict[Route, Dense], document: str, names: dict[str, Route]) -> None:
+    """Add the weights of a document (either version) to ``sums``;
+    ``names`` keeps the routes of JSON keys read so far."""
+    if document.startswith(_PREFIX):
+        for route, offset, weights in decode(document):
+            _add(sums, route, offset, weights)
+        return
+    # A document kept before: a step per weight, as fast as it was read then.
+    for key, pairs in json.loads(document).items():
+        if key not in names:
+            names[key] = json.loads(key)
+        route = names[key]
+        dense = sums.get(route)
+        if dense is None:
+            dense = sums[route] = [0.0] * _SIZE
+        for index, weight in pairs:
+            dense[index] += weight
+
+
 def merge_histograms(stored: str | None, added: Mapping[Route, Mapping[int, float]]) -> str | None:
     """A bucket's document with the weights ``added`` (``{route: {histogram
     index: weight}}``) added: the fold's, under its lock."""
@@ -154,8 +173,7 @@ def merge_histograms(stored: str | None, added: Mapping[Route, Mapping[int, floa
         return stored
     sums: dict[Route, Dense] = {}
     if stored is not None:
-        for route, offset, weights in decode(stored):
-            _add(sums, route, offset, weights)
+        _add_document(sums, stored, {})
     for route, histogram in added.items():
         dense = sums.get(route)
         if dense is None:
@@ -168,10 +186,10 @@ def merge_histograms(stored: str | None, added: Mapping[Route, Mapping[int, floa
 def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) -> None:
     """Feed ``builder`` the histograms of some buckets."""
     sums: dict[Route, Dense] = {}
+    names: dict[str, Route] = {}
     for document in documents:
         if document is not None:
-            for route, offset, weights in decode(document):
-                _add(sums, route, offset, weights)
+            _add_document(sums, document, names)
     route_times = builder.route_times
     for route, dense in sums.items():
         counts = route_times[route]
