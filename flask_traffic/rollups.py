@@ -25,12 +25,12 @@ import hashlib
 import json
 import math
 import typing as t
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from ._hyperloglog import HyperLogLog
 from .query import iso_text
 
 if t.TYPE_CHECKING:
@@ -265,91 +265,6 @@ def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str |
     return int.from_bytes(digest, "big")
 
 
-# 2 ** -rank for every rank a register can hold, looked up in C by map().
-_POWERS = [2.0**-rank for rank in range(66)]
-
-
-class HyperLogLog:
-    """Distinct counts in 4,096 registers (4 kB): standard error 1.6 %.
-
-    :param registers: bytes of a sketch to go on from.
-    """
-
-    PRECISION = 12
-    SIZE = 1 << PRECISION
-    _REST = 64 - PRECISION
-
-    __slots__ = ("registers",)
-
-    def __init__(self, registers: bytes | None = None) -> None:
-        if registers is not None and len(registers) != self.SIZE:
-            raise ValueError(f"a sketch has {self.SIZE} registers, not {len(registers)}")
-        self.registers = bytearray(registers) if registers is not None else bytearray(self.SIZE)
-
-    def add(self, hashed: int) -> None:
-        """Count a 64-bit hash."""
-        index = hashed >> self._REST
-        rest = hashed & ((1 << self._REST) - 1)
-        # The position of the first 1 bit in the remaining 52 bits.
-        rank = self._REST - rest.bit_length() + 1
-        if rank > self.registers[index]:
-            self.registers[index] = rank
-
-    def merge(self, other: bytes | bytearray) -> None:
-        """Add every hash another sketch counted."""
-        # map() over the two byte strings: the loop runs in C.
-        self.registers = bytearray(map(max, self.registers, other))
-
-    def count(self) -> float:
-        """The estimated number of distinct hashes added."""
-        size = self.SIZE
-        zeros = self.registers.count(0)
-        if zeros == size:
-            return 0.0
-        alpha = 0.7213 / (1 + 1.079 / size)
-        estimate = alpha * size * size / math.fsum(map(_POWERS.__getitem__, self.registers))
-        if estimate <= 2.5 * size and zeros:
-            # Few distinct values: linear counting is the better estimate.
-            return size * math.log(size / zeros)
-        return estimate
-
-    def to_bytes(self) -> bytes:
-        """The registers, for storage."""
-        return bytes(self.registers)
-
-    def packed(self) -> bytes:
-        """The registers for storage: an hour's sketch is mostly zeros, kept
-        as ``(index, rank)`` triples of bytes (``b"S"`` first), which merge
-        in a step per visitor; a fuller one compressed (``b"Z"`` first)."""
-        registers = self.registers
-        used = [(index, rank) for index, rank in enumerate(registers) if rank]
-        if len(used) * 3 < len(registers) // 2:
-            return b"S" + bytes(
-                byte for index, rank in used for byte in (index >> 8, index & 0xFF, rank)
-            )
-        return b"Z" + zlib.compress(registers, 1)
-
-    @classmethod
-    def unpacked(cls, packed: bytes) -> HyperLogLog:
-        """The sketch :meth:`packed` gave."""
-        sketch = cls()
-        sketch.merge_packed(packed)
-        return sketch
-
-    def merge_packed(self, packed: bytes) -> None:
-        """:meth:`merge` a sketch as :meth:`packed` gave it."""
-        if packed[:1] == b"S":
-            registers = self.registers
-            for at in range(1, len(packed), 3):
-                index = (packed[at] << 8) | packed[at + 1]
-                if packed[at + 2] > registers[index]:
-                    registers[index] = packed[at + 2]
-        elif packed[:1] == b"Z":
-            self.merge(zlib.decompress(packed[1:]))
-        else:  # a zlib stream as kept before the prefixes
-            self.merge(zlib.decompress(packed))
-
-
 def _key(value: t.Any) -> str:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
@@ -468,8 +383,13 @@ def feed(
     :param visitors: unique visitors, summed over the window's days.
     """
     total = records = 0.0
+    tops = builder.tops
     for part, key, weight in sums:
-        if part == "total":
+        # The top lists first: most of a window's sums.
+        counter = tops.get(part)
+        if counter is not None:
+            counter[key] += weight
+        elif part == "total":
             total += weight
         elif part == "records":
             records += weight
@@ -480,8 +400,6 @@ def feed(
         elif part == "time":
             route, index = json.loads(key)
             builder.add_route_time(route, index, weight)
-        elif part in TOP_FIELDS:
-            builder.add_top(part, key, weight)
     builder.total += total
     if round(total, 6) != round(records, 6):
         builder.sampled = True

@@ -17,6 +17,7 @@ and are the same from every store.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import math
 import operator
@@ -364,10 +365,17 @@ class SummaryBuilder:
     def _top(self, name: str) -> list[dict[str, t.Any]] | None:
         if TOP_FIELDS[name] not in self.fields:
             return None
+        counts = self.tops[name]
+        items: Iterable[tuple[str, float]] = counts.items()
+        if len(counts) > TOP:
+            # Only the values that may rank (thousands of paths in a month):
+            # a weight that rounds to at least the TOP-th largest's.
+            floor = round(heapq.nlargest(TOP, counts.values())[-1], 6) - 1e-6
+            items = [item for item in items if item[1] >= floor]
         # Weights rounded before ranking: sums of 1/sample_rate added in
         # another order (rollups) differ in the last bits, and a tie must
         # break the same way, by value.
-        ranked = sorted(self.tops[name].items(), key=lambda item: (-round(item[1], 6), item[0]))
+        ranked = sorted(items, key=lambda item: (-round(item[1], 6), item[0]))
         return [{"value": value, "count": round(weight)} for value, weight in ranked[:TOP]]
 
 

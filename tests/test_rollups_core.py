@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 import typing as t
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -486,3 +487,24 @@ def test_hyperloglog_packed_round_trip_and_merge(n: int) -> None:
     merged.merge_packed(packed)
     expected.merge(sketch.registers)
     assert merged.registers == expected.registers
+
+
+@pytest.mark.parametrize("top", [1, 54, 127, 255])
+def test_hyperloglog_merge_is_max_of_each_register(top: int) -> None:
+    """A merge keeps the larger of each pair of registers, whatever they
+    hold (registers no sketch writes, 128 and up, too)."""
+    rng = random.Random(top)
+    for _ in range(20):
+        mine = bytes(rng.choice((0, rng.randint(0, top))) for _ in range(HyperLogLog.SIZE))
+        theirs = bytes(rng.choice((0, rng.randint(0, top))) for _ in range(HyperLogLog.SIZE))
+        sketch = HyperLogLog(mine)
+        sketch.merge(theirs)
+        assert sketch.registers == bytearray(map(max, mine, theirs))
+
+
+def test_hyperloglog_unpacks_old_zlib_streams() -> None:
+    """A sketch kept as a bare zlib stream (before the prefixes) still reads."""
+    sketch = HyperLogLog()
+    for hashed in random_hashes(seed=5, count=3_000):
+        sketch.add(hashed)
+    assert HyperLogLog.unpacked(zlib.compress(sketch.to_bytes())).registers == sketch.registers

@@ -4,8 +4,9 @@
 whatever the traffic:
 
 - only hours and days are kept (:data:`~._rollupparts.KEPT_UNITS`);
-- per route, its ``response_time`` histogram is one JSON document in the
-  bucket's ``histograms`` column, merged here under the fold's write lock;
+- per route, its ``response_time`` histogram, all in one document
+  (:mod:`._rolluphistograms`) in the bucket's ``histograms`` column,
+  merged here under the fold's write lock;
 - once an hour or a day is over, its top paths and referrers keep their
   :data:`~._rollupparts.TOP_KEPT` most frequent values, the others added
   up under ``"o:<part>"`` (key ``""``).
@@ -19,13 +20,13 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from ..rollups import HyperLogLog, RollupDelta, Unit
+from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
     is_over,
-    merge_histograms,
     split_times,
 )
 

@@ -10,7 +10,7 @@ lists bounded once a bucket is over):
     and NUL survive.
 ``buckets(unit, start, first_us, last_us, visitors, histograms)``
     per bucket, the first and last ``request_date``, the visitor sketch and
-    per route its ``response_time`` histogram (JSON).
+    per route its ``response_time`` histogram (:mod:`._rolluphistograms`).
 ``state(name, position, candidate, candidate_at)``
     ``fold`` (how many folds committed: none before the first) and, while
     one runs, ``rebuild`` (spans up to ``position`` refolded of those up to

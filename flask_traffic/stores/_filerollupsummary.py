@@ -23,7 +23,8 @@ from ..rollups import (
 from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
-from ._rollupparts import OTHER, add_records, feed_histograms
+from ._rolluphistograms import feed_histograms
+from ._rollupparts import OTHER, add_records
 
 __all__ = ["summarize"]
 
@@ -178,31 +179,29 @@ def _feed_rollups(
             f"SELECT start, weight FROM sums WHERE {test} AND part = 'total'", values
         )
     ]
-    span = connection.execute(
-        f"SELECT min(first_us), max(last_us) FROM buckets WHERE {test}", values
-    ).fetchone()
-    sketches = connection.execute(
-        f"SELECT unit, start, visitors FROM buckets WHERE {test} AND visitors IS NOT NULL",
+    # Each bucket's row once: its span, visitors and histograms.
+    rows = connection.execute(
+        f"SELECT unit, start, first_us, last_us, visitors, histograms FROM buckets WHERE {test}",
         values,
     ).fetchall()
+    span = (
+        min((int(row[2]) for row in rows), default=None),
+        max((int(row[3]) for row in rows), default=None),
+    )
     weights = [(str(part), decode_key(bytes(key)), float(weight)) for part, key, weight in totals]
     weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
-    feed_histograms(
-        builder,
-        (
-            row[0]
-            for row in connection.execute(f"SELECT histograms FROM buckets WHERE {test}", values)
-        ),
-    )
+    feed_histograms(builder, (row[5] for row in rows))
     # Top lists some bucket of the window kept only the leaders of.
     approximate = {
         part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
     }
-    feed(builder, weights, per_bucket, (span[0], span[1]), None)
-    sketch_list = [
-        (unit, datetime.fromisoformat(start), bytes(blob)) for unit, start, blob in sketches
+    feed(builder, weights, per_bucket, span, None)
+    sketches = [
+        (unit, datetime.fromisoformat(start), bytes(blob))
+        for unit, start, _, _, blob, _ in rows
+        if blob is not None
     ]
-    return sketch_list, approximate
+    return sketches, approximate
 
 
 def _piece_values(piece: Piece) -> tuple[str, str, str]:

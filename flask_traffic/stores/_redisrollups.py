@@ -9,9 +9,9 @@ Keys, all under ``<event_name>:flask-traffic-rollup:``:
 ``<unit>:<bucket start ISO>``
     a hash: field ``<part>\\x1f<key>`` holds the weight summed
     (``HINCRBYFLOAT``, see :data:`~flask_traffic.rollups.PARTS`), but for
-    ``response_time``: field ``h`` holds the bucket's histograms, JSON
-    ``{route as JSON: [[index, weight], ...]}``, one field a bucket however
-    many routes (:func:`~._rollupparts.merge_histograms`). Fields ``first``
+    ``response_time``: field ``h`` holds the bucket's histograms, one
+    document (:mod:`._rolluphistograms`), one field a bucket however
+    many routes (:func:`~._rolluphistograms.merge_histograms`). Fields ``first``
     and ``last`` hold the bucket's first and last ``request_date`` in
     microseconds since the epoch. Once the bucket is over, its top paths and
     referrers are cut to their :data:`~._rollupparts.TOP_KEPT` leaders, the
@@ -38,13 +38,13 @@ from datetime import datetime, timezone
 
 from ..rollups import RollupDelta, RollupRetention, Unit, bucket_start
 from ._redisentries import CLOCK_MARGIN_MS
+from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
     COMPACTED,
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
     is_over,
-    merge_histograms,
     split_times,
 )
 

@@ -1,13 +1,12 @@
 """What the rollups of every store bound the same way, whatever holds them
-(SQL tables, Redis hashes): the bucket sizes kept, histograms as one JSON
-document per bucket, and top lists cut to their leaders once a bucket is
+(SQL tables, Redis hashes): the bucket sizes kept, histograms as one
+document per bucket (:mod:`._rolluphistograms`), and top lists cut to their leaders once a bucket is
 over (see :mod:`._sqlrollupparts` for why). No backend is imported here."""
 
 from __future__ import annotations
 
 import json
 import typing as t
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from ..query import iso_text
@@ -21,9 +20,7 @@ __all__ = [
     "OTHER",
     "TOP_KEPT",
     "add_records",
-    "feed_histograms",
     "is_over",
-    "merge_histograms",
     "rollup_source",
     "split_times",
 ]
@@ -47,8 +44,8 @@ LENGTH: dict[Unit, timedelta] = {
     "day": timedelta(days=1),
 }
 
-#: ``(unit, bucket start) -> {route as JSON: {histogram index: weight}}``.
-Times = dict[tuple[Unit, datetime], dict[str, dict[int, float]]]
+#: ``(unit, bucket start) -> {route: {histogram index: weight}}``.
+Times = dict[tuple[Unit, datetime], dict[str | None, dict[int, float]]]
 
 
 def split_times(
@@ -62,46 +59,9 @@ def split_times(
             plain[unit, start, part, key] = weight
             continue
         route, index = json.loads(key)
-        histogram = times.setdefault((unit, start), {}).setdefault(
-            json.dumps(route, ensure_ascii=True), {}
-        )
+        histogram = times.setdefault((unit, start), {}).setdefault(route, {})
         histogram[index] = histogram.get(index, 0.0) + weight
     return plain, times
-
-
-def merge_histograms(stored: str | None, added: dict[str, dict[int, float]]) -> str | None:
-    """A bucket's histograms (JSON ``{route as JSON: [[index, weight], ...]}``)
-    with ``added`` added."""
-    if not added:
-        return stored
-    merged: dict[str, dict[int, float]] = {}
-    if stored is not None:
-        merged = {route: dict(pairs) for route, pairs in json.loads(stored).items()}
-    for route, histogram in added.items():
-        into = merged.setdefault(route, {})
-        for index, weight in histogram.items():
-            into[index] = into.get(index, 0.0) + weight
-    return json.dumps(
-        {route: sorted(histogram.items()) for route, histogram in merged.items()},
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
-
-
-def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) -> None:
-    """Feed ``builder`` the histograms of some buckets."""
-    route_times = builder.route_times
-    routes: dict[str, t.Any] = {}
-    for document in documents:
-        if document is None:
-            continue
-        for key, pairs in json.loads(document).items():
-            route = routes.get(key)
-            if route is None:
-                route = routes[key] = json.loads(key)
-            counts = route_times[route]
-            for index, weight in pairs:
-                counts[index] += weight
 
 
 def is_over(unit: Unit, start: datetime, now: datetime) -> bool:

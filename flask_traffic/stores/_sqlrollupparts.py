@@ -1,8 +1,9 @@
 """The parts of a traffic table's rollups that are not plain sums of one key
 each, so that a bucket holds a bounded number of rows whatever the traffic:
 
-- **Histograms.** Per route, its ``response_time`` histogram, as one JSON
-  document in the bucket's row of ``<table>_rollup_bucket``, merged by the
+- **Histograms.** Per route, its ``response_time`` histogram, all in one
+  document (:mod:`._rolluphistograms`) in the bucket's row of
+  ``<table>_rollup_bucket``, merged by the
   fold (which holds the fold lock, so read, merge and write cannot
   interleave): a summary of 30 days reads 30 documents, where a row per
   route and histogram bucket would be 200,000 rows.

@@ -19,7 +19,8 @@ from ..rollups import (
     plan_window,
 )
 from ..summary import SummaryBuilder
-from ._rollupparts import OTHER, add_records, feed_histograms
+from ._rolluphistograms import feed_histograms
+from ._rollupparts import OTHER, add_records
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -120,27 +121,25 @@ def _feed_rollups(
     per_bucket = connection.execute(
         sa.select(sums.c.start, sums.c.weight).where(within(sums, found), sums.c.part == "total")
     ).all()
-    span = connection.execute(
-        sa.select(sa.func.min(buckets.c.first_us), sa.func.max(buckets.c.last_us)).where(
-            within(buckets, found)
-        )
-    ).one()
-    sketches = connection.execute(
-        sa.select(buckets.c.unit, buckets.c.start, buckets.c.visitors).where(
-            within(buckets, found), buckets.c.visitors.is_not(None)
-        )
+    # Each bucket's row once: its span, visitors and histograms.
+    rows = connection.execute(
+        sa.select(
+            buckets.c.unit,
+            buckets.c.start,
+            buckets.c.first_us,
+            buckets.c.last_us,
+            buckets.c.visitors,
+            buckets.c.histograms,
+        ).where(within(buckets, found))
     ).all()
+    span = (
+        min((int(row[2]) for row in rows), default=None),
+        max((int(row[3]) for row in rows), default=None),
+    )
+    sketches = [(row[0], row[1], row[4]) for row in rows if row[4] is not None]
     weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
     weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
-    feed_histograms(
-        builder,
-        (
-            row[0]
-            for row in connection.execute(
-                sa.select(buckets.c.histograms).where(within(buckets, found))
-            )
-        ),
-    )
+    feed_histograms(builder, (row[5] for row in rows))
     # Top lists some bucket of the window kept only the leaders of.
     approximate = {
         part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
@@ -149,10 +148,10 @@ def _feed_rollups(
         builder,
         weights,
         [(row[0], float(row[1])) for row in per_bucket],
-        (span[0], span[1]),
+        span,
         None,
     )
-    return [(row[0], row[1], row[2]) for row in sketches], approximate
+    return sketches, approximate
 
 
 def io_rows(

@@ -1,0 +1,197 @@
+"""A bucket's ``response_time`` histograms, one per route, as one text
+document: what every store's rollups keep per bucket (a SQL or SQLite
+column, a Redis hash field), merged by the fold and added up by a summary.
+
+A summary of 30 days adds up some 45 of these documents of 200 routes
+each, so the document is made to be read fast, by C code rather than by
+a Python step per histogram bucket. Version 1 (``"h1:"`` then base64):
+
+======================  ====================================================
+``<I`` *n*              length of the routes' JSON
+*n* bytes               the routes, a JSON list (a route is text or null)
+``<H`` per route        the first histogram index it has a weight at
+``<H`` per route        how many indexes from there on it keeps
+1 byte                  the weights' array type code: ``B``, ``H`` or ``d``
+the weights             per route, a weight for every index of its span
+                        (zeros within it), little-endian
+======================  ====================================================
+
+Whole weights (no sampled record) fit a byte or two an index, which keeps
+the document smaller than JSON; any other weight is kept as a double, the
+float it was, so histograms, and so percentiles, stay equal to the raw
+summary's. A summary adds each route's span to its sums with one
+``map(operator.add, ...)``. Documents kept before (JSON,
+``{route as JSON: [[index, weight], ...]}``) are still read, and are
+rewritten in this form by the next fold that touches their bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import operator
+import sys
+import typing as t
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+
+from ..summary import HISTOGRAM_MAX_INDEX
+
+if t.TYPE_CHECKING:
+    from ..summary import SummaryBuilder
+
+__all__ = ["decode", "encode", "feed_histograms", "merge_histograms"]
+
+Route = str | None
+#: Per route, a weight for every histogram index (``HISTOGRAM_MAX_INDEX + 1``).
+Dense = list[float]
+
+_PREFIX = "h1:"
+_SIZE = HISTOGRAM_MAX_INDEX + 1
+# The stored arrays are little-endian, whatever the machine's order.
+_SWAP = sys.byteorder == "big"
+# Whole weights up to these fit the type code's item.
+_WHOLE_CODES = (("B", 0xFF), ("H", 0xFFFF))
+
+
+def _read(code: str, data: bytes) -> array[t.Any]:
+    values = array(code)
+    values.frombytes(data)
+    if _SWAP:
+        values.byteswap()
+    return values
+
+
+def _bytes(values: array[t.Any]) -> bytes:
+    if _SWAP:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def decode(document: str) -> Iterator[tuple[Route, int, t.Sequence[float]]]:
+    """``(route, first index, weights from there on)`` of each route of a
+    document (either version)."""
+    if not document.startswith(_PREFIX):
+        yield from _decode_json(document)
+        return
+    body = base64.b64decode(document[len(_PREFIX) :])
+    size = int.from_bytes(body[:4], "little")
+    at = 4 + size
+    routes: list[Route] = json.loads(body[4:at])
+    count = len(routes)
+    offsets = _read("H", body[at : at + 2 * count])
+    lengths = _read("H", body[at + 2 * count : at + 4 * count])
+    at += 4 * count
+    weights = _read(chr(body[at]), body[at + 1 :])
+    start = 0
+    for route, offset, length in zip(routes, offsets, lengths, strict=True):
+        end = start + length
+        yield route, offset, weights[start:end]
+        start = end
+
+
+def _decode_json(document: str) -> Iterator[tuple[Route, int, t.Sequence[float]]]:
+    for key, pairs in json.loads(document).items():
+        if not pairs:
+            continue
+        offset = min(index for index, _ in pairs)
+        weights = [0.0] * (max(index for index, _ in pairs) - offset + 1)
+        for index, weight in pairs:
+            weights[index - offset] += weight
+        yield json.loads(key), offset, weights
+
+
+def encode(histograms: Mapping[Route, Dense]) -> str | None:
+    """The document of ``histograms`` (``None`` for none)."""
+    routes: list[Route] = []
+    offsets = array("H")
+    lengths = array("H")
+    weights: list[float] = []
+    for route, dense in histograms.items():
+        used = list(itertools.compress(range(len(dense)), dense))
+        if not used:
+            continue
+        routes.append(route)
+        offsets.append(used[0])
+        lengths.append(used[-1] - used[0] + 1)
+        weights.extend(dense[used[0] : used[-1] + 1])
+    if not routes:
+        return None
+    code = "d"
+    if all(map(float.is_integer, map(float, weights))):
+        largest = max(weights)
+        code = next((code for code, bound in _WHOLE_CODES if largest <= bound), "d")
+    values = array(code, map(int, weights) if code != "d" else weights)
+    names = json.dumps(routes, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    body = b"".join(
+        (
+            len(names).to_bytes(4, "little"),
+            names,
+            _bytes(offsets),
+            _bytes(lengths),
+            code.encode("ascii"),
+            _bytes(values),
+        )
+    )
+    return _PREFIX + base64.b64encode(body).decode("ascii")
+
+
+def _add(sums: dict[Route, Dense], route: Route, offset: int, weights: t.Sequence[float]) -> None:
+    dense = sums.get(route)
+    if dense is None:
+        dense = sums[route] = [0.0] * _SIZE
+    end = offset + len(weights)
+    # One pass in C over the route's span, not a Python step per index.
+    dense[offset:end] = map(operator.add, dense[offset:end], weights)
+
+
+def _add_document(sums: dict[Route, Dense], document: str, names: dict[str, Route]) -> None:
+    """Add the weights of a document (either version) to ``sums``;
+    ``names`` keeps the routes of JSON keys read so far."""
+    if document.startswith(_PREFIX):
+        for route, offset, weights in decode(document):
+            _add(sums, route, offset, weights)
+        return
+    # A document kept before: a step per weight, as fast as it was read then.
+    for key, pairs in json.loads(document).items():
+        if key not in names:
+            names[key] = json.loads(key)
+        route = names[key]
+        dense = sums.get(route)
+        if dense is None:
+            dense = sums[route] = [0.0] * _SIZE
+        for index, weight in pairs:
+            dense[index] += weight
+
+
+def merge_histograms(stored: str | None, added: Mapping[Route, Mapping[int, float]]) -> str | None:
+    """A bucket's document with the weights ``added`` (``{route: {histogram
+    index: weight}}``) added: the fold's, under its lock."""
+    if not added:
+        return stored
+    sums: dict[Route, Dense] = {}
+    if stored is not None:
+        _add_document(sums, stored, {})
+    for route, histogram in added.items():
+        dense = sums.get(route)
+        if dense is None:
+            dense = sums[route] = [0.0] * _SIZE
+        for index, weight in histogram.items():
+            dense[index] += weight
+    return encode(sums)
+
+
+def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) -> None:
+    """Feed ``builder`` the histograms of some buckets."""
+    sums: dict[Route, Dense] = {}
+    names: dict[str, Route] = {}
+    for document in documents:
+        if document is not None:
+            _add_document(sums, document, names)
+    route_times = builder.route_times
+    for route, dense in sums.items():
+        counts = route_times[route]
+        for index in itertools.compress(range(_SIZE), dense):
+            counts[index] += dense[index]
