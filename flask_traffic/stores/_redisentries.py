@@ -28,6 +28,7 @@ __all__ = [
     "lowest_id",
     "next_id",
     "spooled_entry",
+    "spooled_entry_maker",
 ]
 
 # A stream entry needs at least one field: a record whose kept fields are all
@@ -129,10 +130,40 @@ def entry_maker(policy: LogPolicy) -> Callable[[TrafficRecord], tuple[EncodableT
 
 def spooled_entry(policy: LogPolicy) -> tuple[str, Callable[[TrafficRecord], tuple[t.Any, ...]]]:
     """What a RedisStore spills of a record beside the record itself: its
-    flat entry (:func:`entry_maker`), so that replay adds it as it is, doing
-    less than a fresh write does; and the key it comes back under on the
-    record."""
-    return f"redis-entry\x00{policy.values_key}", entry_maker(policy)
+    entry's values encoded, in the policy's field order, ``None`` where the
+    entry leaves the field out (the names are the policy's: a frame need
+    not repeat them), and the key they come back under on the record.
+    Replay makes the flat entry of them (:func:`spooled_entry_maker`),
+    doing less than a fresh write does."""
+    codecs = [CODECS[name] for name in policy.enabled_fields]
+    values = policy.values
+
+    def encoded(record: TrafficRecord) -> tuple[t.Any, ...]:
+        return tuple(
+            None if value is None else encode(value)
+            for (_, encode, _), value in zip(codecs, values(record), strict=True)
+        )
+
+    return f"redis-values\x00{policy.values_key}", encoded
+
+
+def spooled_entry_maker(
+    policy: LogPolicy,
+) -> Callable[[TrafficRecord], tuple[EncodableT, ...]]:
+    """What makes the flat entry of a record read back from a spool: from
+    the values :func:`spooled_entry` kept, or made afresh."""
+    key, encoded = spooled_entry(policy)
+    names = [CODECS[name][0] for name in policy.enabled_fields]
+
+    def entry(record: TrafficRecord) -> tuple[EncodableT, ...]:
+        made: list[EncodableT] = []
+        add = made.extend
+        for name, value in zip(names, record.computed(key, encoded), strict=True):
+            if value is not None:
+                add((name, value))
+        return tuple(made) or _EMPTY_FLAT
+
+    return entry
 
 
 def add_entries(

@@ -20,7 +20,15 @@ from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
 from ._redisclient import from_host, from_url, is_int
-from ._redisentries import CODECS, add_entries, entry_maker, lowest_id, next_id, spooled_entry
+from ._redisentries import (
+    CODECS,
+    add_entries,
+    entry_maker,
+    lowest_id,
+    next_id,
+    spooled_entry,
+    spooled_entry_maker,
+)
 from ._redisrollups import RedisRollups, location_of
 from ._redistransaction import transaction
 from .base import Store
@@ -396,9 +404,8 @@ class RedisStore(Store):
         self, records: Sequence[TrafficRecord], spool_id: str, position: int
     ) -> None:
         """The entries and the spool file's fence key in one ``MULTI``/``EXEC``."""
-        key, pairs = self._spooled_row()
-        # Most come back from the spool with their entry made.
-        entries = (record.computed(key, pairs) for record in records)
+        # Most come back from the spool with their values encoded.
+        entries = map(spooled_entry_maker(self.log_policy), records)
         writes = transaction(self._client)
         add_entries(writes, self.event_name, entries, self.max_len)
         writes.command("SET", self._spool_key(spool_id), position, "EX", _FENCE_TTL)
