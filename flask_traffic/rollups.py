@@ -295,6 +295,9 @@ class RollupDelta:
         #: ``(unit, bucket start) -> sketch`` for hours and days.
         self.visitors: dict[tuple[Unit, datetime], HyperLogLog] = {}
         self.records = 0
+        #: The ``time`` part's keys (JSON ``[route, index]``) as made, and
+        #: what they hold: a fold splits them without decoding them again.
+        self.time_keys: dict[str, tuple[str | None, int]] = {}
 
     def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
         """Add rows as ``read()`` gives them (``request_date`` as ISO text)."""
@@ -305,6 +308,7 @@ class RollupDelta:
         # Keys repeat from row to row: each is made once.
         route_keys: dict[str | None, str] = {}
         time_keys: dict[tuple[str | None, int], str] = {}
+        parsed = self.time_keys
         tops = tuple(TOP_FIELDS.items())
         for row in rows:
             date_text = row.get("request_date")
@@ -338,6 +342,7 @@ class RollupDelta:
                 time_key = time_keys.get((route, index))
                 if time_key is None:
                     time_key = time_keys[route, index] = _key([route, index])
+                    parsed[time_key] = (route, index)
                 keys.append(("time", time_key))
             for name, field in tops:
                 value = row.get(field)

@@ -57,7 +57,7 @@ def apply_rows(
         return
     delta = RollupDelta(secret, units=KEPT_UNITS)
     delta.add_rows(rows)
-    plain, times = split_times(delta.sums)
+    plain, times = split_times(delta.sums, delta.time_keys)
     connection.executemany(
         _ADD_SUMS,
         [

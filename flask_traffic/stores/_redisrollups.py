@@ -358,7 +358,7 @@ class RedisRollups:
         delta: RollupDelta,
         olds: dict[tuple[Unit, datetime], _Old],
     ) -> None:
-        plain, times = split_times(delta.sums)
+        plain, times = split_times(delta.sums, delta.time_keys)
         for (unit, start, part, key), weight in plain.items():
             pipe.hincrbyfloat(self.bucket_key(unit, start), _field(part, key), weight)
         for (unit, start), (first, last) in delta.spans.items():

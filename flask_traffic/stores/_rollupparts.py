@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import typing as t
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from ..query import iso_text
@@ -50,15 +51,20 @@ Times = dict[tuple[Unit, datetime], dict[str | None, dict[int, float]]]
 
 def split_times(
     sums: dict[tuple[Unit, datetime, str, str], float],
+    parsed: Mapping[str, tuple[str | None, int]] | None = None,
 ) -> tuple[dict[tuple[Unit, datetime, str, str], float], Times]:
-    """A delta's sums without its ``time`` part, and that part per bucket and route."""
+    """A delta's sums without its ``time`` part, and that part per bucket
+    and route; ``parsed``: what the ``time`` keys hold, where known
+    (:attr:`~flask_traffic.rollups.RollupDelta.time_keys`)."""
     plain: dict[tuple[Unit, datetime, str, str], float] = {}
     times: Times = {}
+    known = parsed or {}
     for (unit, start, part, key), weight in sums.items():
         if part != "time":
             plain[unit, start, part, key] = weight
             continue
-        route, index = json.loads(key)
+        found = known.get(key)
+        route, index = json.loads(key) if found is None else found
         histogram = times.setdefault((unit, start), {}).setdefault(route, {})
         histogram[index] = histogram.get(index, 0.0) + weight
     return plain, times

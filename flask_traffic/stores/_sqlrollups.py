@@ -349,7 +349,7 @@ class SQLRollups:
             self._upsert_sums(connection, rows)
 
     def _apply(self, connection: sa.Connection, delta: RollupDelta) -> None:
-        plain, times = split_times(delta.sums)
+        plain, times = split_times(delta.sums, delta.time_keys)
         self.add_sums(connection, ((*key, weight) for key, weight in plain.items()))
         touched = list(delta.spans)
         old = self._read_buckets(connection, touched)
