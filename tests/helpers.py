@@ -9,14 +9,18 @@ pytest ``tests/`` is on ``sys.path``; a benchmark puts it there.
 from __future__ import annotations
 
 import multiprocessing
+import random
 import threading
 import time
 import typing as t
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 from flask import Flask, abort, stream_with_context
+
+from flask_traffic import TrafficRecord
 
 
 def unique_name() -> str:
@@ -157,3 +161,34 @@ def http_status(port: int, path: str) -> int:
         return 0
     finally:
         connection.close()
+
+
+def random_record(rng: random.Random, moment: datetime, path: str | None = None) -> TrafficRecord:
+    """A record of a request at ``moment``, to ``path`` (``/p/0`` to ``/p/50``
+    at random without it), the rest at random: a few routes, addresses,
+    referrers, user agents (one with a lone surrogate) and statuses, as the
+    rollup tests need. The draws come in the same order either way, so a
+    test's data stays what its windows were picked for."""
+    duration = int(rng.lognormvariate(16, 1))
+    method = rng.choice(["GET", "POST"])
+    if path is None:
+        path = f"/p/{rng.randint(0, 50)}"
+    return TrafficRecord(
+        int(moment.timestamp() * 1e9),
+        duration,
+        method,
+        "http",
+        "example.com",
+        None,
+        path,
+        "",
+        "HTTP/1.1",
+        "e",
+        rng.choice(["/a", "/b/<x>", None]),
+        f"10.0.0.{rng.randint(0, 30)}",
+        rng.choice([None, "http://r/1", "http://r/2"]),
+        rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
+        rng.choice([200, 200, 404, 500]),
+        "1",
+        "text/html",
+    )

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import make_app
+from helpers import make_app, random_record
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic.stores import CSVStore, JSONStore
@@ -41,29 +41,6 @@ WINDOWS = [
 ]
 
 
-def record(rng: random.Random, moment: datetime, path: str) -> TrafficRecord:
-    """A record of a request to ``path`` at ``moment``, the rest at random."""
-    return TrafficRecord(
-        int(moment.timestamp() * 1e9),
-        int(rng.lognormvariate(16, 1)),
-        rng.choice(["GET", "POST"]),
-        "http",
-        "example.com",
-        None,
-        path,
-        "",
-        "HTTP/1.1",
-        "e",
-        rng.choice(["/a", "/b/<x>", None]),
-        f"10.0.0.{rng.randint(0, 30)}",
-        rng.choice([None, "http://r/1", "http://r/2"]),
-        rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
-        rng.choice([200, 200, 404, 500]),
-        "1",
-        "text/html",
-    )
-
-
 def records(count: int, paths: list[str] | None = None, seed: int = 7) -> list[TrafficRecord]:
     """``count`` records over three days, in the order of their dates give
     or take a few seconds (a file store expects them about in order)."""
@@ -72,7 +49,7 @@ def records(count: int, paths: list[str] | None = None, seed: int = 7) -> list[T
     for _ in range(count):
         moment = START + timedelta(seconds=rng.uniform(0, 3 * 86400))
         path = rng.choice(paths) if paths else f"/p/{rng.randint(0, 50)}"
-        made.append((moment.timestamp() + rng.uniform(0, 5), record(rng, moment, path)))
+        made.append((moment.timestamp() + rng.uniform(0, 5), random_record(rng, moment, path)))
     made.sort(key=lambda pair: pair[0])
     return [made_record for _, made_record in made]
 
@@ -187,7 +164,10 @@ def test_a_closed_hour_keeps_its_200_most_frequent_paths(
     paths += [f"/tail/{j}" for j in range(290) for _ in range(1 + j % 2)]
     moments = sorted(hour + timedelta(seconds=rng.uniform(0, 3599)) for _ in paths)
     rng.shuffle(paths)
-    write(rolled, [record(rng, moment, path) for moment, path in zip(moments, paths, strict=True)])
+    write(
+        rolled,
+        [random_record(rng, moment, path) for moment, path in zip(moments, paths, strict=True)],
+    )
     assert rolled.fold() == len(paths)
     window = (START, START + timedelta(hours=8))
     got, want = rolled.summary(*window), raw.summary(*window)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import make_app, unique_name
+from helpers import make_app, random_record, unique_name
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic.stores import SQLStore
@@ -25,27 +25,7 @@ def records(count: int) -> list[TrafficRecord]:
     made = []
     for _ in range(count):
         moment = START + timedelta(seconds=rng.uniform(0, 3 * 86400))
-        made.append(
-            TrafficRecord(
-                int(moment.timestamp() * 1e9),
-                int(rng.lognormvariate(16, 1)),
-                rng.choice(["GET", "POST"]),
-                "http",
-                "example.com",
-                None,
-                f"/p/{rng.randint(0, 50)}",
-                "",
-                "HTTP/1.1",
-                "e",
-                rng.choice(["/a", "/b/<x>", None]),
-                f"10.0.0.{rng.randint(0, 30)}",
-                rng.choice([None, "http://r/1", "http://r/2"]),
-                rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
-                rng.choice([200, 200, 404, 500]),
-                "1",
-                "text/html",
-            )
-        )
+        made.append(random_record(rng, moment))
     return made
 
 
