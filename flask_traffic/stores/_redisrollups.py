@@ -250,13 +250,8 @@ class RedisRollups:
                     }
                     pipe.multi()
                     for unit, members in starts.items():
-                        moments = [datetime.fromisoformat(text_of(m)) for m in members]
-                        keys = [self.bucket_key(unit, m) for m in moments]
-                        keys += [self.visitor_key(unit, m) for m in moments]
-                        for index in range(0, len(keys), _DELETE_CHUNK):
-                            pipe.delete(*keys[index : index + _DELETE_CHUNK])
-                        if members:
-                            pipe.zrem(self.set_key(unit), *members)
+                        for index in range(0, len(members), _DELETE_CHUNK):
+                            self._queue_drop(pipe, unit, members[index : index + _DELETE_CHUNK])
                     pipe.delete(self.rebuild_key)
                     if position is not None:
                         # Written again, so that a summary or a fold reading
@@ -427,15 +422,22 @@ class RedisRollups:
                 )
                 if not old:
                     break
-                starts = [datetime.fromisoformat(text_of(member)) for member in old]
-                keys = [self.bucket_key(unit, start) for start in starts]
-                keys += [self.visitor_key(unit, start) for start in starts]
                 with self.client.pipeline(transaction=True) as pipe:
-                    pipe.delete(*keys)
-                    pipe.zrem(set_key, *old)
+                    self._queue_drop(pipe, unit, old)
                     pipe.execute()
                 removed += len(old)
         return removed
+
+    def _queue_drop(self, pipe: redis.client.Pipeline, unit: Unit, members: list[bytes]) -> None:
+        """Queue the removal of the ``unit`` buckets starting at ``members``
+        (their sorted set's members): their hashes, sketches and members."""
+        if not members:
+            return
+        starts = [datetime.fromisoformat(text_of(member)) for member in members]
+        keys = [self.bucket_key(unit, start) for start in starts]
+        keys += [self.visitor_key(unit, start) for start in starts]
+        pipe.delete(*keys)
+        pipe.zrem(self.set_key(unit), *members)
 
     # -- summaries ---------------------------------------------------------
 
