@@ -1,6 +1,8 @@
-"""How a traffic table's rows are inserted: by the database driver itself
-(:class:`DriverInsert`), each column bound by its type's processor a column
-at a time, or on PostgreSQL with psycopg by ``COPY`` (:class:`CopyInsert`).
+"""Statements run on many rows by the database driver itself, each value
+bound by its column type's processor here rather than by SQLAlchemy per
+parameter set: a traffic table's inserts (:class:`DriverInsert`, a column
+at a time; on PostgreSQL with psycopg ``COPY``, :class:`CopyInsert`) and
+the rollups' upserts (:func:`driver_executemany`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 if t.TYPE_CHECKING:
     from ._sqltable import TableIO
 
-__all__ = ["CopyInsert", "DriverInsert", "plan_insert"]
+__all__ = ["CopyInsert", "DriverInsert", "bind_processor", "driver_executemany", "plan_insert"]
 
 
 class DriverInsert:
@@ -40,22 +42,35 @@ class DriverInsert:
         self.sql = sql
         self.processors = processors
         self.names = names
-        self.order = order
+        # The placeholders' order, where it is not the written columns'.
+        self._reorder = None if order == list(range(len(order))) else order
 
-    def run(self, connection: sa.Connection, columns: list[t.Iterable[t.Any]]) -> None:
-        """Insert the rows of ``columns`` (in written order)."""
-        ready = [
+    def ready(self, columns: list[t.Iterable[t.Any]]) -> list[t.Iterable[t.Any]]:
+        """``columns`` (in written order), each through its bind processor."""
+        return [
             column if processor is None else map(processor, column)
             for column, processor in zip(columns, self.processors, strict=True)
         ]
+
+    def run(self, connection: sa.Connection, columns: list[t.Iterable[t.Any]]) -> None:
+        """Insert the rows of ``columns`` (in written order)."""
+        ready = self.ready(columns)
         if self.names is None:
-            if self.order != list(range(len(ready))):
-                ready = [ready[i] for i in self.order]
+            if self._reorder is not None:
+                ready = [ready[i] for i in self._reorder]
             connection.exec_driver_sql(self.sql, list(zip(*ready, strict=True)))
         else:
             names = self.names
             rows = [dict(zip(names, row, strict=True)) for row in zip(*ready, strict=True)]
             connection.exec_driver_sql(self.sql, rows)
+
+
+def bind_processor(
+    column: sa.ColumnElement[t.Any], dialect: sa.Dialect
+) -> Callable[[t.Any], t.Any] | None:
+    """What makes a value of ``column`` ready for ``dialect``'s driver, as
+    SQLAlchemy would bind it (``None``: as it is)."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
 
 
 def plan_insert(io: TableIO, dialect: sa.Dialect) -> DriverInsert | t.Literal[False]:
@@ -67,9 +82,7 @@ def plan_insert(io: TableIO, dialect: sa.Dialect) -> DriverInsert | t.Literal[Fa
     params = list(compiled.positiontup or []) if compiled.positional else list(compiled.binds)
     if sorted(params) != sorted(written):
         return False
-    processors = [
-        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in written
-    ]
+    processors = [bind_processor(table.c[name], dialect) for name in written]
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         preparer = dialect.identifier_preparer
         names = ", ".join(preparer.quote(name) for name in written)
@@ -89,10 +102,7 @@ class CopyInsert(DriverInsert):
     statement through SQLAlchemy would do."""
 
     def run(self, connection: sa.Connection, columns: list[t.Iterable[t.Any]]) -> None:
-        ready = [
-            column if processor is None else map(processor, column)
-            for column, processor in zip(columns, self.processors, strict=True)
-        ]
+        ready = self.ready(columns)
         dialect = connection.dialect
         pooled = connection.connection
         raw = pooled.driver_connection
@@ -114,3 +124,42 @@ class CopyInsert(DriverInsert):
                 connection_invalidated=dead,
                 dialect=dialect,
             ) from exc
+
+
+def driver_executemany(
+    dialect: sa.Dialect, table: sa.Table, statement: t.Any
+) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
+    """``statement`` run on many rows by the driver itself, each value made
+    ready by its column type's bind processor here: SQLAlchemy's own work
+    per parameter set was most of a fold's time (a fold writes several rows
+    a record)."""
+    names = [column.name for column in table.columns]
+    compiled = statement.compile(dialect=dialect, column_keys=names)
+    sql = str(compiled)
+    processors = {
+        name: processor
+        for name in names
+        if (processor := bind_processor(table.c[name], dialect)) is not None
+    }
+    positional = compiled.positional
+    order = list(compiled.positiontup or []) if positional else names
+
+    def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+        if not rows:
+            return
+        ready: dict[str, dict[t.Any, t.Any]] = {name: {} for name in processors}
+        made: list[t.Any] = []
+        for row in rows:
+            values = dict(row)
+            for name, processor in processors.items():
+                value = values[name]
+                # Few distinct values (bucket starts): each processed once.
+                cache = ready[name]
+                key = (type(value), value)
+                if key not in cache:
+                    cache[key] = processor(value)
+                values[name] = cache[key]
+            made.append(tuple(values[name] for name in order) if positional else values)
+        connection.exec_driver_sql(sql, made)
+
+    return upsert

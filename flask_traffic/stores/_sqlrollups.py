@@ -49,6 +49,7 @@ from ..rollups import (
 from ..summary import SummaryBuilder
 from ._rolluphistograms import merge_histograms
 from ._rollupparts import KEPT_UNITS, is_over, split_times
+from ._sqlinsert import driver_executemany
 from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text
@@ -437,7 +438,7 @@ class SQLRollups:
             )
         else:
             return self._portable_upsert(table, columns, keys)
-        return _driver_executemany(self.engine.dialect, table, statement)
+        return driver_executemany(self.engine.dialect, table, statement)
 
     @staticmethod
     def _portable_upsert(
@@ -484,43 +485,3 @@ class SQLRollups:
         from ._sqlrollupsummary import summarize
 
         return summarize(self, query, builder)
-
-
-def _driver_executemany(
-    dialect: sa.Dialect, table: sa.Table, statement: t.Any
-) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
-    """``statement`` run on many rows by the driver itself, each value made
-    ready by its column type's bind processor here: SQLAlchemy's own work
-    per parameter set was most of a fold's time (a fold writes several rows
-    a record)."""
-    names = [column.name for column in table.columns]
-    compiled = statement.compile(dialect=dialect, column_keys=names)
-    sql = str(compiled)
-    processors = {
-        name: processor
-        for name in names
-        if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-        is not None
-    }
-    positional = compiled.positional
-    order = list(compiled.positiontup or []) if positional else names
-
-    def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
-        if not rows:
-            return
-        ready: dict[str, dict[t.Any, t.Any]] = {name: {} for name in processors}
-        made: list[t.Any] = []
-        for row in rows:
-            values = dict(row)
-            for name, processor in processors.items():
-                value = values[name]
-                # Few distinct values (bucket starts): each processed once.
-                cache = ready[name]
-                key = (type(value), value)
-                if key not in cache:
-                    cache[key] = processor(value)
-                values[name] = cache[key]
-            made.append(tuple(values[name] for name in order) if positional else values)
-        connection.exec_driver_sql(sql, made)
-
-    return upsert
