@@ -34,8 +34,8 @@ class Transaction(t.Protocol):
         """Run the queued commands; raise the first error."""
 
 
-class _PipelineTransaction:
-    """redis-py's transaction pipeline (a client it cannot bypass safely)."""
+class _Queued:
+    """Commands queued on ``client`` until :meth:`execute`."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -44,6 +44,10 @@ class _PipelineTransaction:
     def command(self, *args: EncodableT) -> None:
         self._commands.append(args)
 
+
+class _PipelineTransaction(_Queued):
+    """redis-py's transaction pipeline (a client it cannot bypass safely)."""
+
     def execute(self) -> None:
         with self._client.pipeline(transaction=True) as pipe:
             for args in self._commands:
@@ -51,18 +55,14 @@ class _PipelineTransaction:
             pipe.execute()
 
 
-class _PackedTransaction:
+class _PackedTransaction(_Queued):
     """The commands packed by hiredis, sent in one write on a connection of
     the client's pool, their replies read back; the connection is dropped
     on any failure (the server discards a transaction left open with it)."""
 
     def __init__(self, client: redis.Redis, pack: t.Callable[[Command], bytes]) -> None:
-        self._client = client
+        super().__init__(client)
         self._pack = pack
-        self._commands: list[Command] = []
-
-    def command(self, *args: EncodableT) -> None:
-        self._commands.append(args)
 
     def execute(self) -> None:
         import redis
