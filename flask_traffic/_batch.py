@@ -390,7 +390,7 @@ class BatchProcessor:
                 self._fence_past(pending.replay)
             if found.unwritten:
                 pending.batch = found.unwritten
-                self._in_flight = 0 if pending.replay else len(found.unwritten)
+                self._hold(pending)
                 # Nothing could be written: take more records in next time,
                 # unless the store went away (then retry it unchanged).
                 pending.may_grow = (
@@ -443,6 +443,12 @@ class BatchProcessor:
 
         return replay_part
 
+    def _hold(self, pending: PendingBatch) -> None:
+        """Count the batch in hand as in flight (against the queue's bound),
+        but for a replayed one: on disk still, and counted in the spool's
+        backlog until written."""
+        self._in_flight = 0 if pending.replay is not None else len(pending.batch)
+
     def _fence_past(self, replay: ReplayBatch) -> None:
         """Move the sink's fence to the end of ``replay``, whose records are
         written but for those just set aside as poison: after a crash, the
@@ -461,9 +467,7 @@ class BatchProcessor:
         replay = self._spool.next_batch(self._max_batch_size * _REPLAY_BATCHES)
         if replay is not None:
             pending.batch, pending.replay = list(replay.records), replay
-            # On disk still, and counted in the spool's backlog until
-            # written: they take no room from the queue's bound.
-            self._in_flight = 0
+            self._hold(pending)
 
     def _replayed(self, replay: ReplayBatch) -> None:
         assert self._spool is not None
@@ -493,7 +497,7 @@ class BatchProcessor:
                 records.append(item)
         # Flushes wait for the spool to be replayed, behind it in the queue.
         queue.extendleft(reversed(markers))
-        self._in_flight = 0 if pending.replay else len(pending.batch)
+        self._hold(pending)
         kept = spool.spill(records)
         self._health.drop(
             len(records) - kept,
