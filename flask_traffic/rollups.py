@@ -57,6 +57,7 @@ __all__ = [
     "from_microseconds",
     "pieces",
     "plan_window",
+    "rollup_key",
     "rollup_settings",
     "site_secret",
     "visitor_hash",
@@ -265,7 +266,8 @@ def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str |
     return int.from_bytes(digest, "big")
 
 
-def _key(value: t.Any) -> str:
+def rollup_key(value: t.Any) -> str:
+    """The key a ``route`` or ``time`` sum is kept under: ``value`` as ASCII JSON."""
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
@@ -330,7 +332,7 @@ class RollupDelta:
             route = row.get("request_route")
             route_key = route_keys.get(route)
             if route_key is None:
-                route_key = route_keys[route] = _key(route)
+                route_key = route_keys[route] = rollup_key(route)
             ms = row.get("response_time")
             keys = [
                 ("total", ""),
@@ -341,7 +343,7 @@ class RollupDelta:
                 index = histogram_index(ms)
                 time_key = time_keys.get((route, index))
                 if time_key is None:
-                    time_key = time_keys[route, index] = _key([route, index])
+                    time_key = time_keys[route, index] = rollup_key([route, index])
                     parsed[time_key] = (route, index)
                 keys.append(("time", time_key))
             for name, field in tops:

@@ -113,6 +113,75 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
                 connection.execute(sa.text(f"DROP TABLE {table}"))
 
 
+#: Text a database may group wrongly: case and trailing spaces (MariaDB's
+#: default collation), a lone surrogate, a NUL and U+FFFE (stored escaped),
+#: non-ASCII text, the empty text.
+AWKWARD = ["/A", "/a", "/a ", "/\udcff", "/nul\x00", "\ufffe/x", "/caf\u00e9", ""]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_a_fold_tells_apart_every_text_and_weighs_sampled_records(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from flask_traffic import LogPolicy
+
+    options: dict[str, t.Any] = {"database_table_name": unique_name()}
+    if kind != "sqlite":
+        fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
+        options["database_url"] = request.getfixturevalue(fixture)
+    # 5xx responses are always kept: the weights are 1 and 1 / 0.3.
+    rolled = SQLStore(sync=True, rollups=True, log_policy=LogPolicy(sample_rate=0.3), **options)
+    Traffic(make_app(tmp_path), stores=rolled)
+    raw = SQLStore(sync=True, name="raw", **options)
+    Traffic(make_app(tmp_path), stores=raw)
+    rng = random.Random(3)
+    made = [
+        TrafficRecord(
+            int((START + timedelta(seconds=97 * n)).timestamp() * 1e9),
+            int(rng.lognormvariate(16, 1)),
+            "GET",
+            "http",
+            "example.com",
+            None,
+            AWKWARD[n % len(AWKWARD)],
+            "",
+            "HTTP/1.1",
+            "e",
+            AWKWARD[n % 3],
+            AWKWARD[n % 7],
+            AWKWARD[n % 5],
+            rng.choice(["Mozilla/5.0 Chrome/131.0", "curl/8", "bad \udcff agent"]),
+            rng.choice([200, 200, 404, 500]),
+            "1",
+            "text/html",
+        )
+        for n in range(1200)
+    ]
+    rolled.export(made)
+    tables = rolled._rollup_tables()
+    assert tables is not None
+    tables.settle = 0.0  # type: ignore[union-attr]
+    assert rolled.fold() == len(made)
+    for since, until in [(None, None), (START + timedelta(hours=2), START + timedelta(days=1))]:
+        got = rolled.summary(since, until)
+        assert got["source"]["source"] == "rollups"
+        want = raw.summary(since, until)
+        assert got["sampled"]
+        assert want["sampled"]
+        assert {entry["value"] for entry in got["top_paths"]} == set(AWKWARD)
+        assert got.pop("unique_visitors") == pytest.approx(want.pop("unique_visitors"), rel=0.1)
+        assert counts(got) == counts(want), (since, until)
+    if kind != "sqlite":
+        import sqlalchemy as sa
+
+        engine = rolled.database_engine
+        assert engine is not None
+        name = options["database_table_name"]
+        with engine.begin() as connection:
+            for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
+                connection.execute(sa.text(f"DROP TABLE {table}"))
+
+
 def counts(summary: dict[str, t.Any]) -> dict[str, t.Any]:
     """What must equal between two summaries of the same records: all but
     the source and the visitors' estimate."""

@@ -19,7 +19,7 @@ from ..summary import HISTOGRAM_BASE_MS, HISTOGRAM_LOG_RATIO
 
 __all__ = ["DateUnit", "bucket_start", "double", "histogram_bucket", "utc_truncated"]
 
-DateUnit = t.Literal["minute", "day"]
+DateUnit = t.Literal["minute", "hour", "day"]
 
 
 class _Double(sa.ColumnElement[float]):
@@ -92,8 +92,13 @@ class _UTCTruncated(sa.ColumnElement[str]):
 
 
 # Each unit's length in SQLite's text, and PostgreSQL's format for it.
-_LENGTHS = {"minute": 16, "day": 10}
-_POSTGRESQL_FORMATS = {"minute": "YYYY-MM-DD HH24:MI", "day": "YYYY-MM-DD"}
+_LENGTHS = {"minute": 16, "hour": 13, "day": 10}
+_POSTGRESQL_FORMATS = {
+    "minute": "YYYY-MM-DD HH24:MI",
+    "hour": "YYYY-MM-DD HH24",
+    "day": "YYYY-MM-DD",
+}
+_MYSQL_FORMATS = {"minute": "%Y-%m-%d %H:%i", "hour": "%Y-%m-%d %H"}
 
 
 @compiles(_UTCTruncated)
@@ -118,11 +123,11 @@ def _compile_truncated_mysql(element: _UTCTruncated, compiler: SQLCompiler, **kw
     # visitors of 100,000 rows on MariaDB 10.11).
     if element.unit == "day":
         return compiler.process(sa.func.date(element.date), **kw)
-    return compiler.process(sa.func.date_format(element.date, "%Y-%m-%d %H:%i"), **kw)
+    return compiler.process(sa.func.date_format(element.date, _MYSQL_FORMATS[element.unit]), **kw)
 
 
 def utc_truncated(date: sa.ColumnElement[t.Any], unit: DateUnit) -> sa.ColumnElement[t.Any]:
     """``date`` (a ``request_date`` column) cut to its UTC ``unit``, to group by:
-    the text ``YYYY-MM-DD HH:MM`` for a minute; for a day, ``YYYY-MM-DD``, or a
-    ``DATE`` on MariaDB and MySQL."""
+    the text ``YYYY-MM-DD HH:MM`` for a minute, ``YYYY-MM-DD HH`` for an hour;
+    for a day, ``YYYY-MM-DD``, or a ``DATE`` on MariaDB and MySQL."""
     return _UTCTruncated(date, unit)

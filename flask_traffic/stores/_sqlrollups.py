@@ -28,7 +28,6 @@ folds up to the last row.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import typing as t
 from collections.abc import Iterable
@@ -38,7 +37,6 @@ import sqlalchemy as sa
 
 from ..query import Query
 from ..rollups import (
-    ROLLUP_FIELDS,
     UNITS,
     HyperLogLog,
     RollupDelta,
@@ -49,6 +47,7 @@ from ..rollups import (
 from ..summary import SummaryBuilder
 from ._rolluphistograms import merge_histograms
 from ._rollupparts import KEPT_UNITS, is_over, split_times
+from ._sqlfold import fold_chunk, key_hash
 from ._sqlinsert import driver_executemany
 from ._sqlrollupparts import compact
 from ._sqltable import TableIO
@@ -66,11 +65,6 @@ _STATE = "fold"
 # POSIX time is ``candidate_at`` on (all days when NULL).
 _REBUILD = "rebuild"
 _MINUTE = timedelta(minutes=1)
-
-
-def _key_hash(part: str, key: str) -> int:
-    text = f"{part}\x00{key}".encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 def _tables(table: sa.Table) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
@@ -203,23 +197,14 @@ class SQLRollups:
     ) -> tuple[int, int] | None:
         """Fold the first :data:`FOLD_CHUNK` rows meeting ``conditions``, by
         id; the last one's id and how many, or None when there were none."""
-        table = self.io.table
-        id_column = table.c[ID_COLUMN]
-        # Only the fields rollups count: a third fewer values to convert.
-        names, convert = self.io.reader(ROLLUP_FIELDS)
-        statement = (
-            sa.select(id_column, *(table.c[name] for name in names))
-            .where(*conditions)
-            .order_by(id_column)
-            .limit(FOLD_CHUNK)
+        folded = fold_chunk(
+            connection, self.io.table, conditions, self.secret, FOLD_CHUNK, self.sums
         )
-        found = connection.execute(statement).all()
-        if not found:
+        if folded is None:
             return None
-        delta = RollupDelta(self.secret, units=KEPT_UNITS)
-        delta.add_rows(convert(row[1:] for row in found))
+        delta, last, count = folded
         self._apply(connection, delta)
-        return int(found[-1][0]), len(found)
+        return last, count
 
     # -- rebuilding ------------------------------------------------------------
 
@@ -339,7 +324,7 @@ class SQLRollups:
                 "unit": unit,
                 "start": start,
                 "part": part,
-                "key_hash": _key_hash(part, key),
+                "key_hash": key_hash(part, key),
                 # Stored as the table's text is: lone surrogates survive.
                 "key": encode_text(key),
                 "weight": weight,
