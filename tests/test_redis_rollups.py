@@ -521,14 +521,14 @@ def test_a_rebuild_interrupted_and_written_through_counts_every_entry_once(
     folds = 0
     real_fold = store.rollups._queue_fold
 
-    def interrupted(pipe: t.Any, rows: list[dict[str, t.Any]]) -> None:
+    def interrupted(pipe: t.Any, rows: list[dict[str, t.Any]]) -> t.Any:
         # The app writes on while the rebuild runs; then it is stopped.
         nonlocal folds
         folds += 1
         if folds == 3:
             store.export(made[2000:2100])
             raise KeyboardInterrupt
-        real_fold(pipe, rows)
+        return real_fold(pipe, rows)
 
     monkeypatch.setattr(store.rollups, "_queue_fold", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -549,3 +549,35 @@ def test_a_rebuild_interrupted_and_written_through_counts_every_entry_once(
     # Rebuilt again in one go, from nothing in flight: the same.
     assert store.rebuild_rollups(since) > 0
     assert_same(store.summary(BASE, BASE + timedelta(days=3)), raw)
+
+
+@pytest.mark.parametrize("subclass", [False, True], ids=["packed", "redis-py"])
+def test_a_fold_whose_position_moved_meanwhile_folds_its_chunk_again_once(
+    redis_url: str, key: str, server: redis.Redis, monkeypatch: pytest.MonkeyPatch, subclass: bool
+) -> None:
+    # Another process moving the position between a fold's read and its
+    # EXEC makes the EXEC fail; the fold reads again from where it is now.
+    # A client of a subclass goes through redis-py's pipeline instead of
+    # the packed transaction: the same must hold.
+    client_class = type("Sub", (redis.Redis,), {}) if subclass else redis.Redis
+    with client_class.from_url(redis_url) as client:
+        store = RedisStore(rollups=True, client=client, event_name=key)
+        raw = RedisStore(url=redis_url, event_name=key, rollups=False)
+        made = spread(random.Random(5), BASE, 24, 20)
+        store.export(made)
+        real = store.rollups._queue_fold
+        calls = 0
+
+        def meddling(pipe: t.Any, rows: list[dict[str, t.Any]]) -> t.Any:
+            nonlocal calls
+            calls += 1
+            writes = real(pipe, rows)
+            if calls == 1:
+                server.set(store.rollups.position_key, b"0-1")
+            return writes
+
+        monkeypatch.setattr(store.rollups, "_queue_fold", meddling)
+        assert store.fold() == len(made)
+        assert calls == 2
+        assert store.fold() == 0
+        assert_same(store.summary(BASE, BASE + DAY), raw)

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 
 from ..rollups import RollupDelta, RollupRetention, Unit, bucket_start
 from ._redisentries import CLOCK_MARGIN_MS
+from ._redistransaction import Transaction, transaction, watched
 from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
     COMPACTED,
@@ -199,26 +200,27 @@ class RedisRollups:
                     entries = self._xrange(after, FOLD_CHUNK)
                     if not entries:
                         return folded
-                    self._queue_fold(pipe, self.decode(entries))
-                    pipe.set(self.position_key, entries[-1][0])
-                    pipe.execute()
+                    writes = self._queue_fold(pipe, self.decode(entries))
+                    writes.command("SET", self.position_key, entries[-1][0])
+                    writes.execute()
                 except redis.WatchError:
                     continue
             folded += len(entries)
             if len(entries) < FOLD_CHUNK:
                 return folded
 
-    def _queue_fold(self, pipe: redis.client.Pipeline, rows: list[_Row]) -> None:
+    def _queue_fold(self, pipe: redis.client.Pipeline, rows: list[_Row]) -> Transaction:
         """Read what folding ``rows`` changes (``pipe`` is watching), then
-        start its ``MULTI`` and queue the changes."""
+        queue the changes in a transaction on its connection."""
         delta = RollupDelta(self.secret, keep_hashes=True, units=KEPT_UNITS)
         delta.add_rows(rows)
         now = datetime.now(_UTC)
         olds = self._read_olds(list(delta.spans))
         over = self._read_over(delta, now)
-        pipe.multi()
-        self._queue_delta(pipe, delta, olds)
-        self._queue_compaction(pipe, delta, over)
+        writes = watched(self.client, pipe)
+        self._queue_delta(writes, delta, olds)
+        self._queue_compaction(writes, delta, over)
+        return writes
 
     # -- rebuilding --------------------------------------------------------
 
@@ -248,25 +250,26 @@ class RedisRollups:
                         )
                         for unit in KEPT_UNITS
                     }
-                    pipe.multi()
+                    writes = watched(self.client, pipe)
                     for unit, members in starts.items():
                         for index in range(0, len(members), _DELETE_CHUNK):
-                            self._queue_drop(pipe, unit, members[index : index + _DELETE_CHUNK])
-                    pipe.delete(self.rebuild_key)
+                            self._queue_drop(writes, unit, members[index : index + _DELETE_CHUNK])
+                    writes.command("DEL", self.rebuild_key)
                     if position is not None:
                         # Written again, so that a summary or a fold reading
                         # meanwhile (watching it) starts over.
-                        pipe.set(self.position_key, position)
-                        cursor = b"" if day is None else _id_before(day)
-                        pipe.hset(
+                        writes.command("SET", self.position_key, t.cast("bytes", position))
+                        writes.command(
+                            "HSET",
                             self.rebuild_key,
-                            mapping={
-                                "cursor": cursor,
-                                "stop": position,
-                                "day": b"" if day is None else b"%d" % seconds_of(day),
-                            },
+                            "cursor",
+                            b"" if day is None else _id_before(day),
+                            "stop",
+                            t.cast("bytes", position),
+                            "day",
+                            b"" if day is None else b"%d" % seconds_of(day),
                         )
-                    pipe.execute()
+                    writes.execute()
                 except redis.WatchError:
                     continue
             return self.fold()
@@ -299,12 +302,12 @@ class RedisRollups:
                             if row["request_date"] is not None
                             and datetime.fromisoformat(row["request_date"]) >= day
                         ]
-                    self._queue_fold(pipe, rows)
+                    writes = self._queue_fold(pipe, rows)
                     if len(entries) < FOLD_CHUNK:
-                        pipe.delete(self.rebuild_key)
+                        writes.command("DEL", self.rebuild_key)
                     else:
-                        pipe.hset(self.rebuild_key, "cursor", entries[-1][0])
-                    pipe.execute()
+                        writes.command("HSET", self.rebuild_key, "cursor", entries[-1][0])
+                    writes.execute()
                 except redis.WatchError:
                     continue
             refolded += len(rows)
@@ -349,32 +352,32 @@ class RedisRollups:
 
     def _queue_delta(
         self,
-        pipe: redis.client.Pipeline,
+        writes: Transaction,
         delta: RollupDelta,
         olds: dict[tuple[Unit, datetime], _Old],
     ) -> None:
         plain, times = split_times(delta.sums, delta.time_keys)
         for (unit, start, part, key), weight in plain.items():
-            pipe.hincrbyfloat(self.bucket_key(unit, start), _field(part, key), weight)
+            writes.command("HINCRBYFLOAT", self.bucket_key(unit, start), _field(part, key), weight)
         for (unit, start), (first, last) in delta.spans.items():
             old_first, old_last, old_h = olds[unit, start]
             if old_first is not None:
                 first = min(first, int(old_first))
             if old_last is not None:
                 last = max(last, int(old_last))
-            mapping: dict[str, str | int] = {"first": first, "last": last}
+            fields: list[str | int] = ["first", first, "last", last]
             added = times.get((unit, start))
             if added:
                 stored = None if old_h is None else text_of(old_h)
-                mapping["h"] = t.cast("str", merge_histograms(stored, added))
-            pipe.hset(self.bucket_key(unit, start), mapping=mapping)  # type: ignore[arg-type]
-            pipe.zadd(self.set_key(unit), {start.isoformat(): seconds_of(start)})
+                fields += ["h", t.cast("str", merge_histograms(stored, added))]
+            writes.command("HSET", self.bucket_key(unit, start), *fields)
+            writes.command("ZADD", self.set_key(unit), seconds_of(start), start.isoformat())
         for (unit, start), hashes in delta.hashes.items():
-            pipe.pfadd(self.visitor_key(unit, start), *(f"{h:016x}" for h in hashes))
+            writes.command("PFADD", self.visitor_key(unit, start), *(f"{h:016x}" for h in hashes))
 
     def _queue_compaction(
         self,
-        pipe: redis.client.Pipeline,
+        writes: Transaction,
         delta: RollupDelta,
         over: dict[tuple[Unit, datetime], dict[bytes, bytes]],
     ) -> None:
@@ -399,9 +402,11 @@ class RedisRollups:
                     continue
                 ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
                 rest = ranked[TOP_KEPT:]
-                pipe.hdel(bucket, *(_field(part, key) for key, _ in rest))
-                pipe.hincrbyfloat(bucket, _field(OTHER + part, ""), sum(w for _, w in rest))
-            pipe.hset(bucket, "c", 1)
+                writes.command("HDEL", bucket, *(_field(part, key) for key, _ in rest))
+                writes.command(
+                    "HINCRBYFLOAT", bucket, _field(OTHER + part, ""), sum(w for _, w in rest)
+                )
+            writes.command("HSET", bucket, "c", 1)
 
     # -- retention ---------------------------------------------------------
 
@@ -422,13 +427,13 @@ class RedisRollups:
                 )
                 if not old:
                     break
-                with self.client.pipeline(transaction=True) as pipe:
-                    self._queue_drop(pipe, unit, old)
-                    pipe.execute()
+                writes = transaction(self.client)
+                self._queue_drop(writes, unit, old)
+                writes.execute()
                 removed += len(old)
         return removed
 
-    def _queue_drop(self, pipe: redis.client.Pipeline, unit: Unit, members: list[bytes]) -> None:
+    def _queue_drop(self, writes: Transaction, unit: Unit, members: list[bytes]) -> None:
         """Queue the removal of the ``unit`` buckets starting at ``members``
         (their sorted set's members): their hashes, sketches and members."""
         if not members:
@@ -436,8 +441,8 @@ class RedisRollups:
         starts = [datetime.fromisoformat(text_of(member)) for member in members]
         keys = [self.bucket_key(unit, start) for start in starts]
         keys += [self.visitor_key(unit, start) for start in starts]
-        pipe.delete(*keys)
-        pipe.zrem(self.set_key(unit), *members)
+        writes.command("DEL", *keys)
+        writes.command("ZREM", self.set_key(unit), *members)
 
     # -- summaries ---------------------------------------------------------
 

@@ -8,7 +8,9 @@ against 4.5 us for hiredis alone). :func:`transaction` gives that direct path
 where it can (hiredis installed, a plain ``redis.Redis`` client), and
 redis-py's own transaction pipeline otherwise, with the same errors: a
 connection error or time-out (whose outcome is unknown: the caller's fence
-tells), or the first ``ResponseError``.
+tells), or the first ``ResponseError``. :func:`watched` does the same on
+the connection of a pipeline that is watching keys (a fold's position), and
+raises ``WatchError`` when one of them changed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ if t.TYPE_CHECKING:
     import redis
     from redis.typing import EncodableT
 
-__all__ = ["Transaction", "transaction"]
+__all__ = ["Transaction", "transaction", "watched"]
 
 Command = tuple["EncodableT", ...]
 
@@ -65,27 +67,70 @@ class _PackedTransaction(_Queued):
         self._pack = pack
 
     def execute(self) -> None:
-        import redis
-
         pool = self._client.connection_pool
         connection = _connection(pool)
-        pack = self._pack
         try:
-            connection.send_packed_command(
-                [pack(("MULTI",)), *map(pack, self._commands), pack(("EXEC",))]
-            )
-            connection.read_response()  # OK
-            for _ in self._commands:
-                connection.read_response()  # QUEUED, or the command's error
-            replies = connection.read_response()
-        except BaseException:
-            connection.disconnect()
-            raise
+            _check(_run(connection, self._pack, self._commands))
         finally:
             pool.release(connection)
-        for reply in replies or ():
-            if isinstance(reply, redis.ResponseError):
-                raise reply
+
+
+class _WatchedPipeline:
+    """The commands queued on a watching pipeline (redis-py's own path)."""
+
+    def __init__(self, pipe: redis.client.Pipeline) -> None:
+        self._pipe = pipe
+        pipe.multi()
+
+    def command(self, *args: EncodableT) -> None:
+        self._pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    def execute(self) -> None:
+        self._pipe.execute()
+
+
+class _WatchedPacked:
+    """The commands packed by hiredis and run on the connection a pipeline
+    watches keys on: ``EXEC`` fails, as redis-py's would, if one changed."""
+
+    def __init__(self, connection: t.Any, pack: t.Callable[[Command], bytes]) -> None:
+        self._connection = connection
+        self._pack = pack
+        self._commands: list[Command] = []
+
+    def command(self, *args: EncodableT) -> None:
+        self._commands.append(args)
+
+    def execute(self) -> None:
+        import redis
+
+        replies = _run(self._connection, self._pack, self._commands)
+        if replies is None:
+            raise redis.WatchError("a watched key changed")
+        _check(replies)
+
+
+def _run(connection: t.Any, pack: t.Callable[[Command], bytes], commands: list[Command]) -> t.Any:
+    """``EXEC``'s reply to ``commands`` sent in one write on ``connection``,
+    which is dropped on any failure (the server discards a transaction left
+    open with it)."""
+    try:
+        connection.send_packed_command([pack(("MULTI",)), *map(pack, commands), pack(("EXEC",))])
+        connection.read_response()  # OK
+        for _ in commands:
+            connection.read_response()  # QUEUED, or the command's error
+        return connection.read_response()
+    except BaseException:
+        connection.disconnect()
+        raise
+
+
+def _check(replies: t.Any) -> None:
+    import redis
+
+    for reply in replies or ():
+        if isinstance(reply, redis.ResponseError):
+            raise reply
 
 
 def _connection(pool: redis.ConnectionPool) -> t.Any:
@@ -96,15 +141,32 @@ def _connection(pool: redis.ConnectionPool) -> t.Any:
         return pool.get_connection("MULTI")
 
 
-def transaction(client: redis.Redis) -> Transaction:
-    """A transaction on ``client``: packed by hiredis where it can be."""
+def _packer(client: redis.Redis) -> t.Callable[[Command], bytes] | None:
+    """hiredis's packer, where commands to ``client`` may bypass redis-py."""
     import redis
 
     try:
         import hiredis
     except ImportError:
-        return _PipelineTransaction(client)
+        return None
     if type(client) is not redis.Redis:
         # A subclass may route or wrap commands: leave it to redis-py.
-        return _PipelineTransaction(client)
-    return _PackedTransaction(client, t.cast("t.Callable[[Command], bytes]", hiredis.pack_command))
+        return None
+    return t.cast("t.Callable[[Command], bytes]", hiredis.pack_command)
+
+
+def transaction(client: redis.Redis) -> Transaction:
+    """A transaction on ``client``: packed by hiredis where it can be."""
+    pack = _packer(client)
+    return _PipelineTransaction(client) if pack is None else _PackedTransaction(client, pack)
+
+
+def watched(client: redis.Redis, pipe: redis.client.Pipeline) -> Transaction:
+    """A transaction on the connection of ``pipe``, a pipeline of ``client``
+    that is watching keys (after ``pipe.watch()`` and its reads):
+    ``execute()`` raises ``redis.WatchError`` if one of them changed."""
+    pack = _packer(client)
+    connection = getattr(pipe, "connection", None)
+    if pack is None or connection is None or not getattr(pipe, "watching", False):
+        return _WatchedPipeline(pipe)
+    return _WatchedPacked(connection, pack)
