@@ -10,8 +10,11 @@ store's own ``export()`` in batches of 5,000, folds them into its rollups
 ``summary()`` of the last 24 hours, 7, 30 and 90 days (best of
 ``--repeat``), from the rollups and, with ``--raw``, from the records (a
 second store on the same table with rollups off). The servers are the test
-suite's local ones; tables are dropped at the end. A benchmark, not a test:
-nothing asserts; the exit status says whether the two summaries agreed.
+suite's local ones; tables are dropped at the end. With ``--keep FOLDER``
+the SQLite and JSON Lines stores are kept there, and a later run with the
+same ``--keep`` and ``--records`` times them again without filling them (10
+million records take a while to write). A benchmark, not a test: nothing
+asserts; the exit status says whether the two summaries agreed.
 """
 
 from __future__ import annotations
@@ -190,60 +193,86 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default="sqlite,postgresql,mariadb,redis,jsonl")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="time the raw summaries too")
+    parser.add_argument("--keep", type=Path, help="keep the SQLite and JSON Lines stores here")
     args = parser.parse_args(argv)
     agreed = True
     for kind in args.stores.split(","):
         site = Traffic90()
-        with tempfile.TemporaryDirectory() as tmp, store_pair(kind, Path(tmp)) as (rolled, raw):
-            start = time.perf_counter()
-            left = args.records
-            while left:
-                count = min(left, 5_000)
-                done = 1 - left / args.records
-                rolled.export(site.batch(count, done, count / args.records))
-                left -= count
-            filled = time.perf_counter() - start
-            start = time.perf_counter()
-            # Redis has no rebuild yet: its first fold is the same work.
-            folded = rolled.fold() if kind == "redis" else rolled.rebuild_rollups()
-            if kind in ("postgresql", "mariadb"):
-                # A fold only takes row ids seen 10 s before (ids are taken at
-                # insert, and may commit out of order): the first one notes
-                # the newest id, the next one, 10 s on, folds up to it.
-                rolled.fold()
-                time.sleep(10.5)
-                start = time.perf_counter()
-                folded += rolled.fold()
-            rebuilt = time.perf_counter() - start
-            print(
-                f"{kind}: {args.records:,} records filled in {filled:.0f} s "
-                f"({args.records / filled:,.0f}/s); rollups built from {folded:,} in "
-                f"{rebuilt:.1f} s ({folded / rebuilt:,.0f}/s)",
-                flush=True,
-            )
-            for label, days in WINDOWS.items():
-                since = site.end - timedelta(days=days)
-                seconds = best(lambda at=since: timed_summary(rolled, at)[0], args.repeat)
-                line = f"  last {label:>4}: rollups {seconds * 1000:8.1f} ms"
-                if args.raw:
-                    _, found = timed_summary(rolled, since)
-                    # The records of the window the rollups counted (its
-                    # edges rounded to hours), against the records asked.
-                    source = found["source"]
-                    counted = datetime.fromisoformat(source["since"])
-                    _, raw_found = timed_summary(raw, counted)
-                    raw_seconds, _ = timed_summary(raw, since)
-                    skipped = {"source", "unique_visitors", "since", "until"}
-                    skipped.update(source["approximate"])
-                    same = all(found[key] == raw_found[key] for key in found if key not in skipped)
-                    agreed = agreed and same
-                    line += (
-                        f", records {raw_seconds * 1000:9.1f} ms"
-                        f" ({'same counts' if same else 'COUNTS DIFFER'}; visitors "
-                        f"{found['unique_visitors']:,} against {raw_found['unique_visitors']:,})"
-                    )
-                print(line, flush=True)
+        with contextlib.ExitStack() as stack:
+            if args.keep is not None and kind in ("sqlite", "jsonl"):
+                folder = args.keep / f"{kind}-{args.records}"
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            rolled, raw = stack.enter_context(store_pair(kind, folder))
+            marker = folder / "filled"
+            if marker.exists():
+                site.end = datetime.fromisoformat(marker.read_text())
+                print(f"{kind}: {args.records:,} records kept in {folder}", flush=True)
+            else:
+                fill(kind, site, rolled, args.records)
+                if args.keep is not None:
+                    marker.write_text(site.end.isoformat())
+            agreed = time_windows(site, rolled, raw, args.raw, args.repeat) and agreed
     return 0 if agreed else 1
+
+
+def fill(kind: str, site: Traffic90, rolled: Store, records: int) -> None:
+    """Write ``records`` of ``site`` to ``rolled`` and build its rollups."""
+    start = time.perf_counter()
+    left = records
+    while left:
+        count = min(left, 5_000)
+        done = 1 - left / records
+        rolled.export(site.batch(count, done, count / records))
+        left -= count
+    filled = time.perf_counter() - start
+    start = time.perf_counter()
+    # On Redis the first fold is the same work as a rebuild.
+    folded = rolled.fold() if kind == "redis" else rolled.rebuild_rollups()
+    if kind in ("postgresql", "mariadb"):
+        # A fold only takes row ids seen 10 s before (ids are taken at
+        # insert, and may commit out of order): the first one notes
+        # the newest id, the next one, 10 s on, folds up to it.
+        rolled.fold()
+        time.sleep(10.5)
+        start = time.perf_counter()
+        folded += rolled.fold()
+    rebuilt = time.perf_counter() - start
+    print(
+        f"{kind}: {records:,} records filled in {filled:.0f} s "
+        f"({records / filled:,.0f}/s); rollups built from {folded:,} in "
+        f"{rebuilt:.1f} s ({folded / rebuilt:,.0f}/s)",
+        flush=True,
+    )
+
+
+def time_windows(site: Traffic90, rolled: Store, raw: Store, with_raw: bool, repeat: int) -> bool:
+    """Print the time of each window's summary; whether the counts agreed."""
+    agreed = True
+    for label, days in WINDOWS.items():
+        since = site.end - timedelta(days=days)
+        seconds = best(lambda at=since: timed_summary(rolled, at)[0], repeat)
+        line = f"  last {label:>4}: rollups {seconds * 1000:8.1f} ms"
+        if with_raw:
+            _, found = timed_summary(rolled, since)
+            # The records of the window the rollups counted (its
+            # edges rounded to hours), against the records asked.
+            source = found["source"]
+            counted = datetime.fromisoformat(source["since"])
+            _, raw_found = timed_summary(raw, counted)
+            raw_seconds, _ = timed_summary(raw, since)
+            skipped = {"source", "unique_visitors", "since", "until"}
+            skipped.update(source["approximate"])
+            same = all(found[key] == raw_found[key] for key in found if key not in skipped)
+            agreed = agreed and same
+            line += (
+                f", records {raw_seconds * 1000:9.1f} ms"
+                f" ({'same counts' if same else 'COUNTS DIFFER'}; visitors "
+                f"{found['unique_visitors']:,} against {raw_found['unique_visitors']:,})"
+            )
+        print(line, flush=True)
+    return agreed
 
 
 if __name__ == "__main__":
