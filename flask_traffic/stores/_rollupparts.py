@@ -20,6 +20,7 @@ __all__ = [
     "LENGTH",
     "OTHER",
     "TOP_KEPT",
+    "Times",
     "add_records",
     "is_over",
     "rollup_source",

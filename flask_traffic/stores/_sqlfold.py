@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from ..rollups import HyperLogLog, RollupDelta, Unit, rollup_key, visitor_hash
 from ..summary import HISTOGRAM_MAX_INDEX, TOP_FIELDS
+from ._rollupparts import Times
 from ._sqlexpr import double, histogram_bucket, utc_truncated
 from ._sqltext import decode_optional_text, decode_text, exact_text
 from .sqlschema import ID_COLUMN
@@ -68,10 +69,11 @@ def fold_chunk(
     secret: bytes,
     limit: int,
     sums: sa.Table,
-) -> tuple[RollupDelta, int, int] | None:
+) -> tuple[RollupDelta, Times, int, int] | None:
     """Add up the first ``limit`` rows meeting ``conditions``, by id, in the
-    database: their delta (hours and days), the last one's id and how many;
-    ``None`` when there are none. ``table`` has a column for each of
+    database: their delta (hours and days; no ``time`` part), their
+    ``response_time`` histograms per bucket and route, the last one's id
+    and how many; ``None`` when there are none. ``table`` has a column for each of
     :data:`~flask_traffic.rollups.ROLLUP_FIELDS` (a store keeps rollups only
     then).
 
@@ -97,7 +99,7 @@ def fold_chunk(
         for part, field in TOP_FIELDS.items():
             fold.top(part, field)
     fold.visitors()
-    return fold.delta, last, len(found)
+    return fold.delta, fold.times, last, len(found)
 
 
 class _Fold:
@@ -122,6 +124,7 @@ class _Fold:
         )
         self.secret = secret
         self.delta = RollupDelta(secret, units=("hour", "day"))
+        self.times: Times = {}
         self.buckets = _Hours()
 
     def grouped(
@@ -190,8 +193,7 @@ class _Fold:
             lambda inner: sa.func.sum(inner.c.w),
         )
         route_keys: dict[str | None, str] = {}
-        time_keys: dict[tuple[str | None, int], str] = {}
-        parsed = self.delta.time_keys
+        times = self.times
         for text, stored, bucket, summed in rows:
             value = decode_optional_text(stored)
             key = route_keys.get(value)
@@ -200,12 +202,10 @@ class _Fold:
             self.add(text, "route", key, summed)
             if bucket is None:
                 continue
-            number = min(int(bucket), HISTOGRAM_MAX_INDEX)
-            time_key = time_keys.get((value, number))
-            if time_key is None:
-                time_key = time_keys[value, number] = rollup_key([value, number])
-                parsed[time_key] = (value, number)
-            self.add(text, "time", time_key, summed)
+            index = min(int(bucket), HISTOGRAM_MAX_INDEX)
+            for pair in self.buckets(text):
+                histogram = times.setdefault(pair, {}).setdefault(value, {})
+                histogram[index] = histogram.get(index, 0.0) + summed
 
     def top(self, part: str, name: str) -> None:
         """Weights per value of a top list's field."""

@@ -46,7 +46,7 @@ from ..rollups import (
 )
 from ..summary import SummaryBuilder
 from ._rolluphistograms import merge_histograms
-from ._rollupparts import KEPT_UNITS, is_over, split_times
+from ._rollupparts import KEPT_UNITS, Times, is_over
 from ._sqlfold import fold_chunk, key_hash
 from ._sqlinsert import driver_executemany
 from ._sqlrollupparts import compact
@@ -202,8 +202,8 @@ class SQLRollups:
         )
         if folded is None:
             return None
-        delta, last, count = folded
-        self._apply(connection, delta)
+        delta, times, last, count = folded
+        self._apply(connection, delta, times)
         return last, count
 
     # -- rebuilding ------------------------------------------------------------
@@ -334,9 +334,8 @@ class SQLRollups:
         if rows:
             self._upsert_sums(connection, rows)
 
-    def _apply(self, connection: sa.Connection, delta: RollupDelta) -> None:
-        plain, times = split_times(delta.sums, delta.time_keys)
-        self.add_sums(connection, ((*key, weight) for key, weight in plain.items()))
+    def _apply(self, connection: sa.Connection, delta: RollupDelta, times: Times) -> None:
+        self.add_sums(connection, ((*key, weight) for key, weight in delta.sums.items()))
         touched = list(delta.spans)
         old = self._read_buckets(connection, touched)
         rows = []
