@@ -23,6 +23,7 @@ from .processors import (
 )
 from .record import TrafficRecord
 from .signals import request_traffic
+from .stores._rollupstore import read_fold_state
 from .stores.base import Sink, Store
 
 __all__ = ["CONFIG_DEFAULTS", "Traffic", "TrafficState", "get_state"]
@@ -284,7 +285,7 @@ class Traffic:
         """The stores and exporters attached to ``app``, in the order given."""
         return list(get_state(app).sinks)
 
-    def health(self, app: Flask) -> dict[str, t.Any]:
+    def health(self, app: Flask, *, rollups: bool = False) -> dict[str, t.Any]:
         """The health of ``app``'s traffic pipeline in this process, for an
         app's own health check::
 
@@ -293,6 +294,11 @@ class Traffic:
                 health = traffic.health(app)
                 return health, 200 if health["ok"] else 503
 
+        :param rollups: also read how far the rollups of each store that
+            keeps them lag (:meth:`~flask_traffic.stores.Store.rollup_state`),
+            under ``"rollups"``: a few reads of the store per call, where the
+            rest is this process's counters; a failed read gives
+            ``{"error": "Type: message"}`` and leaves ``ok`` as it is.
         :return: ``{"ok": bool, "stores": {name: {...}}}``: each store's
             :meth:`~flask_traffic.stores.Sink.stats` plus ``"failing"``
             (its last write raised and none has succeeded since); ``ok`` when
@@ -304,6 +310,12 @@ class Traffic:
         for sink in get_state(app).sinks:
             stats = sink.stats()
             stores[sink.name] = {**stats, "failing": is_failing(stats)}
+            if rollups and isinstance(sink, Store) and sink.keeps_rollups:
+                state, error = read_fold_state(sink)
+                if state is not None:
+                    stores[sink.name]["rollups"] = state.as_json()
+                elif error is not None:
+                    stores[sink.name]["rollups"] = {"error": error}
         return {"ok": not any(s["failing"] for s in stores.values()), "stores": stores}
 
     def flush(self, app: Flask, timeout: float | None = None) -> bool:

@@ -293,7 +293,9 @@ def rollup_command(rebuild: bool, since: datetime | None, store_name: str | None
 def status_command(as_json: bool) -> None:
     """Check that every store can be read from here, and count the records
     each has set aside in the dead-letter file; exit with status 1 when a
-    store is failing, for a cron job or a health check.
+    store is failing, for a cron job or a health check. Stores that keep
+    rollups also say how many records wait to be folded, since when, and
+    how far a rebuild is.
 
     The counters of a running server's processes are theirs: see
     traffic.health(app) for an app's own health endpoint."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._health import describe_error, is_failing
+from ..stores._rollupstore import FoldState, read_fold_state
 from ..stores.base import Sink, Store
 from .render import safe_text, table
 
@@ -18,6 +19,7 @@ __all__ = [
     "SinkStatus",
     "check_sinks",
     "count_dead_letters",
+    "rollups_text",
     "spool_on_disk",
     "spool_text",
     "status_json",
@@ -43,6 +45,9 @@ class SinkStatus(t.NamedTuple):
     #: Spool files in the sink's spool folder (every process's) and their
     #: bytes; ``None`` when the sink does not spool.
     spool_on_disk: tuple[int, int] | None = None
+    #: For a store that keeps rollups, its fold state, or the ``"Type:
+    #: message"`` of the failed read of it; ``None`` for the others.
+    rollups: FoldState | str | None = None
 
     @property
     def failing(self) -> bool:
@@ -84,8 +89,15 @@ def check_sinks(sinks: Sequence[Sink], dead_letter_path: Path | None) -> list[Si
         if error is None and is_failing(stats):
             error = stats["last_error"]
         spool = None if sink.spool_folder is None else spool_on_disk(sink.spool_folder)
+        rollups: FoldState | str | None = None
+        if reachable and isinstance(sink, Store) and sink.keeps_rollups:
+            # Not when the read failed: this one would wait out the same outage.
+            state, failure = read_fold_state(sink)
+            rollups = state if failure is None else failure
         found.append(
-            SinkStatus(sink.name, reachable, error, seconds, letters[sink.name], stats, spool)
+            SinkStatus(
+                sink.name, reachable, error, seconds, letters[sink.name], stats, spool, rollups
+            )
         )
     return found
 
@@ -105,6 +117,10 @@ def status_json(status: SinkStatus) -> dict[str, t.Any]:
         for key in ("spooled", "spooled_bytes", "replayed", "replaying"):
             found[key] = stats[key]
         found["spool_files"], found["spool_files_bytes"] = status.spool_on_disk
+    if isinstance(status.rollups, FoldState):
+        found["rollups"] = status.rollups.as_json()
+    elif status.rollups is not None:
+        found["rollups"] = {"error": status.rollups}
     return found
 
 
@@ -129,6 +145,40 @@ def spool_text(status: SinkStatus) -> str:
     if stats["replaying"]:
         text += f", replaying ({stats['replayed']:,} done)"
     return text
+
+
+def rollups_text(status: SinkStatus) -> str:
+    """The ``Rollups`` cell: records to fold and since when, a rebuild under
+    way, or the error of the read."""
+    state = status.rollups
+    if state is None:
+        return "-"
+    if not isinstance(state, FoldState):
+        return "error: " + safe_text(state, 60)
+    if not state.pending:
+        text = "folded"
+    else:
+        count = f"{state.pending:,}" if state.pending_exact else f"over {state.pending:,}"
+        if not state.pending_exact and state.pending_at_most is not None:
+            count += f" (at most {state.pending_at_most:,})"
+        text = f"{count} rec to fold"
+        if state.pending_bytes is not None:
+            text += f" ({state.pending_bytes / 1024:,.0f} kB)"
+        lag = state.lag()
+        if lag is not None:
+            text += f", oldest {_age_text(lag)} ago"
+    if state.rebuilding:
+        progress = state.rebuild_progress
+        text += ", rebuild " + ("under way" if progress is None else f"{progress:.0%}")
+    return text
+
+
+def _age_text(seconds: float) -> str:
+    """``12 s``, ``5 min``, ``3 h``, ``2 d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:,.0f} s"
 
 
 def status_lines(statuses: Sequence[SinkStatus], dead_letter_path: Path | None) -> list[str]:
@@ -157,6 +207,11 @@ def status_lines(statuses: Sequence[SinkStatus], dead_letter_path: Path | None) 
         headers.insert(4, "Spool")
         for row, status in zip(rows, statuses, strict=True):
             row.insert(4, spool_text(status))
+    if any(status.rollups is not None for status in statuses):
+        # Only for sites whose stores keep rollups: before the errors.
+        headers.insert(-1, "Rollups")
+        for row, status in zip(rows, statuses, strict=True):
+            row.insert(-1, rollups_text(status))
     lines = table(headers, rows, {2, 3})
     if any(status.dead_letters for status in statuses) and dead_letter_path is not None:
         lines.append(f"  Records set aside are in {dead_letter_path}.")

@@ -57,6 +57,7 @@ from ..rollups import UNITS, RollupRetention, bucket_start
 from ..summary import SummaryBuilder
 from ._filerollupparts import apply_rows, encode_key
 from ._framing import Snapshot, blocks_forward, count_records, split_records
+from ._rollupstore import FoldState
 
 if t.TYPE_CHECKING:
     from .filestore import FileStore
@@ -198,8 +199,28 @@ class FileRollups:
     @staticmethod
     def rebuilding(connection: sqlite3.Connection) -> bool:
         """Whether a rebuild is under way (or was interrupted)."""
-        query = "SELECT 1 FROM state WHERE name = ?"
-        return connection.execute(query, (_REBUILD,)).fetchone() is not None
+        return FileRollups.rebuild_state(connection) is not None
+
+    @staticmethod
+    def rebuild_state(connection: sqlite3.Connection) -> tuple[int, int, str] | None:
+        """The rebuild under way: the last span refolded, the last span to
+        refold, and the day it rebuilds from as the records' dates are
+        stored (``""``: all); ``None`` without a rebuild."""
+        found = connection.execute(
+            "SELECT position, candidate, candidate_at FROM state WHERE name = ?", (_REBUILD,)
+        ).fetchone()
+        if found is None:
+            return None
+        day = found[2]
+        # As the records' dates are stored, to compare them as text.
+        day_text = "" if day is None else iso_text(datetime.fromtimestamp(float(day), _UTC))
+        return int(found[0]), int(found[1] or 0), day_text
+
+    def fold_state(self) -> FoldState:
+        """How far the rollups lag (:func:`._filefoldstate.fold_state`)."""
+        from ._filefoldstate import fold_state
+
+        return fold_state(self)
 
     # -- folding ---------------------------------------------------------------
 
@@ -356,14 +377,10 @@ class FileRollups:
         on; how many, or None when there is no rebuild (any more)."""
         quoted = self.store.quoted_records
         with self.transaction(connection):
-            found = connection.execute(
-                "SELECT position, candidate, candidate_at FROM state WHERE name = ?", (_REBUILD,)
-            ).fetchone()
+            found = self.rebuild_state(connection)
             if found is None:
                 return None
-            done, stop, day = int(found[0]), int(found[1] or 0), found[2]
-            # As the records' dates are stored, to compare them as text.
-            day_text = "" if day is None else iso_text(datetime.fromtimestamp(float(day), _UTC))
+            done, stop, day_text = found
             spans = connection.execute(
                 'SELECT spans.id, file, start, "end" FROM spans WHERE id > ? AND id <= ? '
                 "AND last >= ? ORDER BY id",

@@ -48,6 +48,7 @@ from ._rollupparts import (
     is_over,
     split_times,
 )
+from ._rollupstore import FoldState
 
 if t.TYPE_CHECKING:
     import redis
@@ -277,6 +278,12 @@ class RedisRollups:
     def rebuilding(self) -> bool:
         """Whether a rebuild is under way (or was interrupted)."""
         return bool(self.client.exists(self.rebuild_key))
+
+    def fold_state(self) -> FoldState:
+        """How far the rollups lag (:func:`._redisfoldstate.fold_state`)."""
+        from ._redisfoldstate import fold_state
+
+        return fold_state(self)
 
     def _rebuild_chunks(self) -> int:
         """Refold the entries a rebuild has left, chunk by chunk."""

@@ -47,6 +47,7 @@ from ..rollups import (
 from ..summary import SummaryBuilder
 from ._rolluphistograms import merge_histograms
 from ._rollupparts import KEPT_UNITS, Times, is_over
+from ._rollupstore import FoldState
 from ._sqlfold import fold_chunk, key_hash
 from ._sqlinsert import driver_executemany
 from ._sqlrollupparts import compact
@@ -240,28 +241,36 @@ class SQLRollups:
 
     def rebuilding(self, connection: sa.Connection) -> bool:
         """Whether a rebuild is under way (or was interrupted)."""
+        return self.rebuild_state(connection) is not None
+
+    def rebuild_state(self, connection: sa.Connection) -> tuple[int, int, float | None] | None:
+        """The rebuild under way: the last id refolded, the last id to
+        refold, and the POSIX time of the day it rebuilds from (``None``:
+        all); ``None`` without a rebuild."""
+        state = self.state
         found = connection.execute(
-            sa.select(self.state.c.name).where(self.state.c.name == _REBUILD)
+            sa.select(state.c.position, state.c.candidate, state.c.candidate_at).where(
+                state.c.name == _REBUILD
+            )
         ).first()
-        return found is not None
+        if found is None:
+            return None
+        day = found[2]
+        return int(found[0]), int(found[1] or 0), None if day is None else float(day)
 
     def _rebuild_chunk(self) -> int:
         state = self.state
         id_column = self.io.table.c[ID_COLUMN]
         with self.engine.begin() as connection:
             self._lock(connection)
-            found = connection.execute(
-                sa.select(state.c.position, state.c.candidate, state.c.candidate_at).where(
-                    state.c.name == _REBUILD
-                )
-            ).first()
+            found = self.rebuild_state(connection)
             if found is None:
                 return 0
-            done, stop, day = int(found[0]), int(found[1] or 0), found[2]
+            done, stop, day = found
             conditions = [id_column > done, id_column <= stop]
             if day is not None:
                 conditions.append(
-                    self.io.table.c["request_date"] >= datetime.fromtimestamp(float(day), _UTC)
+                    self.io.table.c["request_date"] >= datetime.fromtimestamp(day, _UTC)
                 )
             last = self._fold_rows(connection, conditions)
             if last is None:
@@ -314,6 +323,12 @@ class SQLRollups:
             sa.select(self.state.c.position).where(self.state.c.name == _STATE)
         ).scalar()
         return int(found or 0)
+
+    def fold_state(self) -> FoldState:
+        """How far the rollups lag (:func:`._sqlfoldstate.fold_state`)."""
+        from ._sqlfoldstate import fold_state
+
+        return fold_state(self)
 
     def add_sums(
         self, connection: sa.Connection, sums: Iterable[tuple[Unit, datetime, str, str, float]]

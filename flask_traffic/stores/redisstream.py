@@ -37,6 +37,8 @@ if t.TYPE_CHECKING:
     import redis
     from flask import Flask
 
+    from ._rollupstore import FoldReporter
+
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger("flask_traffic")
@@ -281,6 +283,10 @@ class RedisStore(Store):
             options = options.copy()
             options["retention_interval"] = min(self.fold_interval, options["retention_interval"])
         super().attach(app, options)
+
+    def _fold_reporter(self) -> FoldReporter | None:
+        # Its rollups fold by their own calls, not as a RollupKeeper.
+        return self.rollups
 
     def _maintenance(self) -> MaintenanceFunction | None:
         entries = super()._maintenance()
