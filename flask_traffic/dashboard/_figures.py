@@ -101,18 +101,17 @@ class _Errors:
     """Requests that raised or answered 5xx, grouped by exception and route."""
 
     def __init__(self) -> None:
-        # 5xx per route: one builder whose "routes" are the routes.
-        self.per_route = SummaryBuilder(None, None, _SLIM_FIELDS)
         self.groups: dict[tuple[str | None, str | None], dict[str, t.Any]] = {}
-        self.counts: defaultdict[tuple[str | None, str | None], SummaryBuilder] = defaultdict(
-            lambda: SummaryBuilder(None, None, _SLIM_FIELDS)
-        )
+        # Weights summed per group; the 5xx rows kept to count per route at
+        # the end, in one builder call rather than one a row.
+        self.weights: defaultdict[tuple[str | None, str | None], float] = defaultdict(float)
+        self.server_errors: list[dict[str, t.Any]] = []
 
     def add(self, row: dict[str, t.Any], slim: dict[str, t.Any]) -> None:
         route = row.get("request_route")
         status = row.get("response_status_code")
         if status is not None and status >= 500:
-            self.per_route.add_rows(({**slim, "request_route": route},))
+            self.server_errors.append({**slim, "request_route": route})
         key = (row.get("response_exception"), route)
         group = self.groups.get(key)
         date = row.get("request_date")
@@ -127,21 +126,23 @@ class _Errors:
             }
         else:
             group["first"] = date
-        self.counts[key].add_rows((slim,))
+        rate = slim["request_sample_rate"]
+        # A record kept with sample rate r stands for 1/r requests.
+        self.weights[key] += 1.0 if not rate else 1.0 / rate
 
     def result(self) -> list[dict[str, t.Any]]:
-        found = []
-        for key, group in self.groups.items():
-            counted = self.counts[key].result()
-            found.append({**group, "count": counted["total"]})
+        found = [{**group, "count": round(self.weights[key])} for key, group in self.groups.items()]
         # Stable: groups were met newest first, and stay so among equal counts.
         found.sort(key=lambda group: -group["count"])
         return found[:_ERROR_GROUPS]
 
     def route_counts(self) -> list[dict[str, t.Any]]:
+        # 5xx per route: one builder whose "routes" are the routes.
+        per_route = SummaryBuilder(None, None, _SLIM_FIELDS)
+        per_route.add_rows(self.server_errors)
         return [
             {"route": entry["route"], "count": entry["count"]}
-            for entry in self.per_route.result()["routes"]
+            for entry in per_route.result()["routes"]
         ]
 
 
