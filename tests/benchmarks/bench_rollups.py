@@ -1,6 +1,7 @@
 """How long ``summary()`` takes from rollups, against the records, on a big store.
 
     python tests/benchmarks/bench_rollups.py [--records 1000000] [--stores sqlite,redis] [--raw]
+        [--breakdown]
 
 Fills each store kind with ``--records`` records over the last 90 days
 (about 200 routes, 10,000 paths, 1,000 referrers, 50 browsers on 5
@@ -9,9 +10,14 @@ store's own ``export()`` in batches of 5,000, folds them into its rollups
 (the time of ``flask traffic rollup --rebuild``: the same work), then times
 ``summary()`` of the last 24 hours, 7, 30 and 90 days (best of
 ``--repeat``), from the rollups and, with ``--raw``, from the records (a
-second store on the same table with rollups off). The servers are the test
+second store on the same table with rollups off). With ``--breakdown``,
+the dashboard's ``api/breakdown`` of the same windows is timed too (its
+figures from the rollups, its errors from the failed records), and with
+``--raw`` against the breakdown of every record (its figures compared with
+the records' of the window the rollups counted). The servers are the test
 suite's local ones; tables are dropped at the end. A benchmark, not a test:
-nothing asserts; the exit status says whether the two summaries agreed.
+nothing asserts; the exit status says whether the two summaries (and
+breakdowns) agreed.
 """
 
 from __future__ import annotations
@@ -184,12 +190,48 @@ def timed_summary(store: Store, since: datetime) -> tuple[float, dict[str, t.Any
     return time.perf_counter() - start, found
 
 
+def timed_breakdown(
+    store: Store, since: datetime | None, until: datetime | None = None
+) -> tuple[float, dict[str, t.Any]]:
+    """The time of the dashboard's ``api/breakdown`` of the window, and its answer."""
+    from flask_traffic.dashboard._figures import breakdown
+    from flask_traffic.dashboard._params import View
+
+    start = time.perf_counter()
+    found = breakdown(store, View(since=since, until=until))
+    return time.perf_counter() - start, found
+
+
+def breakdown_line(rolled: Store, raw: Store, since: datetime, repeat: int, compare: bool) -> str:
+    """The breakdown's time from the rollups and, with ``compare``, from
+    every record; whether the figures agree with the records' of the
+    window the rollups counted."""
+    seconds = best(lambda: timed_breakdown(rolled, since)[0], repeat)
+    _, found = timed_breakdown(rolled, since)
+    # Older versions say nothing of their source: they read the records.
+    source = found.pop("source", {"source": "records"})
+    line = f"             breakdown {seconds * 1000:8.1f} ms from {source['source']}"
+    if not compare:
+        return line
+    raw_seconds = best(lambda: timed_breakdown(raw, since)[0], repeat)
+    counted = since if source.get("since") is None else datetime.fromisoformat(source["since"])
+    _, want = timed_breakdown(raw, counted)
+    want.pop("source", None)
+    same = found == want
+    return line + (
+        f", records {raw_seconds * 1000:9.1f} ms ({'same figures' if same else 'FIGURES DIFFER'})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--stores", default="sqlite,postgresql,mariadb,redis,jsonl")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="time the raw summaries too")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time the dashboard's api/breakdown too"
+    )
     args = parser.parse_args(argv)
     agreed = True
     for kind in args.stores.split(","):
@@ -243,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{found['unique_visitors']:,} against {raw_found['unique_visitors']:,})"
                     )
                 print(line, flush=True)
+                if args.breakdown:
+                    line = breakdown_line(rolled, raw, since, args.repeat, args.raw)
+                    agreed = agreed and "DIFFER" not in line
+                    print(line, flush=True)
     return 0 if agreed else 1
 
 
