@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from .record import FIELD_NAMES, iso_text
 
-__all__ = ["Query", "TimeArg", "iso_text", "parse_moment", "parse_time"]
+__all__ = ["Query", "TimeArg", "is_error", "iso_text", "parse_moment", "parse_time"]
 
 _UTC = timezone.utc
 _FIELD_SET = frozenset(FIELD_NAMES)
@@ -103,12 +103,19 @@ class Query:
     :param since: the earliest ``request_date`` (inclusive), aware UTC.
     :param until: the ``request_date`` to stop before (exclusive), aware UTC.
     :param where: field name -> value the row's field must equal.
+    :param errors_only: only requests that failed: a ``response_status_code``
+        of 500 or more, or a ``response_exception`` (what the dashboard lists
+        as errors), so a store can leave the others unread.
+
+    .. versionchanged:: 1.0
+        ``errors_only``.
     """
 
     limit: int | None = None
     since: datetime | None = None
     until: datetime | None = None
     where: Mapping[str, t.Any] = field(default_factory=dict)
+    errors_only: bool = False
 
     @classmethod
     def make(
@@ -165,8 +172,8 @@ class Query:
 
     @property
     def is_everything(self) -> bool:
-        """Whether the query selects every row (no window, no ``where``)."""
-        return self.since is None and self.until is None and not self.where
+        """Whether the query selects every row (no window, no test)."""
+        return self.since is None and self.until is None and not self.where and not self.errors_only
 
     def matches(self, row: Mapping[str, t.Any]) -> bool:
         """Whether ``row`` (a dict as ``read()`` gives) is selected."""
@@ -179,4 +186,15 @@ class Query:
                 return False
             if until is not None and date >= until:
                 return False
+        if self.errors_only and not is_error(row):
+            return False
         return all(row.get(name) == value for name, value in self.where.items())
+
+
+def is_error(row: Mapping[str, t.Any]) -> bool:
+    """Whether ``row`` is of a request that failed: it raised, or answered
+    with a status of 500 or more (see :attr:`Query.errors_only`)."""
+    if row.get("response_exception") is not None:
+        return True
+    status = row.get("response_status_code")
+    return status is not None and status >= 500

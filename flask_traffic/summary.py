@@ -43,6 +43,8 @@ __all__ = [
     "histogram_index",
     "histogram_indexes",
     "histogram_value",
+    "percentiles",
+    "status_classes",
     "visitor_key",
 ]
 
@@ -302,11 +304,7 @@ class SummaryBuilder:
         """
         fields = self.fields
         total = round(self.total)
-        statuses = self.statuses
-        classes = dict.fromkeys(_STATUS_CLASSES, 0.0)
-        for code, weight in statuses.items():
-            if code is not None and 100 <= code <= 599:
-                classes[f"{code // 100}xx"] += weight
+        classes = status_classes(self.statuses)
         errors = round(classes["5xx"])
         has_status = "response_status_code" in fields
         first, last = self.first, self.last
@@ -357,7 +355,7 @@ class SummaryBuilder:
         rows = []
         for route, weight in self.route_counts.items():
             entry: dict[str, t.Any] = {"route": route, "count": round(weight)}
-            entry.update(_percentiles(self.route_times.get(route)))
+            entry.update(percentiles(self.route_times.get(route)))
             rows.append(entry)
         rows.sort(key=lambda entry: (-entry["count"], entry["route"] is None, entry["route"] or ""))
         return rows
@@ -379,7 +377,19 @@ class SummaryBuilder:
         return [{"value": value, "count": round(weight)} for value, weight in ranked[:TOP]]
 
 
-def _percentiles(histogram: Mapping[int, float] | None) -> dict[str, float | None]:
+def status_classes(statuses: Mapping[int | None, float]) -> dict[str, float]:
+    """The weights of ``statuses`` (status code -> weight) per class, ``1xx``
+    to ``5xx``, not rounded; codes outside 100 to 599 count in none."""
+    classes = dict.fromkeys(_STATUS_CLASSES, 0.0)
+    for code, weight in statuses.items():
+        if code is not None and 100 <= code <= 599:
+            classes[f"{code // 100}xx"] += weight
+    return classes
+
+
+def percentiles(histogram: Mapping[int, float] | None) -> dict[str, float | None]:
+    """``p50``, ``p95`` and ``p99`` in ms of a ``response_time`` histogram
+    (bucket index -> weight); ``None`` each for an empty one."""
     if not histogram:
         return {name: None for name, _ in _PERCENTILES}
     total = sum(histogram.values())

@@ -4,19 +4,25 @@ Without filters the summary is the store's own :meth:`~flask_traffic.stores.Stor
 (which a store may compute in its backend). Filtered, and for the figures
 ``summary()`` does not give (status classes and p95 per bucket, overall
 percentiles, errors grouped), the rows the store selects go through
-:class:`~flask_traffic.summary.SummaryBuilder`, so every count, weight and
-percentile follows the one rule the store's summary follows.
+:class:`~flask_traffic.summary.SummaryBuilder` and
+:class:`~flask_traffic._breakdown.BreakdownBuilder`, so every count, weight
+and percentile follows the one rule the store's summary follows. Without
+filters, a store that keeps rollups feeds the breakdown's buckets from
+them, and only its failed requests are read (:func:`breakdown`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import typing as t
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 
-from ..query import Query
+from .._breakdown import BreakdownBuilder
+from ..query import Query, is_error
+from ..rollups import Unit
 from ..stores.base import Store
 from ..summary import SummaryBuilder, bucket_unit
 from ._params import View
@@ -24,16 +30,9 @@ from ._params import View
 __all__ = ["breakdown", "filtered_summary", "records", "scan_view"]
 
 _FLUSH_TIMEOUT = 10.0
-# Rows are grouped per bucket this many at a time, then counted per group.
+# Rows are counted this many at a time.
 _CHUNK = 5000
-# Length of the ISO 8601 text that names a minute, an hour, a day, and what
-# completes it into the bucket's start (as summary() names its buckets).
-_PREFIX = {
-    "minute": (16, ":00+00:00"),
-    "hour": (13, ":00:00+00:00"),
-    "day": (10, "T00:00:00+00:00"),
-}
-#: The fields of the small rows the per-bucket builders count.
+#: The fields of the small rows the error groups' builders count.
 _SLIM_FIELDS = ("response_status_code", "response_time", "request_route")
 _ERROR_GROUPS = 20
 
@@ -73,8 +72,8 @@ def records(store: Store, view: View, limit: int, offset: int) -> list[dict[str,
 
 
 def _slim(row: dict[str, t.Any]) -> dict[str, t.Any]:
-    # The route is left out: each builder's one "route" is then its bucket's
-    # percentiles; the sample rate keeps sampled records weighted.
+    # The route is left out: each error group's builder then counts one
+    # "route"; the sample rate keeps sampled records weighted.
     return {
         "response_status_code": row.get("response_status_code"),
         "response_time": row.get("response_time"),
@@ -82,19 +81,7 @@ def _slim(row: dict[str, t.Any]) -> dict[str, t.Any]:
     }
 
 
-def _figures(builder: SummaryBuilder) -> dict[str, t.Any]:
-    result = builder.result()
-    routes = result["routes"] or [{"p50": None, "p95": None, "p99": None}]
-    return {
-        "count": result["total"],
-        "status_classes": result["status_classes"],
-        "p50": routes[0]["p50"],
-        "p95": routes[0]["p95"],
-        "p99": routes[0]["p99"],
-    }
-
-
-def _unit(store: Store, view: View, query: Query) -> str:
+def _unit(store: Store, view: View, query: Query) -> Unit:
     """The bucket size ``summary()`` picks for this window: from its ends,
     or from the first and last matching request where it has none."""
     start, end = query.since, query.until
@@ -114,18 +101,17 @@ class _Errors:
     """Requests that raised or answered 5xx, grouped by exception and route."""
 
     def __init__(self) -> None:
-        # 5xx per route: one builder whose "routes" are the routes.
-        self.per_route = SummaryBuilder(None, None, _SLIM_FIELDS)
         self.groups: dict[tuple[str | None, str | None], dict[str, t.Any]] = {}
-        self.counts: defaultdict[tuple[str | None, str | None], SummaryBuilder] = defaultdict(
-            lambda: SummaryBuilder(None, None, _SLIM_FIELDS)
-        )
+        # Weights summed per group; the 5xx rows kept to count per route at
+        # the end, in one builder call rather than one a row.
+        self.weights: defaultdict[tuple[str | None, str | None], float] = defaultdict(float)
+        self.server_errors: list[dict[str, t.Any]] = []
 
     def add(self, row: dict[str, t.Any], slim: dict[str, t.Any]) -> None:
         route = row.get("request_route")
         status = row.get("response_status_code")
         if status is not None and status >= 500:
-            self.per_route.add_rows(({**slim, "request_route": route},))
+            self.server_errors.append({**slim, "request_route": route})
         key = (row.get("response_exception"), route)
         group = self.groups.get(key)
         date = row.get("request_date")
@@ -140,21 +126,23 @@ class _Errors:
             }
         else:
             group["first"] = date
-        self.counts[key].add_rows((slim,))
+        rate = slim["request_sample_rate"]
+        # A record kept with sample rate r stands for 1/r requests.
+        self.weights[key] += 1.0 if not rate else 1.0 / rate
 
     def result(self) -> list[dict[str, t.Any]]:
-        found = []
-        for key, group in self.groups.items():
-            counted = self.counts[key].result()
-            found.append({**group, "count": counted["total"]})
+        found = [{**group, "count": round(self.weights[key])} for key, group in self.groups.items()]
         # Stable: groups were met newest first, and stay so among equal counts.
         found.sort(key=lambda group: -group["count"])
         return found[:_ERROR_GROUPS]
 
     def route_counts(self) -> list[dict[str, t.Any]]:
+        # 5xx per route: one builder whose "routes" are the routes.
+        per_route = SummaryBuilder(None, None, _SLIM_FIELDS)
+        per_route.add_rows(self.server_errors)
         return [
             {"route": entry["route"], "count": entry["count"]}
-            for entry in self.per_route.result()["routes"]
+            for entry in per_route.result()["routes"]
         ]
 
 
@@ -167,43 +155,73 @@ def breakdown(store: Store, view: View) -> dict[str, t.Any]:
     percentiles of the whole view), ``errors`` (``[{"exception", "route",
     "count", "first", "last", "sample"}]``, the most frequent first: requests
     with an exception or a 5xx status), ``route_errors`` (``[{"route",
-    "count"}]``: 5xx responses per route).
+    "count"}]``: 5xx responses per route), ``source`` (as a summary's: where
+    the figures came from).
+
+    Without a filter, a store that keeps rollups gives the figures per
+    bucket and overall from them, for a window counted per hour or day (its
+    edges rounded out as its summary rounds them); only the requests that
+    failed are then read, for the errors. Otherwise every request of the
+    view is read.
     """
+    if not view.is_filtered and store.keeps_rollups:
+        found = _from_rollups(store, view)
+        if found is not None:
+            return found
+    return _from_records(store, view)
+
+
+def _from_rollups(store: Store, view: View) -> dict[str, t.Any] | None:
+    """The breakdown with its figures from the rollups, and its errors from
+    the failed requests of the window they counted; ``None`` where the
+    store's summary would count the records."""
+    # As summary() does: rollups outlive the records, so the window is not
+    # cut to max_age where they are counted.
+    query = Query.make(store.fields, None, view.since, view.until)
+    store.flush(_FLUSH_TIMEOUT)
+    builder = BreakdownBuilder(query.since, query.until)
+    source = store.rollup_breakdown(query, builder)
+    if source is None:
+        return None
+    failed = dataclasses.replace(
+        store.query(None, since=builder.since, until=builder.until), errors_only=True
+    )
+    errors = _Errors()
+    read = 0
+    for row in store.scan(failed):
+        read += 1
+        # A store may give more than it is asked (errors_only is new to
+        # stores written before it): the test is made here too.
+        if is_error(row):
+            errors.add(row, _slim(row))
+    return {
+        **builder.result(),
+        "errors": errors.result(),
+        "route_errors": errors.route_counts(),
+        "source": {**source, "error_records": read},
+    }
+
+
+def _from_records(store: Store, view: View) -> dict[str, t.Any]:
+    """The breakdown of every request the view selects."""
     query = _query(store, view)
     store.flush(_FLUSH_TIMEOUT)
     has_date = "request_date" in store.fields
     unit = _unit(store, view, query) if has_date else "minute"
-    size, suffix = _PREFIX[unit]
-    buckets: defaultdict[str, SummaryBuilder] = defaultdict(
-        lambda: SummaryBuilder(None, None, _SLIM_FIELDS)
-    )
-    overall = SummaryBuilder(None, None, _SLIM_FIELDS)
+    builder = BreakdownBuilder(query.since, query.until, unit)
     errors = _Errors()
     rows = view.kept(store.scan(query))
     while True:
         chunk = list(itertools.islice(rows, _CHUNK))
         if not chunk:
             break
-        groups: defaultdict[str, list[dict[str, t.Any]]] = defaultdict(list)
-        slims = []
+        builder.add_rows(chunk)
         for row in chunk:
-            slim = _slim(row)
-            slims.append(slim)
-            date = row.get("request_date")
-            if date is not None:
-                groups[date[:size]].append(slim)
-            status = row.get("response_status_code")
-            if row.get("response_exception") is not None or (status is not None and status >= 500):
-                errors.add(row, slim)
-        overall.add_rows(slims)
-        for key, group in groups.items():
-            buckets[key].add_rows(group)
+            if is_error(row):
+                errors.add(row, _slim(row))
     return {
-        "bucket": unit,
-        "buckets": [
-            {"start": key + suffix, **_figures(builder)} for key, builder in sorted(buckets.items())
-        ],
-        "overall": _figures(overall),
+        **builder.result(),
         "errors": errors.result(),
         "route_errors": errors.route_counts(),
+        "source": {"source": "records"},
     }

@@ -60,6 +60,7 @@ from ._framing import Snapshot, blocks_forward, count_records, split_records
 from ._rollupstore import FoldState
 
 if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
     from .filestore import FileStore
 
 __all__ = ["FOLD_CHUNK", "FileRollups", "decode_key", "encode_key", "sidecar_path"]
@@ -440,6 +441,13 @@ class FileRollups:
         from ._filerollupsummary import summarize
 
         return summarize(self, query, builder)
+
+    def breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None:
+        """Feed ``builder`` the window of ``query`` from the rollups
+        (:func:`._filerollupsummary.breakdown`); ``None`` before the first fold."""
+        from ._filerollupsummary import breakdown
+
+        return breakdown(self, query, builder)
 
 
 def open_files(rows: list[FileRow], snaps: list[Snapshot]) -> dict[int, Snapshot]:

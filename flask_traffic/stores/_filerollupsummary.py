@@ -16,6 +16,7 @@ from ..query import Query, iso_text
 from ..rollups import (
     Piece,
     Unit,
+    WindowPlan,
     feed,
     from_microseconds,
     plan_window,
@@ -24,9 +25,12 @@ from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records
+from ._rollupparts import OTHER, add_records, breakdown_records
 
-__all__ = ["summarize"]
+if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
+
+__all__ = ["breakdown", "summarize"]
 
 _UTC = timezone.utc
 #: A span of dates as stored text, either end open (``None``).
@@ -43,6 +47,55 @@ def summarize(
     Returns what the summary says of its source; ``None``, having fed
     nothing, for a window counted per minute, before the first fold or
     while a rebuild runs."""
+    return _read(
+        rollups, query, lambda connection, plan: _summarize(rollups, connection, plan, builder)
+    )
+
+
+def breakdown(
+    rollups: FileRollups, query: Query, builder: BreakdownBuilder
+) -> dict[str, t.Any] | None:
+    """Feed ``builder`` the window of ``query`` (which has no ``where``) as
+    :func:`summarize` reads it: each kept bucket's total, status sums and
+    histograms, and the records it does not hold. Returns the source;
+    ``None``, having fed nothing, where a summary reads the records."""
+
+    def feed_buckets(connection: sqlite3.Connection, plan: WindowPlan) -> _Feeder:
+        if plan.kept:
+            test, values = _within(plan.kept)
+            for start, part, key, weight in connection.execute(
+                f"SELECT start, part, key, weight FROM sums WHERE {test} "
+                "AND part IN ('total', 'status')",
+                values,
+            ):
+                builder.add_sum(
+                    datetime.fromisoformat(start), part, decode_key(bytes(key)), float(weight)
+                )
+            for unit, start, first_us, last_us, histograms in connection.execute(
+                f"SELECT unit, start, first_us, last_us, histograms FROM buckets WHERE {test}",
+                values,
+            ):
+                start_at = datetime.fromisoformat(start)
+                builder.add_bucket(unit, start_at, first_us, last_us, histograms)
+        return lambda rows: breakdown_records(builder, rows, plan)
+
+    return _read(rollups, query, feed_buckets)
+
+
+#: What a summary or a breakdown does with the raw records read besides
+#: the buckets it was fed; it returns the source.
+_Feeder = t.Callable[[list[dict[str, t.Any]]], dict[str, t.Any]]
+
+
+def _read(
+    rollups: FileRollups,
+    query: Query,
+    feed_buckets: t.Callable[[sqlite3.Connection, WindowPlan], _Feeder],
+) -> dict[str, t.Any] | None:
+    """Plan the window of ``query``, let ``feed_buckets`` read its kept
+    buckets, then feed what it returns the raw records of the window the
+    buckets do not hold; that returns the source. ``None``, having fed
+    nothing, where the records are counted instead."""
     connection = rollups.connect(create=False)
     if connection is None:
         return None
@@ -51,39 +104,49 @@ def summarize(
         with rollups.transaction(connection, "DEFERRED"):
             if not rollups.position(connection) or rollups.rebuilding(connection):
                 return None
-            return _summarize(rollups, connection, query, builder)
+            first, last = connection.execute(
+                "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
+            ).fetchone()
+            plan = plan_window(
+                query.since,
+                query.until,
+                from_microseconds(first),
+                from_microseconds(last),
+                rollups.retention,
+            )
+            if plan is None:
+                # Counted per minute: the records are counted.
+                return None
+            feeder = feed_buckets(connection, plan)
+            window = dataclasses.replace(query, since=plan.since, until=plan.until)
+            # Folded records to read again: the expired pieces; the whole
+            # window when nothing of it is in the rollups.
+            edges: list[_Range] = [
+                (iso_text(piece.start), iso_text(piece.end)) for piece in plan.expired
+            ]
+            if not plan.found:
+                edges.append((window.since_iso, window.until_iso))
+            rows = _raw_rows(rollups, connection, window, edges)
     finally:
         connection.close()
+    return feeder(rows)
 
 
 def _summarize(
-    rollups: FileRollups, connection: sqlite3.Connection, query: Query, builder: SummaryBuilder
-) -> dict[str, t.Any] | None:
-    since, until = query.since, query.until
-    first, last = connection.execute(
-        "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
-    ).fetchone()
-    plan = plan_window(
-        since, until, from_microseconds(first), from_microseconds(last), rollups.retention
-    )
-    if plan is None:
-        # Counted per minute: the records are counted.
-        return None
-    since, until, found, kept, expired = plan
+    rollups: FileRollups,
+    connection: sqlite3.Connection,
+    plan: WindowPlan,
+    builder: SummaryBuilder,
+) -> _Feeder:
+    """Feed ``builder`` the kept buckets of ``plan``; what then feeds it
+    the records read besides."""
+    since, until, found, kept, _ = plan
     builder.since, builder.until = since or builder.since, until or builder.until
-    window = dataclasses.replace(query, since=since, until=until)
     sketches: list[tuple[Unit, datetime, bytes]] = []
     approximate: set[str] = set()
     if kept:
         sketches, approximate = _feed_rollups(connection, builder, kept)
-    since_text, until_text = window.since_iso, window.until_iso
-    # Folded records to read again: the expired pieces; the whole window
-    # when nothing of it is in the rollups.
-    edges: list[_Range] = [(iso_text(piece.start), iso_text(piece.end)) for piece in expired]
-    if not found:
-        edges.append((since_text, until_text))
-    rows = _raw_rows(rollups, connection, window, edges)
-    return add_records(
+    return lambda rows: add_records(
         builder,
         rows,
         found,
@@ -165,9 +228,7 @@ def _feed_rollups(
     """Feed ``builder`` the sums and histograms of the buckets of ``found``
     (hours and days); return their visitor sketches, and the top lists some
     bucket kept only the leaders of."""
-    test = " OR ".join("(unit = ? AND start >= ? AND start < ?)" for _ in found)
-    test = f"({test})"
-    values = [value for piece in found for value in _piece_values(piece)]
+    test, values = _within(found)
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
         "GROUP BY part, key",
@@ -204,5 +265,13 @@ def _feed_rollups(
     return sketches, approximate
 
 
-def _piece_values(piece: Piece) -> tuple[str, str, str]:
-    return (piece.unit, piece.start.isoformat(), piece.end.isoformat())
+def _within(found: list[Piece]) -> tuple[str, list[str]]:
+    """The test of the sums' or buckets' rows of the buckets of ``found``,
+    and its values."""
+    test = " OR ".join("(unit = ? AND start >= ? AND start < ?)" for _ in found)
+    values = [
+        value
+        for piece in found
+        for value in (piece.unit, piece.start.isoformat(), piece.end.isoformat())
+    ]
+    return f"({test})", values

@@ -53,6 +53,7 @@ from ._rollupstore import FoldState
 if t.TYPE_CHECKING:
     import redis
 
+    from .._breakdown import BreakdownBuilder
     from ..query import Query
     from ..summary import SummaryBuilder
 
@@ -460,3 +461,11 @@ class RedisRollups:
         from ._redisrollupsummary import summarize
 
         return summarize(self, query, builder)
+
+    def breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None:
+        """Feed ``builder`` the window of ``query`` from the rollups
+        (:func:`._redisrollupsummary.breakdown`); ``None``, having fed
+        nothing, when the entries are to be read instead."""
+        from ._redisrollupsummary import breakdown
+
+        return breakdown(self, query, builder)

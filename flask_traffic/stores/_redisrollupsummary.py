@@ -1,7 +1,8 @@
-"""Summaries from RedisStore's rollups (:class:`._redisrollups.RedisRollups`),
-by the rules of the SQL stores' (:mod:`._sqlrollupsummary`): a window
-counted per minute is read from the entries; any other has its edges
-rounded out to whole hours, which the hour and day buckets hold."""
+"""Summaries and the dashboard's breakdown from RedisStore's rollups
+(:class:`._redisrollups.RedisRollups`), by the rules of the SQL stores'
+(:mod:`._sqlrollupsummary`): a window counted per minute is read from the
+entries; any other has its edges rounded out to whole hours, which the
+hour and day buckets hold."""
 
 from __future__ import annotations
 
@@ -14,21 +15,31 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from ..query import iso_text
-from ..rollups import UNITS, Piece, Unit, bucket_start, feed, plan_window, visitor_hash
+from ..rollups import (
+    UNITS,
+    Piece,
+    Unit,
+    WindowPlan,
+    bucket_start,
+    feed,
+    plan_window,
+    visitor_hash,
+)
 from ..summary import SummaryBuilder
 from ._redisentries import lowest_id
 from ._redisrollups import SEPARATOR, seconds_of, text_of
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import KEPT_UNITS, OTHER
+from ._rollupparts import KEPT_UNITS, OTHER, breakdown_records
 from ._rollupparts import rollup_source as _source
 
 if t.TYPE_CHECKING:
     import redis
 
+    from .._breakdown import BreakdownBuilder
     from ..query import Query
     from ._redisrollups import RedisRollups
 
-__all__ = ["summarize"]
+__all__ = ["breakdown", "summarize"]
 
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
@@ -60,6 +71,76 @@ def summarize(
     ``DEL``, in one ``MULTI``), so a visitor seen in both counts once. The
     position and the buckets are read under ``WATCH`` of the position, so
     a fold meanwhile cannot count an entry twice."""
+    read = _read(rollups, query, visitors=True)
+    if read is None:
+        return None
+    position, plan, buckets, replies, day_keys = read
+    since, until, found, _, expired = plan
+    builder.since, builder.until = since or builder.since, until or builder.until
+    approximate = _feed(builder, buckets, replies)
+    day_counts = {
+        day: int(count)
+        for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)
+    }
+    rows = _entries(rollups, position, expired, since, until)
+    builder.add_rows(rows)
+    if not buckets:
+        # Nothing folded in the window: the entries' visitors, exactly.
+        return _source(None, len(rows), since, until, approximate)
+    _count_visitors(rollups, builder, rows, day_keys, day_counts)
+    finest = min(UNITS.index(piece.unit) for piece in found)
+    return _source(UNITS[finest], len(rows), since, until, approximate)
+
+
+def breakdown(
+    rollups: RedisRollups, query: Query, builder: BreakdownBuilder
+) -> dict[str, t.Any] | None:
+    """Feed ``builder`` the window of ``query`` (which has no ``where``) as
+    :func:`summarize` reads it: each kept bucket's total, status sums and
+    histograms, and the entries it does not hold. Returns the source;
+    ``None``, having fed nothing, where a summary reads the entries."""
+    read = _read(rollups, query, visitors=False)
+    if read is None:
+        return None
+    position, plan, buckets, replies, _ = read
+    for (unit, start), fields in zip(buckets, replies, strict=True):
+        low, high, document, _ = (_own(fields, name) for name in _OWN_FIELDS)
+        builder.add_bucket(
+            unit,
+            start,
+            None if low is None else int(low),
+            None if high is None else int(high),
+            None if document is None else text_of(document),
+        )
+        for name, value in fields.items():
+            part, _, key = text_of(name).partition(SEPARATOR)
+            if part in _BREAKDOWN_PARTS:
+                builder.add_sum(start, part, key, float(value))
+    rows = _entries(rollups, position, plan.expired, plan.since, plan.until)
+    return breakdown_records(builder, rows, plan)
+
+
+#: The sums a breakdown reads of a bucket's fields.
+_BREAKDOWN_PARTS = frozenset({"total", "status"})
+
+
+class _Read(t.NamedTuple):
+    """What :func:`_read` read of a window, under one ``WATCH``."""
+
+    position: bytes
+    plan: WindowPlan
+    #: The kept buckets, and their ``HGETALL`` replies (then, with
+    #: visitors, the ``PFCOUNT`` of each day of ``day_keys``).
+    buckets: list[tuple[Unit, datetime]]
+    replies: list[t.Any]
+    day_keys: dict[datetime, set[str]]
+
+
+def _read(rollups: RedisRollups, query: Query, *, visitors: bool) -> _Read | None:
+    """The plan of the window of ``query`` and its kept buckets' fields
+    (and, with ``visitors``, each day's visitors), read under ``WATCH`` of
+    the position, so a fold meanwhile cannot count an entry twice; ``None``
+    where the entries are to be read instead."""
     import redis
 
     while True:
@@ -79,28 +160,13 @@ def summarize(
                 if plan is None:
                     # Counted per minute: the entries are read.
                     return None
-                since, until, found, kept, expired = plan
-                buckets = _starts(rollups, kept)
+                buckets = _starts(rollups, plan.kept)
                 pipe.multi()
-                day_keys = _queue_reads(rollups, pipe, buckets)
+                day_keys = _queue_reads(rollups, pipe, buckets, visitors=visitors)
                 replies = pipe.execute()
             except redis.WatchError:
                 continue
-        break
-    builder.since, builder.until = since or builder.since, until or builder.until
-    approximate = _feed(builder, buckets, replies)
-    day_counts = {
-        day: int(count)
-        for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)
-    }
-    rows = _entries(rollups, position, expired, since, until)
-    builder.add_rows(rows)
-    if not buckets:
-        # Nothing folded in the window: the entries' visitors, exactly.
-        return _source(None, len(rows), since, until, approximate)
-    _count_visitors(rollups, builder, rows, day_keys, day_counts)
-    finest = min(UNITS.index(piece.unit) for piece in found)
-    return _source(UNITS[finest], len(rows), since, until, approximate)
+        return _Read(position, plan, buckets, replies, day_keys)
 
 
 def _folded_span(rollups: RedisRollups) -> tuple[datetime, datetime] | None:
@@ -138,11 +204,17 @@ def _starts(rollups: RedisRollups, window: list[Piece]) -> list[tuple[Unit, date
 
 
 def _queue_reads(
-    rollups: RedisRollups, pipe: redis.client.Pipeline, found: list[tuple[Unit, datetime]]
+    rollups: RedisRollups,
+    pipe: redis.client.Pipeline,
+    found: list[tuple[Unit, datetime]],
+    *,
+    visitors: bool,
 ) -> dict[datetime, set[str]]:
     day_keys: dict[datetime, set[str]] = defaultdict(set)
     for unit, start in found:
         pipe.hgetall(rollups.bucket_key(unit, start))
+        if not visitors:
+            continue
         day = bucket_start(start, "day")
         if unit == "day":
             day_keys[day] = {rollups.visitor_key("day", day)}

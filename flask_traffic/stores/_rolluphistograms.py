@@ -41,7 +41,7 @@ from ..summary import HISTOGRAM_MAX_INDEX
 if t.TYPE_CHECKING:
     from ..summary import SummaryBuilder
 
-__all__ = ["decode", "encode", "feed_histograms", "merge_histograms"]
+__all__ = ["decode", "encode", "feed_histograms", "merge_histograms", "merged_routes"]
 
 Route = str | None
 #: Per route, a weight for every histogram index (``HISTOGRAM_MAX_INDEX + 1``).
@@ -195,3 +195,24 @@ def feed_histograms(builder: SummaryBuilder, documents: Iterable[str | None]) ->
         counts = route_times[route]
         for index in itertools.compress(range(_SIZE), dense):
             counts[index] += dense[index]
+
+
+def merged_routes(documents: Iterable[str | None]) -> Dense:
+    """The histograms of every route of some buckets' documents added up
+    into one, a weight per index: the buckets' ``response_time`` over all
+    routes, in the histogram's own buckets, so its percentiles are those
+    the records give."""
+    sums: dict[Route, Dense] = {}
+    names: dict[str, Route] = {}
+    for document in documents:
+        if document is None:
+            continue
+        if document.startswith(_PREFIX):
+            for _, offset, weights in decode(document):
+                _add(sums, None, offset, weights)
+            continue
+        kept: dict[Route, Dense] = {}
+        _add_document(kept, document, names)
+        for dense in kept.values():
+            _add(sums, None, 0, dense)
+    return sums.get(None) or [0.0] * _SIZE

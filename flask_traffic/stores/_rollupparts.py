@@ -11,8 +11,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from ..query import iso_text
-from ..rollups import UNITS, Piece, Unit, count_visitors, visitor_hash
+from ..rollups import UNITS, Piece, Unit, WindowPlan, count_visitors, visitor_hash
 from ..summary import SummaryBuilder
+
+if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
 
 __all__ = [
     "COMPACTED",
@@ -22,6 +25,7 @@ __all__ = [
     "TOP_KEPT",
     "Times",
     "add_records",
+    "breakdown_records",
     "is_over",
     "rollup_source",
     "split_times",
@@ -139,3 +143,15 @@ def add_records(
     builder.visitor_count = round(count_visitors(sketches, extra, packed=packed))
     finest = min((UNITS.index(piece.unit) for piece in found), default=0)
     return rollup_source(UNITS[finest], len(rows), since, until, approximate)
+
+
+def breakdown_records(
+    builder: BreakdownBuilder, rows: list[dict[str, t.Any]], plan: WindowPlan
+) -> dict[str, t.Any]:
+    """Feed ``builder`` the records a breakdown from rollups read besides
+    the buckets (``rows``: after the fold position, or of pieces past their
+    retention), set its window to the one counted, and say where it all
+    came from, as a summary does."""
+    builder.since, builder.until = plan.since, plan.until
+    builder.add_rows(rows)
+    return rollup_source(builder.granularity, len(rows), plan.since, plan.until, set())

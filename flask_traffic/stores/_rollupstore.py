@@ -13,6 +13,7 @@ from .._health import describe_error
 from ..record import iso_text
 
 if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
     from ..query import Query
     from ..summary import SummaryBuilder
 
@@ -90,6 +91,8 @@ class RollupKeeper(FoldReporter, t.Protocol):
 
     def retain(self, now: datetime | None = None) -> int: ...
 
+    def breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None: ...
+
 
 class KeepsRollups:
     """The rollup methods of a store; by default it keeps none.
@@ -112,6 +115,19 @@ class KeepsRollups:
         query = self.within_max_age(query)
         builder.since = query.since
         return query
+
+    def rollup_breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None:
+        """Feed ``builder`` the dashboard's breakdown of the window of
+        ``query`` (which has no ``where``) from the rollups, as
+        :meth:`summarize` reads them, and return what it says of its
+        source (as a summary's ``source``); ``None``, having fed nothing,
+        where the records are to be read: no rollups, nothing folded yet,
+        or a window counted per minute.
+
+        :meta private:
+        """
+        keeper = None if query.where or not self.keeps_rollups else self._rollup_keeper()
+        return None if keeper is None else keeper.breakdown(query, builder)
 
     @property
     def keeps_rollups(self) -> bool:

@@ -55,6 +55,9 @@ from ._sqltable import TableIO
 from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
 
+if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
+
 __all__ = ["FOLD_CHUNK", "KEPT_UNITS", "SQLRollups"]
 
 _UTC = timezone.utc
@@ -484,3 +487,11 @@ class SQLRollups:
         from ._sqlrollupsummary import summarize
 
         return summarize(self, query, builder)
+
+    def breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None:
+        """Feed ``builder`` the window of ``query`` from the rollups
+        (:func:`._sqlrollupsummary.breakdown`); ``None`` where a summary
+        would count the rows."""
+        from ._sqlrollupsummary import breakdown
+
+        return breakdown(self, query, builder)

@@ -1,5 +1,6 @@
-"""Summaries from a traffic table's rollups (:class:`._sqlrollups.SQLRollups`):
-the window's whole minutes from the rollup tables, the rest from the raw rows."""
+"""Summaries and the dashboard's breakdown from a traffic table's rollups
+(:class:`._sqlrollups.SQLRollups`): the window's whole hours and days from
+the rollup tables, the rest from the raw rows."""
 
 from __future__ import annotations
 
@@ -14,21 +15,23 @@ from ..query import Query
 from ..rollups import (
     Piece,
     Unit,
+    WindowPlan,
     feed,
     from_microseconds,
     plan_window,
 )
 from ..summary import SummaryBuilder
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records
+from ._rollupparts import OTHER, add_records, breakdown_records
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
 
 if t.TYPE_CHECKING:
+    from .._breakdown import BreakdownBuilder
     from ._sqlrollups import SQLRollups
 
-__all__ = ["summarize"]
+__all__ = ["breakdown", "summarize"]
 
 _UTC = timezone.utc
 
@@ -43,42 +46,17 @@ def summarize(
     counts, for any window. Returns what the summary says of its source;
     ``None``, having fed nothing, before the first fold (the database
     counts faster than the rows could be read)."""
-    since, until = query.since, query.until
-    table = rollups.io.table
-    date, row_id = table.c["request_date"], table.c[ID_COLUMN]
     with rollups.engine.connect() as connection:
-        position = rollups.position(connection)
-        if not position or rollups.rebuilding(connection):
-            # Nothing folded yet, or a rebuild under way: the database
-            # counts the raw rows.
+        window = _window(rollups, connection, query)
+        if window is None:
             return None
-        first, last = connection.execute(
-            sa.select(
-                sa.func.min(rollups.buckets.c.first_us), sa.func.max(rollups.buckets.c.last_us)
-            ).where(rollups.buckets.c.unit == "day")
-        ).one()
-        plan = plan_window(
-            since, until, from_microseconds(first), from_microseconds(last), rollups.retention
-        )
-        if plan is None:
-            # Counted per minute: the database counts the records.
-            return None
-        since, until, found, kept, expired = plan
+        plan, raw = window
+        since, until, found, kept, _ = plan
         builder.since, builder.until = since or builder.since, until or builder.until
         sketches: list[tuple[Unit, datetime, bytes]] = []
         approximate: set[str] = set()
         if kept:
             sketches, approximate = _feed_rollups(rollups, connection, builder, kept)
-        # Nothing of the window folded: all its rows are read.
-        raw: list[sa.ColumnElement[bool]] = []
-        if found:
-            # Folded rows to read again: the pieces past retention.
-            edges = [sa.and_(date >= piece.start, date < piece.end) for piece in expired]
-            raw = [sa.or_(row_id > position, *edges)]
-        if since is not None:
-            raw.append(date >= since)
-        if until is not None:
-            raw.append(date < until)
         rows = io_rows(connection, rollups.io, raw)
     return add_records(
         builder,
@@ -93,6 +71,94 @@ def summarize(
     )
 
 
+def breakdown(
+    rollups: SQLRollups, query: Query, builder: BreakdownBuilder
+) -> dict[str, t.Any] | None:
+    """Feed ``builder`` the window of ``query`` (which has no ``where``) as
+    :func:`summarize` reads it: each kept bucket's total, status sums and
+    histograms, and the raw rows it does not hold. Returns the source;
+    ``None``, having fed nothing, where a summary reads the records."""
+    sums, buckets = rollups.sums, rollups.buckets
+    with rollups.engine.connect() as connection:
+        window = _window(rollups, connection, query)
+        if window is None:
+            return None
+        plan, raw = window
+        if plan.kept:
+            for start, part, key, weight in connection.execute(
+                sa.select(sums.c.start, sums.c.part, sums.c.key, sums.c.weight).where(
+                    _within(sums, plan.kept), sums.c.part.in_(("total", "status"))
+                )
+            ):
+                builder.add_sum(start, part, decode_text(key), float(weight))
+            for row in connection.execute(
+                sa.select(
+                    buckets.c.unit,
+                    buckets.c.start,
+                    buckets.c.first_us,
+                    buckets.c.last_us,
+                    buckets.c.histograms,
+                ).where(_within(buckets, plan.kept))
+            ):
+                builder.add_bucket(*row)
+        rows = io_rows(connection, rollups.io, raw)
+    return breakdown_records(builder, rows, plan)
+
+
+def _window(
+    rollups: SQLRollups, connection: sa.Connection, query: Query
+) -> tuple[WindowPlan, list[sa.ColumnElement[bool]]] | None:
+    """How the window of ``query`` is read from the rollups, and the
+    conditions of the raw rows to read besides (every row after the fold
+    position, and the folded ones of pieces past their retention);
+    ``None`` where the database counts the raw rows instead: nothing
+    folded yet, a rebuild under way, or a window counted per minute."""
+    table = rollups.io.table
+    date, row_id = table.c["request_date"], table.c[ID_COLUMN]
+    position = rollups.position(connection)
+    if not position or rollups.rebuilding(connection):
+        return None
+    first, last = connection.execute(
+        sa.select(
+            sa.func.min(rollups.buckets.c.first_us), sa.func.max(rollups.buckets.c.last_us)
+        ).where(rollups.buckets.c.unit == "day")
+    ).one()
+    plan = plan_window(
+        query.since,
+        query.until,
+        from_microseconds(first),
+        from_microseconds(last),
+        rollups.retention,
+    )
+    if plan is None:
+        return None
+    # Nothing of the window folded: all its rows are read.
+    raw: list[sa.ColumnElement[bool]] = []
+    if plan.found:
+        # Folded rows to read again: the pieces past retention.
+        edges = [sa.and_(date >= piece.start, date < piece.end) for piece in plan.expired]
+        raw = [sa.or_(row_id > position, *edges)]
+    if plan.since is not None:
+        raw.append(date >= plan.since)
+    if plan.until is not None:
+        raw.append(date < plan.until)
+    return plan, raw
+
+
+def _within(table: sa.Table, chosen: Iterable[Piece]) -> sa.ColumnElement[bool]:
+    """The rows of ``table`` (sums or buckets) of the buckets of ``chosen``."""
+    return sa.or_(
+        *(
+            sa.and_(
+                table.c.unit == piece.unit,
+                table.c.start >= piece.start,
+                table.c.start < piece.end,
+            )
+            for piece in chosen
+        )
+    )
+
+
 def _feed_rollups(
     rollups: SQLRollups, connection: sa.Connection, builder: SummaryBuilder, found: list[Piece]
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
@@ -100,26 +166,13 @@ def _feed_rollups(
     visitor sketches of their hours and days, and the top lists some bucket
     kept only the leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
-
-    def within(table: sa.Table, chosen: Iterable[Piece]) -> sa.ColumnElement[bool]:
-        return sa.or_(
-            *(
-                sa.and_(
-                    table.c.unit == piece.unit,
-                    table.c.start >= piece.start,
-                    table.c.start < piece.end,
-                )
-                for piece in chosen
-            )
-        )
-
     totals = connection.execute(
         sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight))
-        .where(within(sums, found), sums.c.part != "total")
+        .where(_within(sums, found), sums.c.part != "total")
         .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
     ).all()
     per_bucket = connection.execute(
-        sa.select(sums.c.start, sums.c.weight).where(within(sums, found), sums.c.part == "total")
+        sa.select(sums.c.start, sums.c.weight).where(_within(sums, found), sums.c.part == "total")
     ).all()
     # Each bucket's row once: its span, visitors and histograms.
     rows = connection.execute(
@@ -130,7 +183,7 @@ def _feed_rollups(
             buckets.c.last_us,
             buckets.c.visitors,
             buckets.c.histograms,
-        ).where(within(buckets, found))
+        ).where(_within(buckets, found))
     ).all()
     span = (
         min((int(row[2]) for row in rows), default=None),

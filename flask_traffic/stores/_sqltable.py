@@ -196,7 +196,19 @@ class TableIO:
             if query.until is not None:
                 found.append(date < query.until)
         found.extend(self._equals(name, value) for name, value in query.where.items())
+        if query.errors_only:
+            found.append(self._failed())
         return found
+
+    def _failed(self) -> sa.ColumnElement[bool]:
+        """:func:`~flask_traffic.query.is_error` as SQL, on the columns there:
+        the database skips the rows that did not fail."""
+        tests: list[sa.ColumnElement[bool]] = []
+        if "response_status_code" in self._written_set:
+            tests.append(self.table.c["response_status_code"] >= 500)
+        if "response_exception" in self._written_set:
+            tests.append(self.table.c["response_exception"].is_not(None))
+        return sa.or_(*tests) if tests else sa.false()
 
     def _equals(self, name: str, value: t.Any) -> sa.ColumnElement[bool]:
         if name not in self._written_set:

@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     import redis
     from flask import Flask
 
+    from .._breakdown import BreakdownBuilder
     from ._rollupstore import FoldReporter
 
 __all__ = ["RedisStore"]
@@ -326,6 +327,11 @@ class RedisStore(Store):
                 return
             query = self.summarize_records(query, builder)
         super().summarize(query, builder)
+
+    def rollup_breakdown(self, query: Query, builder: BreakdownBuilder) -> dict[str, t.Any] | None:
+        if not self.keeps_rollups or query.where:
+            return None
+        return self.rollups.breakdown(query, builder)
 
     def _check_minid(self, redis_module: t.Any) -> None:
         try:

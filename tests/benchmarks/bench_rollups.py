@@ -1,6 +1,7 @@
 """How long ``summary()`` takes from rollups, against the records, on a big store.
 
     python tests/benchmarks/bench_rollups.py [--records 1000000] [--stores sqlite,redis] [--raw]
+        [--breakdown]
 
 Fills each store kind with ``--records`` records over the last 90 days
 (about 200 routes, 10,000 paths, 1,000 referrers, 50 browsers on 5
@@ -9,12 +10,17 @@ store's own ``export()`` in batches of 5,000, folds them into its rollups
 (the time of ``flask traffic rollup --rebuild``: the same work), then times
 ``summary()`` of the last 24 hours, 7, 30 and 90 days (best of
 ``--repeat``), from the rollups and, with ``--raw``, from the records (a
-second store on the same table with rollups off). The servers are the test
+second store on the same table with rollups off). With ``--breakdown``,
+the dashboard's ``api/breakdown`` of the same windows is timed too (its
+figures from the rollups, its errors from the failed records), and with
+``--raw`` against the breakdown of every record (its figures compared with
+the records' of the window the rollups counted). The servers are the test
 suite's local ones; tables are dropped at the end. With ``--keep FOLDER``
 the SQLite and JSON Lines stores are kept there, and a later run with the
 same ``--keep`` and ``--records`` times them again without filling them (10
 million records take a while to write). A benchmark, not a test: nothing
-asserts; the exit status says whether the two summaries agreed.
+asserts; the exit status says whether the two summaries (and breakdowns)
+agreed.
 """
 
 from __future__ import annotations
@@ -187,6 +193,39 @@ def timed_summary(store: Store, since: datetime) -> tuple[float, dict[str, t.Any
     return time.perf_counter() - start, found
 
 
+def timed_breakdown(
+    store: Store, since: datetime | None, until: datetime | None = None
+) -> tuple[float, dict[str, t.Any]]:
+    """The time of the dashboard's ``api/breakdown`` of the window, and its answer."""
+    from flask_traffic.dashboard._figures import breakdown
+    from flask_traffic.dashboard._params import View
+
+    start = time.perf_counter()
+    found = breakdown(store, View(since=since, until=until))
+    return time.perf_counter() - start, found
+
+
+def breakdown_line(rolled: Store, raw: Store, since: datetime, repeat: int, compare: bool) -> str:
+    """The breakdown's time from the rollups and, with ``compare``, from
+    every record; whether the figures agree with the records' of the
+    window the rollups counted."""
+    seconds = best(lambda: timed_breakdown(rolled, since)[0], repeat)
+    _, found = timed_breakdown(rolled, since)
+    # Older versions say nothing of their source: they read the records.
+    source = found.pop("source", {"source": "records"})
+    line = f"             breakdown {seconds * 1000:8.1f} ms from {source['source']}"
+    if not compare:
+        return line
+    raw_seconds = best(lambda: timed_breakdown(raw, since)[0], repeat)
+    counted = since if source.get("since") is None else datetime.fromisoformat(source["since"])
+    _, want = timed_breakdown(raw, counted)
+    want.pop("source", None)
+    same = found == want
+    return line + (
+        f", records {raw_seconds * 1000:9.1f} ms ({'same figures' if same else 'FIGURES DIFFER'})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -194,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="time the raw summaries too")
     parser.add_argument("--keep", type=Path, help="keep the SQLite and JSON Lines stores here")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time the dashboard's api/breakdown too"
+    )
     args = parser.parse_args(argv)
     agreed = True
     for kind in args.stores.split(","):
@@ -213,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 fill(kind, site, rolled, args.records)
                 if args.keep is not None:
                     marker.write_text(site.end.isoformat())
-            agreed = time_windows(site, rolled, raw, args.raw, args.repeat) and agreed
+            agreed = time_windows(site, rolled, raw, args) and agreed
     return 0 if agreed else 1
 
 
@@ -247,9 +289,11 @@ def fill(kind: str, site: Traffic90, rolled: Store, records: int) -> None:
     )
 
 
-def time_windows(site: Traffic90, rolled: Store, raw: Store, with_raw: bool, repeat: int) -> bool:
-    """Print the time of each window's summary; whether the counts agreed."""
+def time_windows(site: Traffic90, rolled: Store, raw: Store, args: argparse.Namespace) -> bool:
+    """Print the time of each window's summary (and breakdown, with
+    ``--breakdown``); whether the counts agreed."""
     agreed = True
+    with_raw, repeat = args.raw, args.repeat
     for label, days in WINDOWS.items():
         since = site.end - timedelta(days=days)
         seconds = best(lambda at=since: timed_summary(rolled, at)[0], repeat)
@@ -272,6 +316,10 @@ def time_windows(site: Traffic90, rolled: Store, raw: Store, with_raw: bool, rep
                 f"{found['unique_visitors']:,} against {raw_found['unique_visitors']:,})"
             )
         print(line, flush=True)
+        if args.breakdown:
+            line = breakdown_line(rolled, raw, since, repeat, with_raw)
+            agreed = agreed and "DIFFER" not in line
+            print(line, flush=True)
     return agreed
 
 
