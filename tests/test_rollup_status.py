@@ -149,12 +149,12 @@ def interrupt_rebuild(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         real_fold = rollups._queue_fold
         chunks = 0
 
-        def stopping(pipe: t.Any, rows: list[dict[str, t.Any]]) -> None:
+        def stopping(pipe: t.Any, rows: list[dict[str, t.Any]]) -> t.Any:
             nonlocal chunks
             chunks += 1
             if chunks == 3:
                 raise KeyboardInterrupt
-            real_fold(pipe, rows)
+            return real_fold(pipe, rows)
 
         monkeypatch.setattr(rollups, "_queue_fold", stopping)
         with pytest.raises(KeyboardInterrupt):
