@@ -391,3 +391,32 @@ def test_a_fold_goes_on_chunk_after_chunk_up_to_the_settled_ids(
         with engine.begin() as connection:
             for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
                 connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def test_a_folds_statements_bound_their_walk_by_the_chunk(
+    sqlite_pair: tuple[Flask, SQLStore, SQLStore],
+) -> None:
+    # Given two upper bounds on the id (the newest id to fold, the chunk's
+    # last), SQLite bounds its walk by the first and filters by the other:
+    # every chunk then read the table to its end (1.6 s a chunk on 10
+    # million rows). Each statement of a fold has one upper bound on it.
+    import sqlalchemy as sa
+
+    _, rolled, _ = sqlite_pair
+    rolled.export(records(300))
+    engine = rolled.database_engine
+    assert engine is not None
+    statements: list[str] = []
+
+    def seen(_conn: t.Any, _cursor: t.Any, statement: str, *_: t.Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert rolled.fold() == 300
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    reads = [text for text in statements if "traffic_id >" in text]
+    assert len(reads) >= 5
+    for text in reads:
+        assert text.count("traffic_id <") == 1, text

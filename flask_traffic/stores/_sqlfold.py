@@ -65,15 +65,17 @@ def _microseconds(moment: datetime) -> int:
 def fold_chunk(
     connection: sa.Connection,
     table: sa.Table,
+    ids: tuple[int, int],
     conditions: list[sa.ColumnElement[bool]],
     secret: bytes,
     limit: int,
     sums: sa.Table,
 ) -> tuple[RollupDelta, Times, int, int] | None:
-    """Add up the first ``limit`` rows meeting ``conditions``, by id, in the
-    database: their delta (hours and days; no ``time`` part), their
-    ``response_time`` histograms per bucket and route, the last one's id
-    and how many; ``None`` when there are none. ``table`` has a column for each of
+    """Add up the first ``limit`` rows with an id after ``ids[0]`` and up to
+    ``ids[1]`` that meet ``conditions``, by id, in the database: their delta
+    (hours and days; no ``time`` part), their ``response_time`` histograms
+    per bucket and route, the last one's id and how many; ``None`` when
+    there are none. ``table`` has a column for each of
     :data:`~flask_traffic.rollups.ROLLUP_FIELDS` (a store keeps rollups only
     then).
 
@@ -82,15 +84,25 @@ def fold_chunk(
     a few rows a record are most of a fold's work there.
     """
     id_column = table.c[ID_COLUMN]
+    after, upto = ids
     found = (
-        connection.execute(sa.select(id_column).where(*conditions).order_by(id_column).limit(limit))
+        connection.execute(
+            sa.select(id_column)
+            .where(id_column > after, id_column <= upto, *conditions)
+            .order_by(id_column)
+            .limit(limit)
+        )
         .scalars()
         .all()
     )
     if not found:
         return None
     last = int(found[-1])
-    fold = _Fold(connection, table, [*conditions, id_column <= last], secret)
+    # The chunk's ids as one range, with one upper bound: given two (``upto``
+    # and ``last``), SQLite bounds its walk by the first and filters by the
+    # other, to the end of the table: 1.6 s a chunk on 10 million rows.
+    chunk = [id_column > after, id_column <= last, *conditions]
+    fold = _Fold(connection, table, chunk, secret)
     fold.statuses()
     fold.routes()
     if connection.dialect.name == "sqlite":

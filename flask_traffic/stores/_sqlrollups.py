@@ -183,12 +183,11 @@ class SQLRollups:
         self._open.difference_update(over)
 
     def _fold_chunk(self) -> int:
-        id_column = self.io.table.c[ID_COLUMN]
         with self.engine.begin() as connection:
             position, limit = self._lock(connection)
             if limit <= position:
                 return 0
-            last = self._fold_rows(connection, [id_column > position, id_column <= limit])
+            last = self._fold_rows(connection, position, limit, [])
             if last is None:
                 return 0
             connection.execute(
@@ -197,12 +196,17 @@ class SQLRollups:
             return last[1]
 
     def _fold_rows(
-        self, connection: sa.Connection, conditions: list[sa.ColumnElement[bool]]
+        self,
+        connection: sa.Connection,
+        after: int,
+        upto: int,
+        conditions: list[sa.ColumnElement[bool]],
     ) -> tuple[int, int] | None:
-        """Fold the first :data:`FOLD_CHUNK` rows meeting ``conditions``, by
-        id; the last one's id and how many, or None when there were none."""
+        """Fold the first :data:`FOLD_CHUNK` rows with an id after ``after``
+        and up to ``upto`` that meet ``conditions``, by id; the last one's id
+        and how many, or None when there were none."""
         folded = fold_chunk(
-            connection, self.io.table, conditions, self.secret, FOLD_CHUNK, self.sums
+            connection, self.io.table, (after, upto), conditions, self.secret, FOLD_CHUNK, self.sums
         )
         if folded is None:
             return None
@@ -263,19 +267,18 @@ class SQLRollups:
 
     def _rebuild_chunk(self) -> int:
         state = self.state
-        id_column = self.io.table.c[ID_COLUMN]
         with self.engine.begin() as connection:
             self._lock(connection)
             found = self.rebuild_state(connection)
             if found is None:
                 return 0
             done, stop, day = found
-            conditions = [id_column > done, id_column <= stop]
+            conditions = []
             if day is not None:
                 conditions.append(
                     self.io.table.c["request_date"] >= datetime.fromtimestamp(day, _UTC)
                 )
-            last = self._fold_rows(connection, conditions)
+            last = self._fold_rows(connection, done, stop, conditions)
             if last is None:
                 connection.execute(state.delete().where(state.c.name == _REBUILD))
                 return 0
