@@ -192,3 +192,26 @@ def random_record(rng: random.Random, moment: datetime, path: str | None = None)
         "1",
         "text/html",
     )
+
+
+def database_url(kind: str, request: t.Any) -> str | None:
+    """The URL of the test server of a SQL ``kind`` (``"postgresql"``,
+    ``"mariadb"``) from its fixture (which skips or fails without it), or
+    ``None`` for ``"sqlite"``; ``request`` is the test's ``pytest.FixtureRequest``."""
+    if kind == "sqlite":
+        return None
+    return t.cast(
+        str, request.getfixturevalue("postgres_url" if kind == "postgresql" else "mariadb_url")
+    )
+
+
+def drop_tables(store: t.Any) -> None:
+    """Drop a ``SQLStore``'s table and its rollups' tables (on a server,
+    where they outlive the test)."""
+    import sqlalchemy as sa
+
+    engine = store.database_engine
+    name = store.database_log_table.name
+    with engine.begin() as connection:
+        for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dashboard_apps import basic
 from dashboard_apps import make_app as dashboard_app
-from helpers import make_app, unique_name
+from helpers import database_url, drop_tables, make_app, unique_name
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.dashboard._figures import breakdown
@@ -110,14 +110,7 @@ def _sql_pair(url: str | None, tmp_path: Path) -> Iterator[tuple[SQLStore, SQLSt
     rollups.settle = 0.0
     yield rolled, raw
     if url is not None:
-        import sqlalchemy as sa
-
-        engine = rolled.database_engine
-        assert engine is not None
-        name = options["database_table_name"]
-        with engine.begin() as connection:
-            for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
-                connection.execute(sa.text(f"DROP TABLE {table}"))
+        drop_tables(rolled)
     rolled.shutdown()
     raw.shutdown()
 
@@ -160,8 +153,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store
     if kind == "sqlite":
         made = _sql_pair(None, tmp_path)
     elif kind in ("postgresql", "mariadb"):
-        fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
-        made = _sql_pair(request.getfixturevalue(fixture), tmp_path)
+        made = _sql_pair(database_url(kind, request), tmp_path)
     elif kind == "redis":
         made = _redis_pair(request.getfixturevalue("redis_url"))
     else:

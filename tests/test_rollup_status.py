@@ -16,7 +16,7 @@ import pytest
 import redis
 from click.testing import Result
 from flask import Flask
-from helpers import make_app, random_record, unique_name
+from helpers import database_url, make_app, random_record, unique_name
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic.stores import JSONStore, RedisStore, SQLStore, Store
@@ -56,8 +56,7 @@ def make_store(
         else:
             options: dict[str, t.Any] = {"database_table_name": name}
             if kind != "sqlite":
-                fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
-                options["database_url"] = request.getfixturevalue(fixture)
+                options["database_url"] = database_url(kind, request)
             store = SQLStore(sync=True, rollups=True, **options)
         app = make_app(tmp_path, name)
         made.append((Traffic(app, stores=store), app, cleanup))

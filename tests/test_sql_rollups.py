@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import make_app, random_record, unique_name
+from helpers import database_url, drop_tables, make_app, random_record, unique_name
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic.stores import SQLStore
@@ -51,8 +51,7 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
 ) -> None:
     options: dict[str, str] = {"database_table_name": unique_name()}
     if kind != "sqlite":
-        fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
-        options["database_url"] = request.getfixturevalue(fixture)
+        options["database_url"] = database_url(kind, request)
     app = make_app(tmp_path)
     rolled = SQLStore(sync=True, rollups=True, **options)
     Traffic(app, stores=rolled)
@@ -103,14 +102,7 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
         assert got == want, (since, until)
     assert rolled.fold() == 500
     if kind != "sqlite":
-        import sqlalchemy as sa
-
-        engine = rolled.database_engine
-        assert engine is not None
-        name = options["database_table_name"]
-        with engine.begin() as connection:
-            for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
-                connection.execute(sa.text(f"DROP TABLE {table}"))
+        drop_tables(rolled)
 
 
 #: Text a database may group wrongly: case and trailing spaces (MariaDB's
@@ -127,8 +119,7 @@ def test_a_fold_tells_apart_every_text_and_weighs_sampled_records(
 
     options: dict[str, t.Any] = {"database_table_name": unique_name()}
     if kind != "sqlite":
-        fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
-        options["database_url"] = request.getfixturevalue(fixture)
+        options["database_url"] = database_url(kind, request)
     # 5xx responses are always kept: the weights are 1 and 1 / 0.3.
     rolled = SQLStore(sync=True, rollups=True, log_policy=LogPolicy(sample_rate=0.3), **options)
     Traffic(make_app(tmp_path), stores=rolled)
@@ -172,14 +163,7 @@ def test_a_fold_tells_apart_every_text_and_weighs_sampled_records(
         assert got.pop("unique_visitors") == pytest.approx(want.pop("unique_visitors"), rel=0.1)
         assert counts(got) == counts(want), (since, until)
     if kind != "sqlite":
-        import sqlalchemy as sa
-
-        engine = rolled.database_engine
-        assert engine is not None
-        name = options["database_table_name"]
-        with engine.begin() as connection:
-            for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
-                connection.execute(sa.text(f"DROP TABLE {table}"))
+        drop_tables(rolled)
 
 
 def counts(summary: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -362,12 +346,8 @@ def test_a_fold_goes_on_chunk_after_chunk_up_to_the_settled_ids(
 
     monkeypatch.setattr(_sqlrollups, "FOLD_CHUNK", 400)
     name = unique_name()
-    fixture = "postgres_url" if kind == "postgresql" else "mariadb_url"
     store = SQLStore(
-        sync=True,
-        rollups=True,
-        database_table_name=name,
-        database_url=request.getfixturevalue(fixture),
+        sync=True, rollups=True, database_table_name=name, database_url=database_url(kind, request)
     )
     Traffic(make_app(tmp_path), stores=store)
     try:
