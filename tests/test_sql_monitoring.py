@@ -304,9 +304,12 @@ WIDE_WINDOWS = [
 
 
 def index_columns(store: SQLStore) -> list[list[str]]:
+    """The columns of each index of every row (not the partial errors index)."""
     assert store.database_engine is not None
     indexes = sa.inspect(store.database_engine).get_indexes(store.database_log_table.name)
-    return sorted(index["column_names"] for index in indexes)
+    return sorted(
+        index["column_names"] for index in indexes if not index["name"].endswith("_errors")
+    )
 
 
 def drop_summary_index(store: SQLStore) -> None:

@@ -266,6 +266,13 @@ def test_schema(database: Database, sql_store: Callable[..., SQLStore], tmp_path
     if database.backend == "sqlite":
         # Only SQLite sorts every GROUP BY: it alone gets the summary index.
         expected_indexes.append(list(SUMMARY_INDEX_COLUMNS))
+    if database.backend in ("sqlite", "postgresql"):
+        # The failed requests by date, a partial index (none on MariaDB).
+        expected_indexes.append(["request_date"])
+        [errors] = [index for index in indexes if index["name"].endswith("_errors")]
+        where = str(errors.get("dialect_options", {}).get(f"{database.backend}_where", ""))
+        assert "response_status_code >= 500" in where
+        assert "response_exception IS NOT NULL" in where
     assert sorted(index["column_names"] for index in indexes) == sorted(expected_indexes)
     assert sa.inspect(engine).get_pk_constraint(database.table)["constrained_columns"] == [
         "traffic_id"

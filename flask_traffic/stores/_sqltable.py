@@ -13,7 +13,7 @@ from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
 from ._sqlinsert import DriverInsert, plan_insert
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
-from .sqlschema import ID_COLUMN
+from .sqlschema import ERROR_STATUS, ID_COLUMN, failed
 
 if t.TYPE_CHECKING:
     from ..policy import LogPolicy
@@ -207,10 +207,13 @@ class TableIO:
 
     def _failed(self) -> sa.ColumnElement[bool]:
         """:func:`~flask_traffic.query.is_error` as SQL, on the columns there:
-        the database skips the rows that did not fail."""
+        the database skips the rows that did not fail (through the errors
+        index, where the table has it: :func:`.sqlschema.errors_index`)."""
+        if {"response_status_code", "response_exception"} <= self._written_set:
+            return failed(self.table)
         tests: list[sa.ColumnElement[bool]] = []
         if "response_status_code" in self._written_set:
-            tests.append(self.table.c["response_status_code"] >= 500)
+            tests.append(self.table.c["response_status_code"] >= ERROR_STATUS)
         if "response_exception" in self._written_set:
             tests.append(self.table.c["response_exception"].is_not(None))
         return sa.or_(*tests) if tests else sa.false()

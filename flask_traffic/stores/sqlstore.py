@@ -155,8 +155,8 @@ class SQLStore(SQLTableStore):
             raise TypeError(
                 f"database_table_name must be a non-empty str, got {database_table_name!r}."
             )
+        from .sqlschema import errors_index, table_columns
         from .sqlschema import summary_index as make_summary_index
-        from .sqlschema import table_columns
 
         self.filename = os.fspath(filename)
         self.location = None if location is None else Path(location)
@@ -164,6 +164,7 @@ class SQLStore(SQLTableStore):
         self.database_url = database_url
         self.database_log_table = sa.Table(database_table_name, sa.MetaData(), *table_columns())
         self._summary_index = make_summary_index(self.database_log_table) if summary_index else None
+        self._errors_index = errors_index(self.database_log_table)
         self.database_engine = database_engine
         self._sqlite_path: Path | None = None
         #: Whether the store made the engine (and so disposes of it at shutdown).
@@ -266,21 +267,40 @@ class SQLStore(SQLTableStore):
                 table.name,
                 ", ".join(missing),
             )
+        from .sqlschema import SUMMARY_INDEX_COLUMNS
+
         if engine.dialect.name == "sqlite" and self._summary_index is not None:
-            self._add_summary_index(engine, self._summary_index, columns)
+            self._add_index(engine, self._summary_index, SUMMARY_INDEX_COLUMNS, columns)
+        if engine.dialect.name in ("sqlite", "postgresql"):
+            needed = ("request_date", "response_status_code", "response_exception")
+            self._add_index(engine, self._errors_index, needed, columns)
         return engine, TableIO(table, self.fields, columns)
 
-    def _add_summary_index(self, engine: Engine, index: Index, columns: set[str]) -> None:
-        # A table made before the summary index existed gets it now, once
-        # (see the summary_index parameter).
+    def _add_index(
+        self, engine: Engine, index: Index, needed: t.Sequence[str], columns: set[str]
+    ) -> None:
+        # A table made before the index existed gets it now, once (see the
+        # summary_index parameter).
         import sqlalchemy as sa
 
-        from .sqlschema import SUMMARY_INDEX_COLUMNS, find_index
-
-        if not columns.issuperset(SUMMARY_INDEX_COLUMNS):
+        if not columns.issuperset(needed):
             return
+        table_name = self.database_log_table.name
+        indexed = tuple(column.name for column in index.columns)
+        # The date index has the errors index's columns: that one counts by name.
+        by_columns = index is not self._errors_index
+
+        def there(connection: sa.Connection) -> bool:
+            for found in sa.inspect(connection).get_indexes(table_name):
+                if found["name"] == index.name:
+                    return True
+                # A model's own index of the same columns counts too.
+                if by_columns and tuple(found["column_names"]) == indexed:
+                    return True
+            return False
+
         with engine.connect() as connection:
-            if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS) is not None:
+            if there(connection):
                 return
         logger.info(
             "%s: adding the index %s to the table %s (once; about 2 s per million rows).",
@@ -293,14 +313,14 @@ class SQLStore(SQLTableStore):
                 index.create(connection, checkfirst=True)
         except sa.exc.OperationalError as exc:
             with engine.connect() as connection:
-                if find_index(connection, self.database_log_table, SUMMARY_INDEX_COLUMNS):
+                if there(connection):
                     return  # another worker starting at the same time made it first
             # The table was locked for longer than the busy timeout (another
             # process building the index of a huge table, say): the app
-            # starts anyway, and summary() works without the index.
+            # starts anyway, and reads work without the index.
             logger.warning(
-                "%s: could not add the index %s to the table %s (%s); summary() works "
-                "without it, more slowly. It is added when the app next starts.",
+                "%s: could not add the index %s to the table %s (%s); the store works "
+                "without it, reads more slowly. It is added when the app next starts.",
                 self.name,
                 index.name,
                 self.database_log_table.name,
