@@ -110,7 +110,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[FileS
     kind = KINDS[request.param]
     rolled = kind(location=tmp_path, sync=True, rollups=True)
     Traffic(make_app(tmp_path), stores=rolled)
-    raw = kind(location=tmp_path, sync=True, name="raw")
+    raw = kind(location=tmp_path, sync=True, name="raw", rollups=False)
     Traffic(make_app(tmp_path), stores=raw)
     yield rolled, raw
     rolled.shutdown()

@@ -56,7 +56,7 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
     app = make_app(tmp_path)
     rolled = SQLStore(sync=True, rollups=True, **options)
     Traffic(app, stores=rolled)
-    raw = SQLStore(sync=True, name="raw", **options)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
     Traffic(make_app(tmp_path), stores=raw)
     made = records(3000)
     rolled.export(made[:2500])
@@ -132,7 +132,7 @@ def test_a_fold_tells_apart_every_text_and_weighs_sampled_records(
     # 5xx responses are always kept: the weights are 1 and 1 / 0.3.
     rolled = SQLStore(sync=True, rollups=True, log_policy=LogPolicy(sample_rate=0.3), **options)
     Traffic(make_app(tmp_path), stores=rolled)
-    raw = SQLStore(sync=True, name="raw", **options)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
     Traffic(make_app(tmp_path), stores=raw)
     rng = random.Random(3)
     made = [
@@ -195,7 +195,7 @@ def sqlite_pair(tmp_path: Path) -> tuple[Flask, SQLStore, SQLStore]:
     app = make_app(tmp_path)
     rolled = SQLStore(sync=True, rollups=True)
     Traffic(app, stores=rolled)
-    raw = SQLStore(sync=True, name="raw")
+    raw = SQLStore(sync=True, name="raw", rollups=False)
     Traffic(make_app(tmp_path), stores=raw)
     return app, rolled, raw
 

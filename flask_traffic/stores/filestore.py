@@ -121,7 +121,7 @@ class FileStore(Store):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)

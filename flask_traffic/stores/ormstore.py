@@ -90,7 +90,7 @@ class SQLORMStore(SQLTableStore):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMStore")

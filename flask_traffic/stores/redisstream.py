@@ -157,7 +157,7 @@ class RedisStore(Store):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         fold_interval: float = 10.0,
         rollup_retention: RollupRetention = DEFAULT_RETENTION,
     ) -> None:

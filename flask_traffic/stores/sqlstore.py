@@ -110,7 +110,7 @@ class SQLStore(SQLTableStore):
         max_records: int | None = None,
         summary_index: bool | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")
