@@ -276,7 +276,7 @@ def test_summary_equals_the_json_store(
     # The records' summary: rollups round windows to minutes (see
     # test_redis_rollups.py for theirs).
     store = RedisStore(event_name=stream, url=redis_url, rollups=False)
-    reference = JSONStore(location=tmp_path)
+    reference = JSONStore(location=tmp_path, rollups=False)
     stores += [store, reference]
     app = make_app(tmp_path)
     Traffic(app, stores=[store, reference])

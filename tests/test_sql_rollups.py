@@ -264,11 +264,40 @@ def test_rollups_need_every_field_they_count_and_say_where_a_summary_came_from(
     store = SQLStore(sync=True, rollups=True, log_policy=partial)
     Traffic(make_app(tmp_path), stores=store)
     assert not store.keeps_rollups
-    with pytest.raises(TypeError, match="keeps no rollups"):
+    with pytest.raises(TypeError, match="its LogPolicy leaves out response_time"):
         store.rebuild_rollups()
     store.export(records(10))
     assert store.fold() == 0
     assert store.summary()["source"] == {"source": "records"}
+
+
+def test_flask_traffic_rollup_says_why_a_store_keeps_none(tmp_path: Path) -> None:
+    from flask_traffic import LogPolicy
+    from flask_traffic.stores import MemoryStore
+
+    app = make_app(tmp_path)
+    off = SQLStore(sync=True, name="off", rollups=False)
+    narrow = SQLStore(
+        sync=True,
+        name="narrow",
+        database_table_name="narrow",
+        log_policy=LogPolicy().set_from_true(request_referrer=False),
+    )
+    traffic = Traffic(app, stores=[off, narrow, MemoryStore(name="memory")])
+    runner = app.test_cli_runner()
+    for name, reason in [
+        ("off", "it was made with rollups=False"),
+        ("narrow", "its LogPolicy leaves out request_referrer, which they count"),
+        ("memory", "a MemoryStore cannot keep them"),
+    ]:
+        result = runner.invoke(args=["traffic", "rollup", "--store", name])
+        assert result.exit_code == 2, result.output
+        assert f"{name} keeps no rollups: {reason}" in result.output
+    # Without --store, the stores keeping none are passed over.
+    result = runner.invoke(args=["traffic", "rollup"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    traffic.shutdown(app)
 
 
 def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
