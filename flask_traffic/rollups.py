@@ -2,6 +2,11 @@
 that ``summary()`` of a month reads a few thousand aggregate rows instead of
 millions of records.
 
+SQLStore, SQLORMStore, RedisStore, JSONStore and CSVStore keep them unless
+given ``rollups=False`` (:func:`rollup_settings`), when their policy keeps
+every field they count (:data:`ROLLUP_FIELDS`); a store whose policy leaves
+one out keeps none, without a word. MemoryStore keeps none.
+
 A store that keeps rollups *folds* its records into them: in its worker,
 between batches, it reads the records written since its last fold (by their
 position: a SQL row id), adds them up with :class:`RollupDelta` and writes

@@ -308,8 +308,10 @@ class StoreContract:
         instance = run / "instance"
         instance.mkdir()
         app = _contract_app(instance)
+        # The reference counts its summaries from its records, with no
+        # rollups to fold or to answer from.
         reference = flask_traffic.stores.JSONStore(
-            location=run / "reference", log_policy=_policy(fields), name="reference"
+            location=run / "reference", log_policy=_policy(fields), name="reference", rollups=False
         )
         policy = _policy(fields)
         store: flask_traffic.stores.Store | None = None

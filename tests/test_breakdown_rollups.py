@@ -102,7 +102,7 @@ def _sql_pair(url: str | None, tmp_path: Path) -> Iterator[tuple[SQLStore, SQLSt
         options["database_url"] = url
     rolled = SQLStore(sync=True, rollups=True, **options)
     Traffic(make_app(tmp_path), stores=rolled)
-    raw = SQLStore(sync=True, name="raw", **options)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
     Traffic(make_app(tmp_path), stores=raw)
     rollups = rolled._rollup_tables()
     assert rollups is not None
@@ -136,7 +136,7 @@ def _redis_pair(url: str) -> Iterator[tuple[Store, Store]]:
 def _jsonl_pair(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
     rolled = JSONStore(location=tmp_path, sync=True, rollups=True)
     Traffic(make_app(tmp_path), stores=rolled)
-    raw = JSONStore(location=tmp_path, sync=True, name="raw")
+    raw = JSONStore(location=tmp_path, sync=True, name="raw", rollups=False)
     Traffic(make_app(tmp_path), stores=raw)
     yield rolled, raw
     rolled.shutdown()

@@ -75,12 +75,18 @@ def test_status_checks_every_store_and_counts_dead_letters(tmp_path: Path) -> No
     result = runner.invoke(args=["traffic", "status"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["Store", "State", "Read", "Dead", "letters", "Error"]
+    assert lines[0].split() == ["Store", "State", "Read", "Dead", "letters", "Rollups", "Error"]
     db_line = next(line for line in lines if line.split()[0] == "db")
     assert db_line.split()[1] == "ok"
     assert db_line.split()[4] == "1"  # the bad record, set aside
     assert next(line for line in lines if "Forwarder" in line).split()[1:3] == ["sends", "only"]
     assert f"  Records set aside are in {tmp_path / 'traffic-dead-letters.jsonl'}." in lines
+    # A JSONStore keeps rollups by default: its row says how far they lag
+    # (folded, or how many records wait), the others' a dash.
+    json_line = next(line for line in lines if line.split()[0] == "JSONStore")
+    rollups_at = lines[0].index("Rollups")
+    assert json_line[rollups_at:].split()[0] != "-"
+    assert db_line[rollups_at:].split()[0] == "-"
 
     store.down = True
     client.get("/")
@@ -90,6 +96,9 @@ def test_status_checks_every_store_and_counts_dead_letters(tmp_path: Path) -> No
     assert found["db"]["failing"] is True
     assert found["db"]["error"] == "ConnectionRefusedError: the database is away"
     assert found["db"]["dead_letters"] == 1
+    rollups = found["JSONStore"].pop("rollups")
+    assert rollups["rebuilding"] is False
+    assert 0 <= rollups["pending"] <= 4  # the worker folds on its own schedule
     assert found["JSONStore"] == {
         "reachable": True,
         "failing": False,
@@ -97,6 +106,7 @@ def test_status_checks_every_store_and_counts_dead_letters(tmp_path: Path) -> No
         "read_seconds": found["JSONStore"]["read_seconds"],
         "dead_letters": 0,
     }
+    assert "rollups" not in found["db"]
     assert found["Forwarder"]["reachable"] is None
     store.down = False
     traffic.shutdown(app)

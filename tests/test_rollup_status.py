@@ -217,7 +217,7 @@ def test_past_the_bound_the_count_says_at_least_and_at_most(
 
 def test_stores_without_rollups_show_none(tmp_path: Path) -> None:
     app = make_app(tmp_path)
-    plain = JSONStore(sync=True, name="plain")
+    plain = JSONStore(sync=True, name="plain", rollups=False)
     rolled = JSONStore(sync=True, rollups=True, name="rolled", location=tmp_path / "r.jsonl")
     traffic = Traffic(app, stores=[plain, rolled])
     made = records(1)
@@ -239,7 +239,9 @@ def test_stores_without_rollups_show_none(tmp_path: Path) -> None:
 
     # A site with no store keeping rollups has no Rollups column.
     other = make_app(tmp_path, "other")
-    traffic = Traffic(other, stores=JSONStore(sync=True, location=tmp_path / "o.jsonl"))
+    traffic = Traffic(
+        other, stores=JSONStore(sync=True, rollups=False, location=tmp_path / "o.jsonl")
+    )
     assert "Rollups" not in status(other).stdout
     traffic.shutdown(other)
 

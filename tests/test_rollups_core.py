@@ -11,9 +11,13 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Session
 
+from flask_traffic import LogPolicy
 from flask_traffic.record import iso_text
 from flask_traffic.rollups import (
     DEFAULT_RETENTION,
@@ -28,6 +32,16 @@ from flask_traffic.rollups import (
     feed,
     pieces,
     visitor_hash,
+)
+from flask_traffic.stores import (
+    CSVStore,
+    JSONStore,
+    MemoryStore,
+    RedisStore,
+    SQLORMModelMixin,
+    SQLORMStore,
+    SQLStore,
+    Store,
 )
 from flask_traffic.summary import SummaryBuilder, bucket_unit
 
@@ -414,6 +428,45 @@ def test_rollups_sampled_flag(data: tuple[list[Row], RollupDelta]) -> None:
     since, until = at("2026-11-28T00:00"), at("2026-12-03T00:00")
     assert rollup_summary(delta, since, until)["sampled"] is is_sampled
     assert raw_summary(rows, since, until)["sampled"] is is_sampled
+
+
+# -- the stores' default ---------------------------------------------------------
+
+
+def _stores(tmp_path: Path, **options: t.Any) -> list[Store]:
+    """One store of each kind that can keep rollups, none attached to an app."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    model = type("Hit", (Base, SQLORMModelMixin), {"__tablename__": "hits"})
+    session = Session(sa.create_engine("sqlite://"))
+    return [
+        SQLStore(location=tmp_path, **options),
+        SQLORMStore(model, db_session=session, **options),
+        RedisStore(url="redis://127.0.0.1:6379/0", event_name="unused", **options),
+        JSONStore(location=tmp_path, **options),
+        CSVStore(location=tmp_path, **options),
+    ]
+
+
+def test_stores_keep_rollups_by_default_unless_told_not_to(tmp_path: Path) -> None:
+    for store in _stores(tmp_path):
+        assert store.keeps_rollups, store
+        store.shutdown()
+    for store in _stores(tmp_path, rollups=False):
+        assert not store.keeps_rollups, store
+        store.shutdown()
+    assert not MemoryStore().keeps_rollups
+
+
+def test_a_policy_without_a_field_they_count_quietly_keeps_none(tmp_path: Path) -> None:
+    # By default as when asked for: no error, the summaries read the records.
+    policy = LogPolicy().set_from_true(response_time=False)
+    for options in ({}, {"rollups": True}):
+        for store in _stores(tmp_path, log_policy=policy, **options):
+            assert not store.keeps_rollups, (store, options)
+            store.shutdown()
 
 
 # -- RollupRetention ---------------------------------------------------------

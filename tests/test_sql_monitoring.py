@@ -96,7 +96,10 @@ def database(
 def sql_store(
     database: Database, stores: list[Store], tmp_path: Path, **options: t.Any
 ) -> SQLStore:
-    """A SQLStore on ``database``'s table, attached to an app of its own."""
+    """A SQLStore on ``database``'s table, attached to an app of its own;
+    without rollups unless ``rollups=True`` is given: the tests here are of
+    reads and summaries counted from the rows."""
+    options.setdefault("rollups", False)
     store = SQLStore(database_url=database.url, database_table_name=database.table, **options)
     stores.append(store)
     Traffic(Flask("site", instance_path=str(tmp_path)), stores=store)
@@ -445,7 +448,8 @@ def test_app_starts_when_the_summary_index_cannot_be_added(
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         locker.execute("BEGIN IMMEDIATE")
-        store = SQLStore(database_engine=engine, database_table_name="older")
+        # Only a store without rollups gets the index.
+        store = SQLStore(database_engine=engine, database_table_name="older", rollups=False)
         stores.append(store)
         with caplog.at_level(logging.WARNING, logger="flask_traffic"):
             Traffic(Flask("site", instance_path=str(tmp_path)), stores=store)
@@ -503,7 +507,7 @@ def test_orm_model_with_the_summary_index_summarizes_through_it(
     Base.metadata.create_all(engine)
     session = Session(engine)
     try:
-        store = SQLORMStore(model, db_session=session)
+        store = SQLORMStore(model, db_session=session, rollups=False)
         stores.append(store)
         Traffic(Flask("orm", instance_path=str(tmp_path)), stores=store)
         whole = dataset()[0]
@@ -710,8 +714,11 @@ def test_orm_store_queries_summarizes_and_prunes(
     Base.metadata.create_all(engine)
     session = Session(engine)
     try:
-        store = SQLORMStore(model, db_session=session, name="orm")
-        limited = SQLORMStore(model, db_session=session, max_age=timedelta(days=1), max_records=5)
+        # Summaries counted from the rows, and retention of the rows.
+        store = SQLORMStore(model, db_session=session, name="orm", rollups=False)
+        limited = SQLORMStore(
+            model, db_session=session, max_age=timedelta(days=1), max_records=5, rollups=False
+        )
         stores.extend([store, limited])
         Traffic(Flask("orm", instance_path=str(tmp_path)), stores=[store])
         whole = dataset()[0]

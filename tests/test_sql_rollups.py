@@ -55,7 +55,7 @@ def test_rollup_summary_counts_what_the_raw_summary_counts(
     app = make_app(tmp_path)
     rolled = SQLStore(sync=True, rollups=True, **options)
     Traffic(app, stores=rolled)
-    raw = SQLStore(sync=True, name="raw", **options)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
     Traffic(make_app(tmp_path), stores=raw)
     made = records(3000)
     rolled.export(made[:2500])
@@ -123,7 +123,7 @@ def test_a_fold_tells_apart_every_text_and_weighs_sampled_records(
     # 5xx responses are always kept: the weights are 1 and 1 / 0.3.
     rolled = SQLStore(sync=True, rollups=True, log_policy=LogPolicy(sample_rate=0.3), **options)
     Traffic(make_app(tmp_path), stores=rolled)
-    raw = SQLStore(sync=True, name="raw", **options)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
     Traffic(make_app(tmp_path), stores=raw)
     rng = random.Random(3)
     made = [
@@ -179,7 +179,7 @@ def sqlite_pair(tmp_path: Path) -> tuple[Flask, SQLStore, SQLStore]:
     app = make_app(tmp_path)
     rolled = SQLStore(sync=True, rollups=True)
     Traffic(app, stores=rolled)
-    raw = SQLStore(sync=True, name="raw")
+    raw = SQLStore(sync=True, name="raw", rollups=False)
     Traffic(make_app(tmp_path), stores=raw)
     return app, rolled, raw
 
@@ -248,11 +248,40 @@ def test_rollups_need_every_field_they_count_and_say_where_a_summary_came_from(
     store = SQLStore(sync=True, rollups=True, log_policy=partial)
     Traffic(make_app(tmp_path), stores=store)
     assert not store.keeps_rollups
-    with pytest.raises(TypeError, match="keeps no rollups"):
+    with pytest.raises(TypeError, match="its LogPolicy leaves out response_time"):
         store.rebuild_rollups()
     store.export(records(10))
     assert store.fold() == 0
     assert store.summary()["source"] == {"source": "records"}
+
+
+def test_flask_traffic_rollup_says_why_a_store_keeps_none(tmp_path: Path) -> None:
+    from flask_traffic import LogPolicy
+    from flask_traffic.stores import MemoryStore
+
+    app = make_app(tmp_path)
+    off = SQLStore(sync=True, name="off", rollups=False)
+    narrow = SQLStore(
+        sync=True,
+        name="narrow",
+        database_table_name="narrow",
+        log_policy=LogPolicy().set_from_true(request_referrer=False),
+    )
+    traffic = Traffic(app, stores=[off, narrow, MemoryStore(name="memory")])
+    runner = app.test_cli_runner()
+    for name, reason in [
+        ("off", "it was made with rollups=False"),
+        ("narrow", "its LogPolicy leaves out request_referrer, which they count"),
+        ("memory", "a MemoryStore cannot keep them"),
+    ]:
+        result = runner.invoke(args=["traffic", "rollup", "--store", name])
+        assert result.exit_code == 2, result.output
+        assert f"{name} keeps no rollups: {reason}" in result.output
+    # Without --store, the stores keeping none are passed over.
+    result = runner.invoke(args=["traffic", "rollup"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    traffic.shutdown(app)
 
 
 def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(

@@ -267,7 +267,9 @@ def rollup_command(rebuild: bool, since: datetime | None, store_name: str | None
         if not isinstance(store, Store) or not store.keeps_rollups:
             if store_name is not None:
                 raise click.UsageError(
-                    f"{store.name} keeps no rollups: create it with rollups=True."
+                    store.no_rollups_reason()
+                    if isinstance(store, Store)
+                    else f"{store.name} keeps no rollups: it sends only, keeping no records."
                 )
             continue
         counter = FoldCounter(store.name)

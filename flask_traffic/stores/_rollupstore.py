@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from .._health import describe_error
 from ..record import iso_text
+from ..rollups import ROLLUP_FIELDS
 
 if t.TYPE_CHECKING:
     from .._breakdown import BreakdownBuilder
@@ -105,6 +106,9 @@ class KeepsRollups:
 
     if t.TYPE_CHECKING:
         # Sink's and Store's, which come after this class in a store's bases.
+        @property
+        def fields(self) -> tuple[str, ...]: ...
+
         def flush(self, timeout: float | None = 10.0) -> bool: ...
 
         def within_max_age(self, query: Query) -> Query: ...
@@ -162,7 +166,7 @@ class KeepsRollups:
         """
         keeper = self._rollup_keeper()
         if keeper is None:
-            raise TypeError(f"{self.name} keeps no rollups: pass rollups=True to keep them.")
+            raise TypeError(self.no_rollups_reason())
         self.flush(_FLUSH_TIMEOUT)
         return keeper.rebuild(since, progress)
 
@@ -179,6 +183,27 @@ class KeepsRollups:
         """
         reporter = self._fold_reporter() if self.keeps_rollups else None
         return None if reporter is None else reporter.fold_state()
+
+    def no_rollups_reason(self) -> str:
+        """Why this store keeps no rollups, in a sentence that says what to
+        do; for errors, such as ``flask traffic rollup``'s.
+
+        :meta private:
+        """
+        if type(self)._rollup_keeper is KeepsRollups._rollup_keeper:
+            return f"{self.name} keeps no rollups: a {type(self).__name__} cannot keep them."
+        missing = sorted(ROLLUP_FIELDS - set(self.fields))
+        if missing:
+            return (
+                f"{self.name} keeps no rollups: its LogPolicy leaves out {', '.join(missing)}, "
+                f"which they count; keep those fields to keep rollups."
+            )
+        # On by default: off when asked, or when the table or CSV file was
+        # made without a column they count.
+        return (
+            f"{self.name} keeps no rollups: it was made with rollups=False, or its table or "
+            f"file lacks a column they count; drop rollups=False (or add the column)."
+        )
 
     def _rollup_keeper(self) -> RollupKeeper | None:
         """The store's rollups, ready to fold; ``None`` when it keeps none.

@@ -69,7 +69,7 @@ class SQLTableStore(Store):
         max_age: timedelta | None,
         max_records: int | None,
         spool: str | os.PathLike[str] | bool | None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(

@@ -437,6 +437,12 @@ class Store(KeepsRollups, Sink):
         referrers, browsers and platforms, unique visitors. The keys are
         described in :meth:`flask_traffic.summary.SummaryBuilder.result`.
 
+        A store keeping rollups (:attr:`keeps_rollups`: by default, those
+        that can) answers a window counted per hour or day from them, its
+        edges rounded out to whole hours or days, and counts records
+        ``max_age`` has removed for as long as their buckets are kept; its
+        ``source`` says which was read.
+
         Flushes the store's queue first, like :meth:`read`.
         """
         if self.keeps_rollups:

@@ -101,8 +101,8 @@ class CSVStore(FileStore):
 
     Written by default to ``traffic.csv``; the parameters are
     :class:`FileStore`'s (a dated file retention rotates out keeps its
-    header row). With ``rollups=True`` its rollups are kept beside it in a
-    SQLite file named after it, ``traffic.csv.rollups.sqlite``.
+    header row). Its rollups (unless ``rollups=False``) are kept beside it
+    in a SQLite file named after it, ``traffic.csv.rollups.sqlite``.
     """
 
     default_filename = "traffic.csv"

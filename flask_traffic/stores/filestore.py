@@ -100,7 +100,10 @@ class FileStore(Store):
     :param rollups: keep rollups (:mod:`flask_traffic.rollups`) in a SQLite
         file beside this one, ``<file>.rollups.sqlite``, folded by the
         worker after writing (:mod:`._filerollups`), and answer
-        :meth:`summary` from them; the policy must keep every field they count.
+        :meth:`summary` of a window over two hours from them, its edges
+        rounded out to whole hours or days. On by default; ``False`` turns
+        them off. A policy that leaves out a field they count keeps none,
+        without a word, as does a CSV file whose header lacks one.
     :param rollup_retention: how long rollups of each bucket size are kept.
     """
 
@@ -121,7 +124,7 @@ class FileStore(Store):
         name: str | None = None,
         max_age: timedelta | None = None,
         max_records: int | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         super().__init__(log_policy, sync=sync, name=name, max_age=max_age, max_records=max_records)

@@ -51,8 +51,8 @@ class JSONStore(FileStore):
     An existing file that holds a JSON array (written by flask-traffic 0.8)
     is refused at ``init_app``.
 
-    With ``rollups=True`` its rollups are kept beside it in a SQLite file
-    named after it, ``traffic.json.rollups.sqlite``.
+    Its rollups (unless ``rollups=False``) are kept beside it in a SQLite
+    file named after it, ``traffic.json.rollups.sqlite``.
     """
 
     default_filename = "traffic.json"

@@ -71,6 +71,13 @@ class SQLORMStore(SQLTableStore):
         ``traffic_id``); older ones are deleted the same way.
     :param spool: where records wait on disk while the database is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
+    :param rollups: keep rollups in tables beside the model's, as
+        :class:`~flask_traffic.stores.SQLStore` does (made at the first
+        fold); on by default, ``False`` turns them off. A policy that leaves
+        out a field they count keeps none, without a word, as does a table
+        without a column they count.
+    :param rollup_retention: how long each bucket size is kept
+        (:class:`~flask_traffic.rollups.RollupRetention`).
 
     :meth:`read`, :meth:`summary` and retention run in the database, as
     :class:`~flask_traffic.stores.SQLStore`'s do.
@@ -90,7 +97,7 @@ class SQLORMStore(SQLTableStore):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLORMStore")

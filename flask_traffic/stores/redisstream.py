@@ -120,11 +120,13 @@ class RedisStore(Store):
         the background (``XTRIM MAXLEN ~``); never fewer.
     :param spool: where records wait on disk while Redis is down:
         ``None`` for the app's ``TRAFFIC_SPOOL_DIR``, a folder, or ``False``.
-    :param rollups: keep per-hour and per-day rollups, folded
-        from the stream by the worker (:meth:`fold`), so a :meth:`summary`
-        without ``where`` reads them and the entries not folded yet instead
-        of every entry. ``False`` turns folding and rollup summaries off;
-        a policy that leaves out a field rollups need does too.
+    :param rollups: keep per-hour and per-day rollups (on by default),
+        folded from the stream by the worker (:meth:`fold`), so a
+        :meth:`summary` without ``where`` of a window over two hours reads
+        them and the entries not folded yet instead of every entry, its
+        edges rounded out to whole hours or days. ``False`` turns folding
+        and rollup summaries off; a policy that leaves out a field rollups
+        need does too, without a word.
     :param fold_interval: seconds between two folds in the worker.
     :param rollup_retention: how long each bucket size is kept
         (:class:`~flask_traffic.rollups.RollupRetention`), applied with the
@@ -157,7 +159,7 @@ class RedisStore(Store):
         max_age: timedelta | None = None,
         max_records: int | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         fold_interval: float = 10.0,
         rollup_retention: RollupRetention = DEFAULT_RETENTION,
     ) -> None:

@@ -72,10 +72,22 @@ class SQLStore(SQLTableStore):
         makes a summary of a million rows about 1.6 times as fast, and costs
         every write: a large table takes rows a quarter to half as fast, and 28 %
         more disk. ``None`` (the default) gives it to a store without
-        ``rollups`` only: with them summaries read the rollups. Pass ``False``
-        for a table written much more often than summarized. Other databases
-        do not get it (PostgreSQL groups without sorting; MariaDB cannot index
-        whole ``TEXT`` columns). An index made before is not dropped.
+        ``rollups`` only (``rollups=False``, or a policy that leaves out a
+        field they count): with them summaries read the rollups. Pass
+        ``False`` for a table written much more often than summarized. Other
+        databases do not get it (PostgreSQL groups without sorting; MariaDB
+        cannot index whole ``TEXT`` columns). An index made before is not
+        dropped.
+    :param rollups: keep per-hour and per-day rollups
+        (:mod:`flask_traffic.rollups`) in tables beside this one, folded by
+        the worker at every retention pass, and answer :meth:`summary`
+        (without ``where``, of a window over two hours) from them, its edges
+        rounded out to whole hours or days. On by default; ``False`` turns
+        them off. A policy that leaves out a field they count keeps none,
+        without a word, as does a table made without a column they count.
+    :param rollup_retention: how long each bucket size is kept
+        (:class:`~flask_traffic.rollups.RollupRetention`; hours 400 days,
+        days forever by default).
 
     :meth:`read` and :meth:`summary` run in the database: the window on the
     indexed ``request_date`` and the ``where`` tests become the ``WHERE`` of
@@ -110,7 +122,7 @@ class SQLStore(SQLTableStore):
         max_records: int | None = None,
         summary_index: bool | None = None,
         spool: str | os.PathLike[str] | bool | None = None,
-        rollups: bool = False,
+        rollups: bool = True,
         rollup_retention: RollupRetention | None = None,
     ) -> None:
         require("sqlalchemy", extra="sqlalchemy", needed_by="SQLStore")

@@ -41,7 +41,7 @@ def child(mode: str, requests: int) -> None:
             # valgrind runs ~50x slower: with the 1 s timer, batches would be a
             # few dozen records instead of the 512 they are at full speed.
             app.config["TRAFFIC_SCHEDULE_DELAY"] = 60.0
-            stores = [JSONStore(), CSVStore()]
+            stores = [JSONStore(rollups=False), CSVStore(rollups=False)]
             Traffic(app, stores=stores)
         client = app.test_client()
         for _ in range(requests):

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         app = Flask("bench", instance_path=folder)
         app.route("/<path:p>")(lambda p: p)
-        stores: list[FileStore] = [JSONStore(), CSVStore()]
+        stores: list[FileStore] = [JSONStore(rollups=False), CSVStore(rollups=False)]
         Traffic(app, stores=stores)
         records: list[TrafficRecord] = []
         with request_traffic.connected_to(

@@ -121,7 +121,7 @@ def sql_pair(kind: str, folder: Path, table: str) -> Iterator[tuple[Store, Store
     if kind != "sqlite":
         options["database_url"] = URLS[kind]
     rolled = SQLStore(rollups=True, name="rolled", **options)
-    raw = SQLStore(name="raw", **options)
+    raw = SQLStore(name="raw", rollups=False, **options)
     for store in (rolled, raw):
         Traffic(Flask("bench", instance_path=str(folder)), stores=store)
     try:
@@ -147,7 +147,7 @@ def redis_pair(folder: Path) -> Iterator[tuple[Store, Store]]:
 
     key = f"bench_{uuid.uuid4().hex[:10]}"
     rolled = RedisStore(event_name=key, url=REDIS_URL, rollups=True, sync=True, name="rolled")
-    raw = RedisStore(event_name=key, url=REDIS_URL, sync=True, name="raw")
+    raw = RedisStore(event_name=key, url=REDIS_URL, sync=True, name="raw", rollups=False)
     for store in (rolled, raw):
         Traffic(Flask("bench", instance_path=str(folder)), stores=store)
     try:
@@ -166,7 +166,7 @@ def jsonl_pair(folder: Path) -> Iterator[tuple[Store, Store]]:
     from flask_traffic.stores import JSONStore
 
     rolled = JSONStore(location=folder, rollups=True, sync=True, name="rolled")
-    raw = JSONStore(location=folder, sync=True, name="raw")
+    raw = JSONStore(location=folder, sync=True, name="raw", rollups=False)
     for store in (rolled, raw):
         Traffic(Flask("bench", instance_path=str(folder)), stores=store)
     try:

@@ -147,6 +147,8 @@ def insert_rate(engine: sa.Engine, table: sa.Table, end: datetime) -> float:
 def bench(url: str | None, count: int, folder: Path, label: str, **options: t.Any) -> None:
     app = Flask("bench", instance_path=str(folder))
     table_name = f"bench_{int(time.time() * 1000)}"
+    # Summaries from the rows (the summary index's, or not): no rollups.
+    options.setdefault("rollups", False)
     store = SQLStore(database_url=url, database_table_name=table_name, location=folder, **options)
     Traffic(app, stores=store)
     engine = store.database_engine
