@@ -12,12 +12,14 @@ __all__ = ["Maintenance", "MaintenanceFunction"]
 
 logger = logging.getLogger("flask_traffic")
 
-#: What a processor calls now and then between batches (retention).
-MaintenanceFunction = Callable[[], None]
+#: What a processor calls now and then between batches (retention); it
+#: returns True when it has more to do at once (a fold stopped at its budget).
+MaintenanceFunction = Callable[[], "bool | None"]
 
 
 class Maintenance:
-    """Runs a store's maintenance (retention) at most once per interval."""
+    """Runs a store's maintenance (retention) at most once per interval, or
+    again at the next chance while it says it has more to do."""
 
     __slots__ = ("due", "function", "interval", "name")
 
@@ -33,7 +35,9 @@ class Maintenance:
             return
         self.due = time.monotonic() + self.interval
         try:
-            self.function()
+            if self.function():
+                # Between the next batches: the records first, then more.
+                self.due = time.monotonic()
         except Exception:
             # Retried at the next interval; records are never at stake here.
             logger.warning("%s: retention failed; trying again later.", self.name, exc_info=True)

@@ -429,3 +429,44 @@ def test_a_folds_statements_bound_their_walk_by_the_chunk(
     assert len(reads) >= 5
     for text in reads:
         assert text.count("traffic_id <") == 1, text
+
+
+def test_a_worker_folds_a_backlog_between_batches_and_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table of records never folded (rollups new on an old table, say):
+    # the worker folds it a budget at a time, and writes the requests that
+    # come meanwhile in between, rather than after the whole backlog.
+    from flask_traffic.stores import _rollupparts, _sqlrollups, base
+
+    monkeypatch.setattr(_sqlrollups, "FOLD_CHUNK", 500)
+    monkeypatch.setattr(base, "WORKER_FOLD_BUDGET", 0.0)
+    assert _rollupparts.WORKER_FOLD_BUDGET > 0
+    old = SQLStore(sync=True, rollups=False)
+    Traffic(make_app(tmp_path), stores=old)
+    backlog = records(20_000)
+    for start in range(0, len(backlog), 2000):
+        old.export(backlog[start : start + 2000])
+    store = SQLStore(rollups=True)
+    app = make_app(tmp_path, "worker")
+    Traffic(app, stores=store)
+    app.test_client().get("/item/1")
+    assert store.flush(10)
+    # Written while the fold is under way: the backlog is not folded yet.
+    state = store.rollup_state()
+    assert state is not None
+    assert state.pending > 0
+    assert store.read(1)[0]["request_path"] == "/item/1"
+    deadline = time.monotonic() + 60
+    while (state := store.rollup_state()) is not None and state.pending:
+        assert time.monotonic() < deadline, state
+        app.test_client().get("/item/2")
+        time.sleep(0.05)
+    assert store.flush(10)
+    stats = store.stats()
+    assert stats["dropped"] == 0
+    summary = store.summary(START - timedelta(days=1), START + timedelta(days=4))
+    assert summary["source"]["source"] == "rollups"
+    assert summary["total"] == len(backlog)
+    store.shutdown()
+    old.shutdown()

@@ -57,6 +57,7 @@ from ..rollups import UNITS, RollupRetention, bucket_start
 from ..summary import SummaryBuilder
 from ._filerollupparts import apply_rows, encode_key
 from ._framing import Snapshot, blocks_forward, count_records, split_records
+from ._rollupparts import Deadline
 from ._rollupstore import FoldState
 
 if t.TYPE_CHECKING:
@@ -135,6 +136,8 @@ class FileRollups:
         self.store = store
         self.secret = secret
         self.retention = retention
+        #: Whether the last fold stopped at its budget with more to fold.
+        self.unfinished = False
         #: The data file, and beside it the sidecar.
         self.data_path = store.path
         self.sidecar = sidecar_path(store.path)
@@ -225,12 +228,18 @@ class FileRollups:
 
     # -- folding ---------------------------------------------------------------
 
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+    def fold(
+        self, progress: t.Callable[[int], None] | None = None, budget: float | None = None
+    ) -> int:
         """Fold every record written since the last fold, and go on with a
         rebuild left unfinished; return how many records were folded.
 
         :param progress: called with the records of each transaction.
+        :param budget: seconds after which to stop, at the end of a chunk
+            (:attr:`unfinished` then says so).
         """
+        deadline = Deadline(budget)
+        self.unfinished = False
         connection = self.connect(create=True)
         assert connection is not None
         folded = 0
@@ -246,11 +255,17 @@ class FileRollups:
                         folded += count
                         if count and progress is not None:
                             progress(count)
+                        if deadline.passed():
+                            self.unfinished = True
+                            return folded
                 self._forget_gone(connection)
                 while (count := self._rebuild_chunk(connection, snaps)) is not None:
                     folded += count
                     if count and progress is not None:
                         progress(count)
+                    if deadline.passed():
+                        self.unfinished = True
+                        return folded
         finally:
             connection.close()
         return folded

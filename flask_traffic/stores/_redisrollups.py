@@ -45,6 +45,8 @@ from ._rollupparts import (
     KEPT_UNITS,
     OTHER,
     TOP_KEPT,
+    WORKER_FOLD_BUDGET,
+    Deadline,
     is_over,
     split_times,
 )
@@ -130,6 +132,8 @@ class RedisRollups:
         self.rebuild_key = self.prefix + "rebuild"
         #: Seconds between retention passes of :meth:`maintain`.
         self.retention_interval = 60.0
+        #: Whether the last fold stopped at its budget with more to fold.
+        self.unfinished = False
         self._retention_due = time.monotonic()
 
     def bucket_key(self, unit: Unit, start: datetime) -> str:
@@ -162,23 +166,29 @@ class RedisRollups:
         folded_ms = int(position.partition(b"-")[0])
         return b"%d" % min(int(lowest), folded_ms)
 
-    def maintain(self, retain_entries: Callable[[], None] | None) -> None:
-        """The worker's pass: fold; then, once per retention interval, trim
-        the buckets and run ``retain_entries`` (the stream's retention), which
-        comes after the fold so it finds the entries it may trim folded."""
-        self.fold()
+    def maintain(self, retain_entries: Callable[[], object] | None) -> bool:
+        """The worker's pass: fold (for :data:`WORKER_FOLD_BUDGET` seconds at
+        most); then, once per retention interval, trim the buckets and run
+        ``retain_entries`` (the stream's retention), which comes after the
+        fold so it finds the entries it may trim folded. Whether the fold
+        has more to do (retention waits for it)."""
+        self.fold(WORKER_FOLD_BUDGET)
+        if self.unfinished:
+            return True
         if time.monotonic() < self._retention_due:
-            return
+            return False
         self._retention_due = time.monotonic() + self.retention_interval
         self.retain(datetime.now(_UTC))
         if retain_entries is not None:
             retain_entries()
+        return False
 
     # -- folding -----------------------------------------------------------
 
-    def fold(self) -> int:
+    def fold(self, budget: float | None = None) -> int:
         """Fold every entry after the position into the buckets; return how
-        many entries this call folded.
+        many entries this call folded. With a ``budget``, stop after the
+        chunk in which that many seconds passed (:attr:`unfinished` says so).
 
         Each chunk of up to :data:`FOLD_CHUNK` entries is one ``MULTI``/
         ``EXEC`` under ``WATCH`` of the position: if another process folded
@@ -192,7 +202,11 @@ class RedisRollups:
         """
         import redis
 
-        folded = self._rebuild_chunks()
+        deadline = Deadline(budget)
+        self.unfinished = False
+        folded = self._rebuild_chunks(deadline)
+        if self.unfinished:
+            return folded
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
@@ -209,6 +223,9 @@ class RedisRollups:
                     continue
             folded += len(entries)
             if len(entries) < FOLD_CHUNK:
+                return folded
+            if deadline.passed():
+                self.unfinished = True
                 return folded
 
     def _queue_fold(self, pipe: redis.client.Pipeline, rows: list[_Row]) -> Transaction:
@@ -286,8 +303,9 @@ class RedisRollups:
 
         return fold_state(self)
 
-    def _rebuild_chunks(self) -> int:
-        """Refold the entries a rebuild has left, chunk by chunk."""
+    def _rebuild_chunks(self, deadline: Deadline) -> int:
+        """Refold the entries a rebuild has left, chunk by chunk, until
+        ``deadline``."""
         import redis
 
         refolded = 0
@@ -320,6 +338,9 @@ class RedisRollups:
                     continue
             refolded += len(rows)
             if len(entries) < FOLD_CHUNK:
+                return refolded
+            if deadline.passed():
+                self.unfinished = True
                 return refolded
 
     def _read_olds(self, keys: list[tuple[Unit, datetime]]) -> dict[tuple[Unit, datetime], _Old]:

@@ -6,6 +6,7 @@ over (see :mod:`._sqlrollupparts` for why). No backend is imported here."""
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ __all__ = [
     "LENGTH",
     "OTHER",
     "TOP_KEPT",
+    "WORKER_FOLD_BUDGET",
+    "Deadline",
     "Times",
     "add_records",
     "breakdown_records",
@@ -49,6 +52,25 @@ LENGTH: dict[Unit, timedelta] = {
     "hour": timedelta(hours=1),
     "day": timedelta(days=1),
 }
+
+#: Seconds of folding a worker's pass does at most (and the chunk it is in)
+#: before it writes records again: a store with millions of records to fold
+#: (new rollups on an old table, a backlog) folds them between batches, and
+#: the requests of meanwhile wait in the queue, not dropped.
+WORKER_FOLD_BUDGET = 0.5
+
+
+class Deadline:
+    """When a fold given ``budget`` seconds stops (never without one)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, budget: float | None) -> None:
+        self.at = None if budget is None else time.monotonic() + budget
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
 
 #: ``(unit, bucket start) -> {route: {histogram index: weight}}``.
 Times = dict[tuple[Unit, datetime], dict[str | None, dict[int, float]]]

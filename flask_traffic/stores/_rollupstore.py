@@ -84,7 +84,12 @@ class RollupKeeper(FoldReporter, t.Protocol):
     :meth:`Store.rebuild_rollups`, its worker's retention pass,
     :meth:`Store.rollup_state`)."""
 
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int: ...
+    #: Whether the last fold stopped at its budget with more to fold.
+    unfinished: bool
+
+    def fold(
+        self, progress: t.Callable[[int], None] | None = None, budget: float | None = None
+    ) -> int: ...
 
     def rebuild(
         self, since: datetime | None = None, progress: t.Callable[[int], None] | None = None

@@ -46,7 +46,7 @@ from ..rollups import (
 )
 from ..summary import SummaryBuilder
 from ._rolluphistograms import merge_histograms
-from ._rollupparts import KEPT_UNITS, Times, is_over
+from ._rollupparts import KEPT_UNITS, Deadline, Times, is_over
 from ._rollupstore import FoldState
 from ._sqlfold import fold_chunk, key_hash
 from ._sqlinsert import driver_executemany
@@ -144,6 +144,7 @@ class SQLRollups:
         self._upsert_sums = self.make_upsert(self.sums, {"weight": "add"})
         #: Hours and days folded while open, to compact once over.
         self._open: set[tuple[Unit, datetime]] = set()
+        self.unfinished = False
         self._upsert_buckets = self.make_upsert(
             self.buckets,
             {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
@@ -151,12 +152,18 @@ class SQLRollups:
 
     # -- folding ---------------------------------------------------------------
 
-    def fold(self, progress: t.Callable[[int], None] | None = None) -> int:
+    def fold(
+        self, progress: t.Callable[[int], None] | None = None, budget: float | None = None
+    ) -> int:
         """Fold every row written since the last fold, and go on with a
         rebuild left unfinished; return how many rows were folded.
 
         :param progress: called with the rows of each transaction.
+        :param budget: seconds after which to stop, at the end of a chunk
+            (:attr:`unfinished` then says so).
         """
+        deadline = Deadline(budget)
+        self.unfinished = False
         folded = 0
         for step in (self._fold_chunk, self._rebuild_chunk):
             while True:
@@ -166,6 +173,9 @@ class SQLRollups:
                     progress(count)
                 if count < FOLD_CHUNK:
                     break
+                if deadline.passed():
+                    self.unfinished = True
+                    return folded
         self._compact_closed()
         return folded
 

@@ -39,6 +39,7 @@ __all__ = [
     "warn_if_outside_instance_folder",
 ]
 
+from ._rollupparts import WORKER_FOLD_BUDGET
 from ._rollupstore import KeepsRollups, RollupKeeper
 
 logger = logging.getLogger("flask_traffic")
@@ -488,13 +489,16 @@ class Store(KeepsRollups, Sink):
         # count of 0.
         with self._retention_lock:
             self.flush(_READ_FLUSH_TIMEOUT)
-            return self._retain_now()
+            return self._retain_now() or 0
 
-    def _retain_now(self) -> int:
-        # Records are folded before retention may remove them.
+    def _retain_now(self, budget: float | None = None) -> int | None:
+        # Records are folded before retention may remove them: with a fold
+        # stopped at its ``budget`` (seconds), retention waits (None).
         keeper = self._rollup_keeper() if self.keeps_rollups else None
         if keeper is not None:
-            keeper.fold()
+            keeper.fold(budget=budget)
+            if keeper.unfinished:
+                return None
             keeper.retain()
         if self.max_age is None and self.max_records is None:
             return 0
@@ -504,13 +508,14 @@ class Store(KeepsRollups, Sink):
             logger.info("%s: retention removed %d record(s).", self.name, removed)
         return removed
 
-    def _maintain(self) -> None:
-        # Called by the processor at most once per retention interval; a
-        # prune() running now does the work.
+    def _maintain(self) -> bool:
+        # Called by the processor at most once per retention interval, and
+        # again at once while the fold has more to do (True); a prune()
+        # running now does the work.
         if not self._retention_lock.acquire(blocking=False):
-            return
+            return False
         try:
-            self._retain_now()
+            return self._retain_now(WORKER_FOLD_BUDGET) is None
         finally:
             self._retention_lock.release()
 
