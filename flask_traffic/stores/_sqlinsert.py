@@ -15,7 +15,14 @@ import sqlalchemy as sa
 if t.TYPE_CHECKING:
     from ._sqltable import TableIO
 
-__all__ = ["CopyInsert", "DriverInsert", "bind_processor", "driver_executemany", "plan_insert"]
+__all__ = [
+    "CopyInsert",
+    "DriverInsert",
+    "bind_processor",
+    "driver_executemany",
+    "make_upsert",
+    "plan_insert",
+]
 
 
 class DriverInsert:
@@ -161,5 +168,60 @@ def driver_executemany(
                 values[name] = cache[key]
             made.append(tuple(values[name] for name in order) if positional else values)
         connection.exec_driver_sql(sql, made)
+
+    return upsert
+
+
+def make_upsert(
+    dialect: sa.Dialect, table: sa.Table, columns: dict[str, str]
+) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
+    """An insert that adds to (``"add"``) or replaces (``"set"``) the
+    given columns of a row whose primary key is there already."""
+    name = dialect.name
+    keys = [column.name for column in table.primary_key.columns]
+    statement: t.Any
+    if name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        module: t.Any = sqlite if name == "sqlite" else postgresql
+        insert = module.insert(table)
+        new = insert.excluded
+        statement = insert.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                name: (table.c[name] + new[name]) if how == "add" else new[name]
+                for name, how in columns.items()
+            },
+        )
+    elif name in ("mysql", "mariadb"):
+        from sqlalchemy.dialects import mysql
+
+        mysql_insert = mysql.insert(table)
+        inserted = mysql_insert.inserted
+        statement = mysql_insert.on_duplicate_key_update(
+            {
+                name: (table.c[name] + inserted[name]) if how == "add" else inserted[name]
+                for name, how in columns.items()
+            }
+        )
+    else:
+        return _portable_upsert(table, columns, keys)
+    return driver_executemany(dialect, table, statement)
+
+
+def _portable_upsert(
+    table: sa.Table, columns: dict[str, str], keys: list[str]
+) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
+    # Any other database: update, then insert what was not there. Safe
+    # because the fold holds the state row's lock.
+    def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+        for row in rows:
+            match = [table.c[key] == row[key] for key in keys]
+            values = {
+                name: (table.c[name] + row[name]) if how == "add" else row[name]
+                for name, how in columns.items()
+            }
+            if not connection.execute(table.update().where(*match).values(values)).rowcount:
+                connection.execute(table.insert().values(row))
 
     return upsert

@@ -49,7 +49,7 @@ from ._rolluphistograms import merge_histograms
 from ._rollupparts import KEPT_UNITS, Deadline, Times, is_over
 from ._rollupstore import FoldState
 from ._sqlfold import fold_chunk, key_hash
-from ._sqlinsert import driver_executemany
+from ._sqlinsert import make_upsert
 from ._sqlrollupparts import compact
 from ._sqltable import TableIO
 from ._sqltext import encode_text
@@ -141,11 +141,12 @@ class SQLRollups:
             # each table there now is left as it is.
             time.sleep(0.1)
             metadata.create_all(engine, checkfirst=True)
-        self._upsert_sums = self.make_upsert(self.sums, {"weight": "add"})
+        self._upsert_sums = make_upsert(self.engine.dialect, self.sums, {"weight": "add"})
         #: Hours and days folded while open, to compact once over.
         self._open: set[tuple[Unit, datetime]] = set()
         self.unfinished = False
-        self._upsert_buckets = self.make_upsert(
+        self._upsert_buckets = make_upsert(
+            self.engine.dialect,
             self.buckets,
             {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
         )
@@ -254,7 +255,22 @@ class SQLRollups:
                     candidate_at=None if day is None else day.timestamp(),
                 )
             )
-        return self.fold(progress)
+        folded = self.fold(progress)
+        self._vacuum()
+        return folded
+
+    def _vacuum(self) -> None:
+        """On PostgreSQL, clear what a rebuild left of the rows it replaced:
+        its upserts and compactions leave dead rows, which a summary's
+        index scans step over until autovacuum comes (a month's summary
+        took 4x as long right after a rebuild of 1,000,000 records)."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for table in (self.sums, self.buckets):
+                name = autocommit.dialect.identifier_preparer.format_table(table)
+                autocommit.exec_driver_sql(f"VACUUM ANALYZE {name}")
 
     def rebuilding(self, connection: sa.Connection) -> bool:
         """Whether a rebuild is under way (or was interrupted)."""
@@ -418,60 +434,6 @@ class SQLRollups:
                 for start, first, last, visitors, histograms in connection.execute(statement):
                     found[unit, start] = (int(first), int(last), visitors, histograms)
         return found
-
-    def make_upsert(
-        self, table: sa.Table, columns: dict[str, str]
-    ) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
-        """An insert that adds to (``"add"``) or replaces (``"set"``) the
-        given columns of a row whose primary key is there already."""
-        dialect = self.engine.dialect.name
-        keys = [column.name for column in table.primary_key.columns]
-        statement: t.Any
-        if dialect in ("sqlite", "postgresql"):
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            module: t.Any = sqlite if dialect == "sqlite" else postgresql
-            insert = module.insert(table)
-            new = insert.excluded
-            statement = insert.on_conflict_do_update(
-                index_elements=keys,
-                set_={
-                    name: (table.c[name] + new[name]) if how == "add" else new[name]
-                    for name, how in columns.items()
-                },
-            )
-        elif dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects import mysql
-
-            mysql_insert = mysql.insert(table)
-            inserted = mysql_insert.inserted
-            statement = mysql_insert.on_duplicate_key_update(
-                {
-                    name: (table.c[name] + inserted[name]) if how == "add" else inserted[name]
-                    for name, how in columns.items()
-                }
-            )
-        else:
-            return self._portable_upsert(table, columns, keys)
-        return driver_executemany(self.engine.dialect, table, statement)
-
-    @staticmethod
-    def _portable_upsert(
-        table: sa.Table, columns: dict[str, str], keys: list[str]
-    ) -> t.Callable[[sa.Connection, list[dict[str, t.Any]]], None]:
-        # Any other database: update, then insert what was not there. Safe
-        # because the fold holds the state row's lock.
-        def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
-            for row in rows:
-                match = [table.c[key] == row[key] for key in keys]
-                values = {
-                    name: (table.c[name] + row[name]) if how == "add" else row[name]
-                    for name, how in columns.items()
-                }
-                if not connection.execute(table.update().where(*match).values(values)).rowcount:
-                    connection.execute(table.insert().values(row))
-
-        return upsert
 
     # -- retention ---------------------------------------------------------------
 
