@@ -61,6 +61,7 @@ __all__ = [
     "feed",
     "from_microseconds",
     "pieces",
+    "plan_folded",
     "plan_window",
     "rollup_key",
     "rollup_settings",
@@ -260,6 +261,20 @@ def plan_window(
     ]
     expired = [piece for piece in found if piece not in kept]
     return WindowPlan(since, until, found, kept, expired)
+
+
+def plan_folded(
+    since: datetime | None,
+    until: datetime | None,
+    first_us: int | None,
+    last_us: int | None,
+    retention: RollupRetention,
+) -> WindowPlan | None:
+    """:func:`plan_window` given the first and last folded request as a
+    store keeps them (microseconds since the epoch, ``None`` for none)."""
+    return plan_window(
+        since, until, from_microseconds(first_us), from_microseconds(last_us), retention
+    )
 
 
 def visitor_hash(secret: bytes, day: str, address: str | None, user_agent: str | None) -> int:

@@ -18,8 +18,7 @@ from ..rollups import (
     Unit,
     WindowPlan,
     feed,
-    from_microseconds,
-    plan_window,
+    plan_folded,
 )
 from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
@@ -107,13 +106,7 @@ def _read(
             first, last = connection.execute(
                 "SELECT min(first_us), max(last_us) FROM buckets WHERE unit = 'day'"
             ).fetchone()
-            plan = plan_window(
-                query.since,
-                query.until,
-                from_microseconds(first),
-                from_microseconds(last),
-                rollups.retention,
-            )
+            plan = plan_folded(query.since, query.until, first, last, rollups.retention)
             if plan is None:
                 # Counted per minute: the records are counted.
                 return None

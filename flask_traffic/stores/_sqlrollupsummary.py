@@ -17,8 +17,7 @@ from ..rollups import (
     Unit,
     WindowPlan,
     feed,
-    from_microseconds,
-    plan_window,
+    plan_folded,
 )
 from ..summary import SummaryBuilder
 from ._rolluphistograms import feed_histograms
@@ -123,13 +122,7 @@ def _window(
             sa.func.min(rollups.buckets.c.first_us), sa.func.max(rollups.buckets.c.last_us)
         ).where(rollups.buckets.c.unit == "day")
     ).one()
-    plan = plan_window(
-        query.since,
-        query.until,
-        from_microseconds(first),
-        from_microseconds(last),
-        rollups.retention,
-    )
+    plan = plan_folded(query.since, query.until, first, last, rollups.retention)
     if plan is None:
         return None
     # Nothing of the window folded: all its rows are read.
