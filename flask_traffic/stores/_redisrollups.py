@@ -200,33 +200,55 @@ class RedisRollups:
         its ``MULTI`` (spans, histograms, the top lists it cuts) is still
         theirs when it runs.
         """
-        import redis
-
         deadline = Deadline(budget)
         self.unfinished = False
-        folded = self._rebuild_chunks(deadline)
+        folded = self._chunks(deadline, self._rebuild_step, self.position_key, self.rebuild_key)
         if self.unfinished:
             return folded
+        return folded + self._chunks(deadline, self._fold_step, self.position_key)
+
+    def _chunks(
+        self,
+        deadline: Deadline,
+        step: t.Callable[[redis.client.Pipeline], tuple[int, int] | None],
+        *watched_keys: str,
+    ) -> int:
+        """Run ``step`` chunk after chunk, each on a pipeline watching
+        ``watched_keys`` and again when one of them changed meanwhile, until
+        it finds nothing (``None``) or a chunk short of :data:`FOLD_CHUNK`
+        entries, or ``deadline`` passes (:attr:`unfinished`); the entries it
+        counted. ``step`` gives the entries it read and those it counted."""
+        import redis
+
+        counted = 0
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(self.position_key)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(self.position_key)
-                    after = None if raw is None else bytes(raw)  # type: ignore[arg-type]
-                    entries = self._xrange(after, FOLD_CHUNK)
-                    if not entries:
-                        return folded
-                    writes = self._queue_fold(pipe, self.decode(entries))
-                    writes.command("SET", self.position_key, entries[-1][0])
-                    writes.execute()
+                    pipe.watch(*watched_keys)  # type: ignore[no-untyped-call]
+                    done = step(pipe)
                 except redis.WatchError:
                     continue
-            folded += len(entries)
-            if len(entries) < FOLD_CHUNK:
-                return folded
+            if done is None:
+                return counted
+            read, folded = done
+            counted += folded
+            if read < FOLD_CHUNK:
+                return counted
             if deadline.passed():
                 self.unfinished = True
-                return folded
+                return counted
+
+    def _fold_step(self, pipe: redis.client.Pipeline) -> tuple[int, int] | None:
+        """Fold the chunk of entries after the position (``pipe`` watches it)."""
+        raw = pipe.get(self.position_key)
+        after = None if raw is None else bytes(raw)  # type: ignore[arg-type]
+        entries = self._xrange(after, FOLD_CHUNK)
+        if not entries:
+            return None
+        writes = self._queue_fold(pipe, self.decode(entries))
+        writes.command("SET", self.position_key, entries[-1][0])
+        writes.execute()
+        return len(entries), len(entries)
 
     def _queue_fold(self, pipe: redis.client.Pipeline, rows: list[_Row]) -> Transaction:
         """Read what folding ``rows`` changes (``pipe`` is watching), then
@@ -303,45 +325,31 @@ class RedisRollups:
 
         return fold_state(self)
 
-    def _rebuild_chunks(self, deadline: Deadline) -> int:
-        """Refold the entries a rebuild has left, chunk by chunk, until
-        ``deadline``."""
-        import redis
-
-        refolded = 0
-        while True:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.position_key, self.rebuild_key)  # type: ignore[no-untyped-call]
-                    state = t.cast("dict[bytes, bytes]", pipe.hgetall(self.rebuild_key))
-                    if not state:
-                        return refolded
-                    cursor = state[b"cursor"] or None
-                    entries = self._xrange(cursor, FOLD_CHUNK, state[b"stop"])
-                    rows = self.decode(entries)
-                    if state[b"day"]:
-                        day = datetime.fromtimestamp(int(state[b"day"]), _UTC)
-                        # Earlier days' requests are in the buckets kept.
-                        rows = [
-                            row
-                            for row in rows
-                            if row["request_date"] is not None
-                            and datetime.fromisoformat(row["request_date"]) >= day
-                        ]
-                    writes = self._queue_fold(pipe, rows)
-                    if len(entries) < FOLD_CHUNK:
-                        writes.command("DEL", self.rebuild_key)
-                    else:
-                        writes.command("HSET", self.rebuild_key, "cursor", entries[-1][0])
-                    writes.execute()
-                except redis.WatchError:
-                    continue
-            refolded += len(rows)
-            if len(entries) < FOLD_CHUNK:
-                return refolded
-            if deadline.passed():
-                self.unfinished = True
-                return refolded
+    def _rebuild_step(self, pipe: redis.client.Pipeline) -> tuple[int, int] | None:
+        """Refold the next chunk of the entries a rebuild has left (``pipe``
+        watches the position and the rebuild); ``None`` without a rebuild."""
+        state = t.cast("dict[bytes, bytes]", pipe.hgetall(self.rebuild_key))
+        if not state:
+            return None
+        cursor = state[b"cursor"] or None
+        entries = self._xrange(cursor, FOLD_CHUNK, state[b"stop"])
+        rows = self.decode(entries)
+        if state[b"day"]:
+            day = datetime.fromtimestamp(int(state[b"day"]), _UTC)
+            # Earlier days' requests are in the buckets kept.
+            rows = [
+                row
+                for row in rows
+                if row["request_date"] is not None
+                and datetime.fromisoformat(row["request_date"]) >= day
+            ]
+        writes = self._queue_fold(pipe, rows)
+        if len(entries) < FOLD_CHUNK:
+            writes.command("DEL", self.rebuild_key)
+        else:
+            writes.command("HSET", self.rebuild_key, "cursor", entries[-1][0])
+        writes.execute()
+        return len(entries), len(rows)
 
     def _read_olds(self, keys: list[tuple[Unit, datetime]]) -> dict[tuple[Unit, datetime], _Old]:
         with self.client.pipeline(transaction=False) as pipe:
