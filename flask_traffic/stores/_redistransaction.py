@@ -37,10 +37,9 @@ class Transaction(t.Protocol):
 
 
 class _Queued:
-    """Commands queued on ``client`` until :meth:`execute`."""
+    """Commands queued until the subclass's ``execute()``."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+    def __init__(self) -> None:
         self._commands: list[Command] = []
 
     def command(self, *args: EncodableT) -> None:
@@ -49,6 +48,10 @@ class _Queued:
 
 class _PipelineTransaction(_Queued):
     """redis-py's transaction pipeline (a client it cannot bypass safely)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__()
+        self._client = client
 
     def execute(self) -> None:
         with self._client.pipeline(transaction=True) as pipe:
@@ -63,7 +66,8 @@ class _PackedTransaction(_Queued):
     on any failure (the server discards a transaction left open with it)."""
 
     def __init__(self, client: redis.Redis, pack: t.Callable[[Command], bytes]) -> None:
-        super().__init__(client)
+        super().__init__()
+        self._client = client
         self._pack = pack
 
     def execute(self) -> None:
@@ -89,17 +93,14 @@ class _WatchedPipeline:
         self._pipe.execute()
 
 
-class _WatchedPacked:
+class _WatchedPacked(_Queued):
     """The commands packed by hiredis and run on the connection a pipeline
     watches keys on: ``EXEC`` fails, as redis-py's would, if one changed."""
 
     def __init__(self, connection: t.Any, pack: t.Callable[[Command], bytes]) -> None:
+        super().__init__()
         self._connection = connection
         self._pack = pack
-        self._commands: list[Command] = []
-
-    def command(self, *args: EncodableT) -> None:
-        self._commands.append(args)
 
     def execute(self) -> None:
         import redis
