@@ -13,7 +13,7 @@ from ..query import Query
 from ..record import FIELDS, Field, FieldType, TrafficRecord, iso_text
 from ._sqlinsert import DriverInsert, plan_insert
 from ._sqltext import decode_optional_text, encode_optional_text, encode_text, exact_text
-from .sqlschema import ERROR_STATUS, ID_COLUMN, failed
+from .sqlschema import ID_COLUMN, failed
 
 if t.TYPE_CHECKING:
     from ..policy import LogPolicy
@@ -160,20 +160,6 @@ class TableIO:
         else:
             plan.run(connection, columns)
 
-    def reader(
-        self, names: t.Collection[str]
-    ) -> tuple[list[str], Callable[[t.Iterable[t.Sequence[t.Any]]], list[dict[str, t.Any]]]]:
-        """The written columns among ``names``, and what turns rows of just
-        them into dicts of their values as ``read()`` gives them (a fold
-        reads only the fields rollups count)."""
-        chosen = [name for name in self.written if name in names]
-        readers = [_READERS[_FIELD_BY_NAME[name].type] for name in chosen]
-
-        def convert(rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
-            return [dict(zip(chosen, map(_apply, readers, row), strict=True)) for row in rows]
-
-        return chosen, convert
-
     def convert(self, rows: t.Iterable[t.Sequence[t.Any]]) -> list[dict[str, t.Any]]:
         """Rows of the written columns (in :attr:`written` order) as dicts
         keyed by :attr:`fields`, values as ``read()`` gives them."""
@@ -209,14 +195,7 @@ class TableIO:
         """:func:`~flask_traffic.query.is_error` as SQL, on the columns there:
         the database skips the rows that did not fail (through the errors
         index, where the table has it: :func:`.sqlschema.errors_index`)."""
-        if {"response_status_code", "response_exception"} <= self._written_set:
-            return failed(self.table)
-        tests: list[sa.ColumnElement[bool]] = []
-        if "response_status_code" in self._written_set:
-            tests.append(self.table.c["response_status_code"] >= ERROR_STATUS)
-        if "response_exception" in self._written_set:
-            tests.append(self.table.c["response_exception"].is_not(None))
-        return sa.or_(*tests) if tests else sa.false()
+        return failed(self.table, self._written_set)
 
     def _equals(self, name: str, value: t.Any) -> sa.ColumnElement[bool]:
         if name not in self._written_set:

@@ -146,14 +146,18 @@ def summary_index(table: sa.Table) -> sa.Index:
 ERROR_STATUS = 500
 
 
-def failed(table: sa.Table) -> sa.ColumnElement[bool]:
-    """A request of ``table`` failed: a 5xx answer, or an exception. The
-    status is written out, not bound: SQLite uses a partial index only for a
-    query whose test is the index's own, word for word (:func:`errors_index`)."""
-    return sa.or_(
-        table.c["response_status_code"] >= sa.literal_column(str(ERROR_STATUS)),
-        table.c["response_exception"].is_not(None),
-    )
+def failed(table: sa.Table, columns: t.Collection[str] | None = None) -> sa.ColumnElement[bool]:
+    """A request of ``table`` failed: a 5xx answer, or an exception, tested
+    on those of the two ``columns`` (all of the table's without it) has; no
+    row fails without either. The status is written out, not bound: SQLite
+    uses a partial index only for a query whose test is the index's own,
+    word for word (:func:`errors_index`)."""
+    tests: list[sa.ColumnElement[bool]] = []
+    if columns is None or "response_status_code" in columns:
+        tests.append(table.c["response_status_code"] >= sa.literal_column(str(ERROR_STATUS)))
+    if columns is None or "response_exception" in columns:
+        tests.append(table.c["response_exception"].is_not(None))
+    return sa.or_(*tests) if tests else sa.false()
 
 
 def errors_index(table: sa.Table) -> sa.Index:
