@@ -297,19 +297,21 @@ class SQLStore(SQLTableStore):
 
         if not columns.issuperset(needed):
             return
-        table_name = self.database_log_table.name
-        indexed = tuple(column.name for column in index.columns)
-        # The date index has the errors index's columns: that one counts by name.
-        by_columns = index is not self._errors_index
+        from .sqlschema import find_index
+
+        table = self.database_log_table
+        indexed = [column.name for column in index.columns]
 
         def there(connection: sa.Connection) -> bool:
-            for found in sa.inspect(connection).get_indexes(table_name):
-                if found["name"] == index.name:
-                    return True
-                # A model's own index of the same columns counts too.
-                if by_columns and tuple(found["column_names"]) == indexed:
-                    return True
-            return False
+            names = {found["name"] for found in sa.inspect(connection).get_indexes(table.name)}
+            if index.name in names:
+                return True
+            # A model's own index of the same columns counts too; not for the
+            # errors index, partial, whose column the date index has.
+            return (
+                index is not self._errors_index
+                and find_index(connection, table, indexed) is not None
+            )
 
         with engine.connect() as connection:
             if there(connection):
