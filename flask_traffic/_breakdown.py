@@ -21,19 +21,19 @@ from datetime import datetime, timezone
 from .query import iso_text
 from .rollups import UNITS, Unit, from_microseconds
 from .stores._rolluphistograms import merged_routes
-from .summary import HISTOGRAM_MAX_INDEX, bucket_unit, histogram_index, percentiles, status_classes
+from .summary import (
+    BUCKET_TEXT,
+    HISTOGRAM_MAX_INDEX,
+    bucket_unit,
+    histogram_index,
+    percentiles,
+    status_classes,
+)
 
 __all__ = ["BreakdownBuilder"]
 
 _UTC = timezone.utc
 _SIZE = HISTOGRAM_MAX_INDEX + 1
-# Length of the ISO 8601 text that names a minute, an hour, a day, and what
-# completes it into the bucket's start (as summary() names its buckets).
-_PREFIX: dict[Unit, tuple[int, str]] = {
-    "minute": (16, ":00+00:00"),
-    "hour": (13, ":00:00+00:00"),
-    "day": (10, "T00:00:00+00:00"),
-}
 
 
 class _Figures:
@@ -82,7 +82,7 @@ class BreakdownBuilder:
         self.since = since
         self.until = until
         self.unit = unit
-        self._size = _PREFIX[unit or "hour"][0]
+        self._size = BUCKET_TEXT[unit or "hour"][0]
         self._buckets: dict[str, _Figures] = {}
         self._overall = _Figures()
         self.first: str | None = None
@@ -188,7 +188,7 @@ class BreakdownBuilder:
             # minute, its edges are whole hours).
             if UNITS.index(unit) < UNITS.index("hour"):
                 unit = "hour"
-        size, suffix = _PREFIX[unit]
+        size, suffix = BUCKET_TEXT[unit]
         grouped = self._buckets
         if size < self._size:
             # Hours fed, counted per day.

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from .query import iso_text
 
 __all__ = [
+    "BUCKET_TEXT",
     "HISTOGRAM_BASE_MS",
     "HISTOGRAM_LOG_RATIO",
     "HISTOGRAM_MAX_INDEX",
@@ -91,9 +92,14 @@ _HOURS_UP_TO = timedelta(days=3)
 _SECRET = secrets.token_bytes(16)
 
 BucketUnit = t.Literal["minute", "hour", "day"]
-# Length of the ISO 8601 prefix that names a minute, an hour, a day.
-_PREFIX = {"minute": 16, "hour": 13, "day": 10}
-_SUFFIX = {"minute": ":00+00:00", "hour": ":00:00+00:00", "day": "T00:00:00+00:00"}
+#: Per bucket size: the length of the ISO 8601 prefix that names a minute,
+#: an hour, a day, and what completes it into the bucket's start, as
+#: ``requests_per_bucket`` names its buckets.
+BUCKET_TEXT: dict[BucketUnit, tuple[int, str]] = {
+    "minute": (16, ":00+00:00"),
+    "hour": (13, ":00:00+00:00"),
+    "day": (10, "T00:00:00+00:00"),
+}
 
 
 def histogram_index(ms: float) -> int:
@@ -340,11 +346,10 @@ class SummaryBuilder:
         }
 
     def _buckets(self, unit: BucketUnit) -> list[dict[str, t.Any]]:
-        size = _PREFIX[unit]
+        size, suffix = BUCKET_TEXT[unit]
         rolled: defaultdict[str, float] = defaultdict(float)
         for minute, weight in self.minutes.items():
             rolled[minute[:size]] += weight
-        suffix = _SUFFIX[unit]
         return [
             {"start": key + suffix, "count": round(weight)}
             for key, weight in sorted(rolled.items())
