@@ -27,6 +27,7 @@ from .summary import (
     bucket_unit,
     histogram_index,
     percentiles,
+    sample_weight,
     status_classes,
 )
 
@@ -104,9 +105,7 @@ class BreakdownBuilder:
         total = 0.0
         first, last = self.first, self.last
         for row in rows:
-            rate = row.get("request_sample_rate")
-            # A record kept with sample rate r stands for 1/r requests.
-            weight = 1.0 if not rate else 1.0 / rate
+            weight = sample_weight(row.get("request_sample_rate"))
             status = row.get("response_status_code")
             ms = row.get("response_time")
             index = None if ms is None else histogram_index(ms)

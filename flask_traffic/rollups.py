@@ -40,7 +40,14 @@ from .query import iso_text
 
 if t.TYPE_CHECKING:
     from flask import Flask
-from .summary import TOP_FIELDS, VISITOR_FIELDS, SummaryBuilder, bucket_unit, histogram_index
+from .summary import (
+    TOP_FIELDS,
+    VISITOR_FIELDS,
+    SummaryBuilder,
+    bucket_unit,
+    histogram_index,
+    sample_weight,
+)
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -337,8 +344,7 @@ class RollupDelta:
             if date_text is None:
                 continue
             self.records += 1
-            rate = row.get("request_sample_rate")
-            weight = 1.0 if not rate else 1.0 / rate
+            weight = sample_weight(row.get("request_sample_rate"))
             moment_at = datetime.fromisoformat(date_text)
             buckets = starts.get(date_text[:16])
             if buckets is None:

@@ -45,6 +45,7 @@ __all__ = [
     "histogram_indexes",
     "histogram_value",
     "percentiles",
+    "sample_weight",
     "status_classes",
     "visitor_key",
 ]
@@ -153,8 +154,9 @@ def visitor_key(date: str, address: str | None, user_agent: str | None) -> bytes
     return hashlib.blake2b(text, key=salt, digest_size=12).digest()
 
 
-def _weight(rate: float | None) -> float:
-    # A record kept with sample rate r stands for 1/r requests.
+def sample_weight(rate: float | None) -> float:
+    """The requests a record kept with ``request_sample_rate`` ``rate``
+    stands for: ``1 / rate``, 1 for none."""
     return 1.0 if not rate else 1.0 / rate
 
 
@@ -205,7 +207,7 @@ class SummaryBuilder:
         total = 0.0
         first, last = self.first, self.last
         for row in rows:
-            weight = _weight(row.get("request_sample_rate"))
+            weight = sample_weight(row.get("request_sample_rate"))
             if weight != 1.0:
                 self.sampled = True
             total += weight

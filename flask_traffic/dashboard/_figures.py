@@ -24,7 +24,7 @@ from .._breakdown import BreakdownBuilder
 from ..query import Query, is_error
 from ..rollups import Unit
 from ..stores.base import Store
-from ..summary import SummaryBuilder, bucket_unit
+from ..summary import SummaryBuilder, bucket_unit, sample_weight
 from ._params import View
 
 __all__ = ["breakdown", "filtered_summary", "records", "scan_view"]
@@ -126,9 +126,7 @@ class _Errors:
             }
         else:
             group["first"] = date
-        rate = slim["request_sample_rate"]
-        # A record kept with sample rate r stands for 1/r requests.
-        self.weights[key] += 1.0 if not rate else 1.0 / rate
+        self.weights[key] += sample_weight(slim["request_sample_rate"])
 
     def result(self) -> list[dict[str, t.Any]]:
         found = [{**group, "count": round(self.weights[key])} for key, group in self.groups.items()]
