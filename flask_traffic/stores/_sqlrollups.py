@@ -142,14 +142,15 @@ class SQLRollups:
             time.sleep(0.1)
             metadata.create_all(engine, checkfirst=True)
         self._upsert_sums = make_upsert(self.engine.dialect, self.sums, {"weight": "add"})
-        #: Hours and days folded while open, to compact once over.
-        self._open: set[tuple[Unit, datetime]] = set()
-        self.unfinished = False
         self._upsert_buckets = make_upsert(
             self.engine.dialect,
             self.buckets,
             {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
         )
+        #: Hours and days folded while open, to compact once over.
+        self._open: set[tuple[Unit, datetime]] = set()
+        #: Whether the last fold stopped at its budget with more to fold.
+        self.unfinished = False
 
     # -- folding ---------------------------------------------------------------
 
