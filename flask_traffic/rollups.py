@@ -232,6 +232,13 @@ class WindowPlan(t.NamedTuple):
     kept: list[Piece]
     #: Those past their bucket size's retention, read from the records.
     expired: list[Piece]
+    #: The fewest kept buckets that hold the same folded records as
+    #: ``kept``: days where the window's buckets are hours, and the day of
+    #: an edge past which nothing is folded. The window's figures (statuses,
+    #: routes, top lists, histograms, visitors) are read from these, its
+    #: counts per bucket from ``kept``. ``kept`` itself where a bucket of
+    #: the window is past retention.
+    whole: list[Piece]
 
 
 def plan_window(
@@ -267,7 +274,34 @@ def plan_window(
         if (cutoff := retention.cutoff(piece.unit, now)) is None or piece.start >= cutoff
     ]
     expired = [piece for piece in found if piece not in kept]
-    return WindowPlan(since, until, found, kept, expired)
+    whole = kept
+    if found and not expired and start is not None and end is not None:
+        whole = _whole(start, end, first, last, retention, now) or kept
+    return WindowPlan(since, until, found, kept, expired, whole)
+
+
+def _whole(
+    start: datetime,
+    end: datetime,
+    first: datetime | None,
+    last: datetime | None,
+    retention: RollupRetention,
+    now: datetime,
+) -> list[Piece] | None:
+    """:attr:`WindowPlan.whole` of the window from ``start`` to ``end``
+    (whole hours); ``None`` where a bucket of it is past retention."""
+    # Nothing folded before the window's start (or after its end): the
+    # day bucket it falls in holds only the window's records.
+    if first is not None and first >= start:
+        start = bucket_start(start, "day")
+    if last is not None and last < end:
+        end = _ceil(end, "day")
+    chosen = pieces(start, end, "day")
+    for piece in chosen:
+        cutoff = retention.cutoff(piece.unit, now)
+        if cutoff is not None and piece.start < cutoff:
+            return None
+    return chosen
 
 
 def plan_folded(

@@ -31,6 +31,7 @@ from flask_traffic.rollups import (
     count_visitors,
     feed,
     pieces,
+    plan_window,
     visitor_hash,
 )
 from flask_traffic.stores import (
@@ -205,6 +206,76 @@ def test_pieces_expected(
     """A few windows cut into exactly the pieces one would by hand."""
     found = check_pieces(at(since), at(until), coarsest)
     assert found == [Piece(unit, at(start), at(end)) for unit, start, end in expected]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "first", "last", "whole"),
+    [
+        # A day counted per hour up to the last folded hour: the figures
+        # come from the evening's hours and the whole of today's day.
+        (
+            "2026-11-29T20:17",
+            None,
+            "2026-11-01T00:00",
+            "2026-11-30T09:13",
+            [
+                ("hour", "2026-11-29T20:00", "2026-11-30T00:00"),
+                ("day", "2026-11-30T00:00", "2026-12-01T00:00"),
+            ],
+        ),
+        # Something folded after the window's end: its last hours stay hours.
+        (
+            "2026-11-29T20:17",
+            "2026-11-30T09:05",
+            "2026-11-01T00:00",
+            "2026-11-30T11:00",
+            [("hour", "2026-11-29T20:00", "2026-11-30T10:00")],
+        ),
+        # Nothing folded before the window's start: its first day whole.
+        (
+            "2026-11-29T20:17",
+            "2026-11-30T09:05",
+            "2026-11-29T21:30",
+            "2026-11-30T11:00",
+            [
+                ("day", "2026-11-29T00:00", "2026-11-30T00:00"),
+                ("hour", "2026-11-30T00:00", "2026-11-30T10:00"),
+            ],
+        ),
+        # The whole store: whole days.
+        (
+            None,
+            None,
+            "2026-11-27T05:01",
+            "2026-11-30T09:13",
+            [("day", "2026-11-27T00:00", "2026-12-01T00:00")],
+        ),
+    ],
+)
+def test_a_window_counted_per_hour_takes_its_figures_from_the_fewest_buckets(
+    since: str | None, until: str | None, first: str, last: str, whole: list[tuple[Unit, str, str]]
+) -> None:
+    """Its counts per hour come from hours; the rest from days wherever a
+    day bucket holds only records of the window."""
+    plan = plan_window(
+        None if since is None else at(since),
+        None if until is None else at(until),
+        at(first),
+        at(last),
+        RollupRetention(),
+        now=at("2026-11-30T12:00"),
+    )
+    assert plan is not None
+    assert {piece.unit for piece in plan.kept} == {"hour"} or since is None
+    assert plan.whole == [Piece(unit, at(start), at(end)) for unit, start, end in whole]
+    # Hours past retention: every figure comes from the buckets the counts do.
+    short = RollupRetention(hour=timedelta(hours=10))
+    plan = plan_window(
+        at("2026-11-29T20:17"), None, at(first), at(last), short, now=at("2026-11-30T12:00")
+    )
+    assert plan is not None
+    assert plan.expired
+    assert plan.whole == plan.kept
 
 
 # -- HyperLogLog -------------------------------------------------------------

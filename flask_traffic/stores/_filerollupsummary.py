@@ -133,7 +133,7 @@ def _summarize(
 ) -> _Feeder:
     """Feed ``builder`` the kept buckets of ``plan``; what then feeds it
     the records read besides."""
-    since, until, found, kept, _ = plan
+    since, until, found, kept = plan.since, plan.until, plan.found, plan.kept
     builder.since, builder.until = since or builder.since, until or builder.until
     sketches: list[tuple[Unit, datetime, bytes]] = []
     approximate: set[str] = set()

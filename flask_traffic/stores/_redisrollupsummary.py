@@ -75,7 +75,7 @@ def summarize(
     if read is None:
         return None
     position, plan, buckets, replies, day_keys = read
-    since, until, found, _, expired = plan
+    since, until, found, expired = plan.since, plan.until, plan.found, plan.expired
     builder.since, builder.until = since or builder.since, until or builder.until
     approximate = _feed(builder, buckets, replies)
     day_counts = {
