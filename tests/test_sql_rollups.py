@@ -476,12 +476,20 @@ def test_a_worker_folds_a_backlog_between_batches_and_drops_nothing(
     old.shutdown()
 
 
+@pytest.mark.parametrize("how", ["rebuild", "backlog"])
 def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
-    tmp_path: Path, request: pytest.FixtureRequest
+    how: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A rebuild's upserts and compactions leave dead rows that a summary's
-    # index scans step over until autovacuum comes: the rebuild vacuums.
+    # index scans step over until autovacuum comes: the rebuild vacuums,
+    # and so does a fold of a backlog (here 2,000 rows stand for 100,000).
+    # The traffic table is analyzed too, so that the records after the fold
+    # position are found by their id.
     import sqlalchemy as sa
+
+    from flask_traffic.stores import _sqlrollups
+
+    monkeypatch.setattr(_sqlrollups, "_VACUUM_AFTER", 2000)
 
     store = SQLStore(
         sync=True,
@@ -495,21 +503,30 @@ def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
         tables = store._rollup_tables()
         assert tables is not None
         tables.settle = 0.0
-        assert store.rebuild_rollups() == 2000
+        if how == "rebuild":
+            assert store.rebuild_rollups() == 2000
+        else:
+            assert store.fold() == 2000
         engine = store.database_engine
         assert engine is not None
         with engine.connect() as connection:
             vacuumed = connection.execute(
                 sa.text(
-                    "SELECT relname, n_dead_tup, last_vacuum FROM pg_stat_user_tables "
-                    "WHERE relname IN (:sums, :buckets)"
+                    "SELECT relname, n_dead_tup, last_vacuum, last_analyze "
+                    "FROM pg_stat_user_tables WHERE relname IN (:sums, :buckets, :raw)"
                 ),
-                {"sums": tables.sums.name, "buckets": tables.buckets.name},
+                {
+                    "sums": tables.sums.name,
+                    "buckets": tables.buckets.name,
+                    "raw": store.database_log_table.name,
+                },
             ).all()
-        assert len(vacuumed) == 2
-        for name, dead, last in vacuumed:
-            assert last is not None, name
-            assert dead == 0, name
+        assert len(vacuumed) == 3
+        for name, dead, vacuumed_at, analyzed_at in vacuumed:
+            assert analyzed_at is not None, name
+            if name != store.database_log_table.name:
+                assert vacuumed_at is not None, name
+                assert dead == 0, name
         raw = SQLStore(
             sync=True,
             rollups=False,
@@ -523,3 +540,44 @@ def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
     finally:
         drop_tables(store)
         store.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_a_path_the_rollups_rank_below_the_top_ten_rises_with_the_records_not_yet_folded(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The database hands over only the values of a top list that can
+    rank; those the records read besides lift into it are among them."""
+    options: dict[str, str] = {"database_table_name": unique_name()}
+    if kind != "sqlite":
+        options["database_url"] = database_url(kind, request)
+    rolled = SQLStore(sync=True, rollups=True, **options)
+    Traffic(make_app(tmp_path), stores=rolled)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
+    Traffic(make_app(tmp_path), stores=raw)
+    rng = random.Random(3)
+    at = START + timedelta(hours=5)
+    # /t0 30 times down to /t11 19 times: /t10 and /t11 rank 11th and 12th.
+    folded = [
+        random_record(rng, at + timedelta(seconds=n + rank / 100), f"/t{rank}")
+        for rank in range(12)
+        for n in range(30 - rank)
+    ]
+    rolled.export(folded)
+    assert rolled._rollup_tables() is not None
+    rolled._rollup_tables().settle = 0.0  # type: ignore[union-attr]
+    assert rolled.fold() == len(folded)
+    # Six more of /t11, written after the fold: 25 in all, fifth.
+    rolled.export(
+        [random_record(rng, at + timedelta(minutes=40, seconds=n), "/t11") for n in range(6)]
+    )
+    since, until = START, START + timedelta(days=1)
+    got = rolled.summary(since, until)
+    assert got["source"]["source"] == "rollups"
+    assert got["source"]["raw_records"] == 6
+    want = raw.summary(since, until)
+    assert got["top_paths"] == want["top_paths"]
+    assert {"value": "/t11", "count": 25} in got["top_paths"]
+    assert counts(got) == counts(want)
+    if kind != "sqlite":
+        drop_tables(rolled)
