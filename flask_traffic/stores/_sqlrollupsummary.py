@@ -165,17 +165,20 @@ def _feed_rollups(
     whole: list[Piece],
     slack: float,
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the sums of the buckets of ``kept`` (of the top
-    lists, the values that can rank when records weighing up to ``slack``
-    are added), and the histograms and first and last requests of the same
-    records from the buckets of ``whole``; return the visitor sketches of
-    those, and the top lists some bucket kept only the leaders of.
-
-    Sums come from ``kept`` because a day's bucket still under way keeps
-    every path and referrer of the day so far, where its hours keep their
-    leaders only: the hours are fewer rows."""
+    """Feed ``builder`` the total of each bucket of ``kept``, the other
+    sums of the same records (of the top lists, the values that can rank
+    when records weighing up to ``slack`` are added), and their histograms
+    and first and last requests from the buckets of ``whole``; return the
+    visitor sketches of those, and the top lists some bucket kept only the
+    leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
-    totals = connection.execute(_totals(connection, sums, kept, slack)).all()
+    # A day still under way keeps every path and referrer of the day so
+    # far, where its hours keep their leaders: a window counted per hour
+    # sums its hours (a day: 4,400 values from 25 hours, against 7,700
+    # from 4 hours and the day), one counted per day its days (a month:
+    # 68 ms from 31 days, against 91 from 30 days and 21 hours).
+    per_day = any(piece.unit == "day" for piece in kept)
+    totals = connection.execute(_totals(connection, sums, whole if per_day else kept, slack)).all()
     per_bucket = connection.execute(
         sa.select(sums.c.start, sums.c.weight).where(_within(sums, kept), sums.c.part == "total")
     ).all()
