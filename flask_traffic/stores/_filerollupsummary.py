@@ -138,7 +138,7 @@ def _summarize(
     sketches: list[tuple[Unit, datetime, bytes]] = []
     approximate: set[str] = set()
     if kept:
-        sketches, approximate = _feed_rollups(connection, builder, kept)
+        sketches, approximate = _feed_rollups(connection, builder, plan)
     return lambda rows: add_records(
         builder,
         rows,
@@ -216,17 +216,20 @@ def _rows(
 
 
 def _feed_rollups(
-    connection: sqlite3.Connection, builder: SummaryBuilder, found: list[Piece]
+    connection: sqlite3.Connection, builder: SummaryBuilder, plan: WindowPlan
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the sums and histograms of the buckets of ``found``
-    (hours and days); return their visitor sketches, and the top lists some
-    bucket kept only the leaders of."""
-    test, values = _within(found)
+    """Feed ``builder`` the total of each kept bucket of ``plan``, the
+    other sums of the same records from its :attr:`~WindowPlan.summed`
+    buckets, and their histograms and first and last requests from its
+    ``whole`` ones; return the visitor sketches of those, and the top lists
+    some bucket kept only the leaders of."""
+    test, values = _within(plan.summed)
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
         "GROUP BY part, key",
         values,
     ).fetchall()
+    test, values = _within(plan.kept)
     per_bucket = [
         (datetime.fromisoformat(start), float(weight))
         for start, weight in connection.execute(
@@ -234,6 +237,7 @@ def _feed_rollups(
         )
     ]
     # Each bucket's row once: its span, visitors and histograms.
+    test, values = _within(plan.whole)
     rows = connection.execute(
         f"SELECT unit, start, first_us, last_us, visitors, histograms FROM buckets WHERE {test}",
         values,

@@ -59,9 +59,7 @@ def summarize(
             # A value the rollups rank below the top lists can rise into
             # them by no more than the records read besides weigh.
             slack = math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
-            sketches, approximate = _feed_rollups(
-                rollups, connection, builder, kept, plan.whole, slack
-            )
+            sketches, approximate = _feed_rollups(rollups, connection, builder, plan, slack)
     return add_records(
         builder,
         rows,
@@ -161,26 +159,21 @@ def _feed_rollups(
     rollups: SQLRollups,
     connection: sa.Connection,
     builder: SummaryBuilder,
-    kept: list[Piece],
-    whole: list[Piece],
+    plan: WindowPlan,
     slack: float,
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the total of each bucket of ``kept``, the other
-    sums of the same records (of the top lists, the values that can rank
-    when records weighing up to ``slack`` are added), and their histograms
-    and first and last requests from the buckets of ``whole``; return the
-    visitor sketches of those, and the top lists some bucket kept only the
-    leaders of."""
+    """Feed ``builder`` the total of each kept bucket of ``plan``, the
+    other sums of the same records from its :attr:`~WindowPlan.summed`
+    buckets (of the top lists, the values that can rank when records
+    weighing up to ``slack`` are added), and their histograms and first
+    and last requests from its ``whole`` ones; return the visitor sketches
+    of those, and the top lists some bucket kept only the leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
-    # A day still under way keeps every path and referrer of the day so
-    # far, where its hours keep their leaders: a window counted per hour
-    # sums its hours (a day: 4,400 values from 25 hours, against 7,700
-    # from 4 hours and the day), one counted per day its days (a month:
-    # 68 ms from 31 days, against 91 from 30 days and 21 hours).
-    per_day = any(piece.unit == "day" for piece in kept)
-    totals = connection.execute(_totals(connection, sums, whole if per_day else kept, slack)).all()
+    totals = connection.execute(_totals(connection, sums, plan.summed, slack)).all()
     per_bucket = connection.execute(
-        sa.select(sums.c.start, sums.c.weight).where(_within(sums, kept), sums.c.part == "total")
+        sa.select(sums.c.start, sums.c.weight).where(
+            _within(sums, plan.kept), sums.c.part == "total"
+        )
     ).all()
     # Each bucket's row once: its span, visitors and histograms.
     rows = connection.execute(
@@ -191,7 +184,7 @@ def _feed_rollups(
             buckets.c.last_us,
             buckets.c.visitors,
             buckets.c.histograms,
-        ).where(_within(buckets, whole))
+        ).where(_within(buckets, plan.whole))
     ).all()
     span = (
         min((int(row[2]) for row in rows), default=None),
