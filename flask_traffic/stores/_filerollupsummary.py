@@ -218,18 +218,16 @@ def _rows(
 def _feed_rollups(
     connection: sqlite3.Connection, builder: SummaryBuilder, plan: WindowPlan
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the total of each kept bucket of ``plan``, the
-    other sums of the same records from its :attr:`~WindowPlan.summed`
-    buckets, and their histograms and first and last requests from its
-    ``whole`` ones; return the visitor sketches of those, and the top lists
-    some bucket kept only the leaders of."""
+    """Feed ``builder`` the sums of the :attr:`~WindowPlan.summed` buckets
+    of ``plan``, and the histograms and first and last requests of the same
+    records from its ``whole`` ones; return the visitor sketches of those,
+    and the top lists some bucket kept only the leaders of."""
     test, values = _within(plan.summed)
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
         "GROUP BY part, key",
         values,
     ).fetchall()
-    test, values = _within(plan.kept)
     per_bucket = [
         (datetime.fromisoformat(start), float(weight))
         for start, weight in connection.execute(

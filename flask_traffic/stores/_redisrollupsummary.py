@@ -71,7 +71,7 @@ def summarize(
     ``DEL``, in one ``MULTI``), so a visitor seen in both counts once. The
     position and the buckets are read under ``WATCH`` of the position, so
     a fold meanwhile cannot count an entry twice."""
-    read = _read(rollups, query, visitors=True)
+    read = _read(rollups, query, summary=True)
     if read is None:
         return None
     position, plan, buckets, replies, day_keys = read
@@ -99,7 +99,7 @@ def breakdown(
     :func:`summarize` reads it: each kept bucket's total, status sums and
     histograms, and the entries it does not hold. Returns the source;
     ``None``, having fed nothing, where a summary reads the entries."""
-    read = _read(rollups, query, visitors=False)
+    read = _read(rollups, query, summary=False)
     if read is None:
         return None
     position, plan, buckets, replies, _ = read
@@ -136,11 +136,12 @@ class _Read(t.NamedTuple):
     day_keys: dict[datetime, set[str]]
 
 
-def _read(rollups: RedisRollups, query: Query, *, visitors: bool) -> _Read | None:
-    """The plan of the window of ``query`` and its kept buckets' fields
-    (and, with ``visitors``, each day's visitors), read under ``WATCH`` of
-    the position, so a fold meanwhile cannot count an entry twice; ``None``
-    where the entries are to be read instead."""
+def _read(rollups: RedisRollups, query: Query, *, summary: bool) -> _Read | None:
+    """The plan of the window of ``query`` and the fields of its buckets:
+    for a ``summary``, of the fewest that hold it (:attr:`WindowPlan.summed`),
+    then each day's visitors; else of each kept one (a breakdown's). Read
+    under ``WATCH`` of the position, so a fold meanwhile cannot count an
+    entry twice; ``None`` where the entries are to be read instead."""
     import redis
 
     while True:
@@ -160,9 +161,9 @@ def _read(rollups: RedisRollups, query: Query, *, visitors: bool) -> _Read | Non
                 if plan is None:
                     # Counted per minute: the entries are read.
                     return None
-                buckets = _starts(rollups, plan.kept)
+                buckets = _starts(rollups, plan.summed if summary else plan.kept)
                 pipe.multi()
-                day_keys = _queue_reads(rollups, pipe, buckets, visitors=visitors)
+                day_keys = _queue_reads(rollups, pipe, buckets, visitors=summary)
                 replies = pipe.execute()
             except redis.WatchError:
                 continue

@@ -162,18 +162,17 @@ def _feed_rollups(
     plan: WindowPlan,
     slack: float,
 ) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the total of each kept bucket of ``plan``, the
-    other sums of the same records from its :attr:`~WindowPlan.summed`
-    buckets (of the top lists, the values that can rank when records
-    weighing up to ``slack`` are added), and their histograms and first
-    and last requests from its ``whole`` ones; return the visitor sketches
-    of those, and the top lists some bucket kept only the leaders of."""
+    """Feed ``builder`` the sums of the :attr:`~WindowPlan.summed` buckets
+    of ``plan`` (of the top lists, the values that can rank when records
+    weighing up to ``slack`` are added), and the histograms and first and
+    last requests of the same records from its ``whole`` ones; return the
+    visitor sketches of those, and the top lists some bucket kept only the
+    leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
-    totals = connection.execute(_totals(connection, sums, plan.summed, slack)).all()
+    summed = plan.summed
+    totals = connection.execute(_totals(connection, sums, summed, slack)).all()
     per_bucket = connection.execute(
-        sa.select(sums.c.start, sums.c.weight).where(
-            _within(sums, plan.kept), sums.c.part == "total"
-        )
+        sa.select(sums.c.start, sums.c.weight).where(_within(sums, summed), sums.c.part == "total")
     ).all()
     # Each bucket's row once: its span, visitors and histograms.
     rows = connection.execute(
