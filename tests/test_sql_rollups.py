@@ -581,3 +581,42 @@ def test_a_path_the_rollups_rank_below_the_top_ten_rises_with_the_records_not_ye
     assert counts(got) == counts(want)
     if kind != "sqlite":
         drop_tables(rolled)
+
+
+def test_postgresqls_upsert_of_many_rows_adds_up_rows_of_one_key(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL's sums are upserted in one statement (``unnest``), which
+    may not touch a row twice: two rows of one key in a fold (two keys of
+    one hash) add up as two statements would, and a row already there is
+    added to."""
+    import sqlalchemy as sa
+
+    from flask_traffic.stores._sqlinsert import make_upsert
+
+    store = SQLStore(
+        sync=True,
+        rollups=True,
+        database_table_name=unique_name(),
+        database_url=database_url("postgresql", request),
+    )
+    Traffic(make_app(tmp_path), stores=store)
+    try:
+        tables = store._rollup_tables()
+        assert tables is not None
+        engine = store.database_engine
+        assert engine is not None
+        upsert = make_upsert(engine.dialect, tables.sums, {"weight": "add"})
+        row = {"unit": "hour", "start": START, "part": "top_paths", "key_hash": 7, "key": "/a"}
+        with engine.begin() as connection:
+            upsert(connection, [{**row, "weight": 1.5}, {**row, "weight": 2.0}])
+            upsert(connection, [{**row, "weight": 0.25}, {**row, "key_hash": 8, "weight": 1.0}])
+            found = connection.execute(
+                sa.select(tables.sums.c.key_hash, tables.sums.c.weight).order_by(
+                    tables.sums.c.key_hash
+                )
+            ).all()
+        assert [tuple(item) for item in found] == [(7, 3.75), (8, 1.0)]
+    finally:
+        drop_tables(store)
+        store.shutdown()
