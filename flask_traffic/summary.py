@@ -402,17 +402,29 @@ def percentiles(histogram: Mapping[int, float] | None) -> dict[str, float | None
     total = sum(histogram.values())
     found: dict[str, float | None] = {}
     ordered = sorted(histogram.items())
-    for name, share in _PERCENTILES:
-        target = share * total
-        running = 0.0
-        for index, weight in ordered:
-            running += weight
-            if running >= target:
-                found[name] = round(histogram_value(index), 3)
-                break
-        else:
-            found[name] = round(histogram_value(ordered[-1][0]), 3)
+    # One walk for the three (a summary has one histogram per route): the
+    # running sums are those a walk per percentile would add up.
+    wanted = iter(_PERCENTILES)
+    name, share = next(wanted)
+    running = 0.0
+    for index, weight in ordered:
+        running += weight
+        while running >= share * total:
+            found[name] = _ROUNDED_VALUES[index]
+            step = next(wanted, None)
+            if step is None:
+                return found
+            name, share = step
+    for name, _ in _PERCENTILES:
+        found.setdefault(name, _ROUNDED_VALUES[ordered[-1][0]])
     return found
+
+
+#: ``histogram_value`` of each index, rounded to the microsecond as a
+#: summary gives it.
+_ROUNDED_VALUES = tuple(
+    round(histogram_value(index), 3) for index in range(HISTOGRAM_MAX_INDEX + 1)
+)
 
 
 def _parse(text: str) -> datetime:
