@@ -27,6 +27,7 @@ equal the raw summary's; visitors are within about 1.6 %.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import typing as t
@@ -41,6 +42,7 @@ from .query import iso_text
 if t.TYPE_CHECKING:
     from flask import Flask
 from .summary import (
+    TOP,
     TOP_FIELDS,
     VISITOR_FIELDS,
     SummaryBuilder,
@@ -54,6 +56,7 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "LEADER_MARGIN",
     "PARTS",
     "ROLLUP_FIELDS",
     "UNITS",
@@ -67,6 +70,7 @@ __all__ = [
     "count_visitors",
     "feed",
     "from_microseconds",
+    "leaders",
     "pieces",
     "plan_folded",
     "plan_window",
@@ -447,6 +451,37 @@ class RollupDelta:
                     if sketch is None:
                         sketch = visitors[bucket] = HyperLogLog()
                     sketch.add(hashed)
+
+
+#: How far below the ``TOP``-th weight a value of a top list is kept by
+#: :func:`leaders`, besides its slack: more than the summary's ranking
+#: rounds weights by (6 places), so a value left out ranks below the
+#: ``TOP`` even where rounding ties weights.
+LEADER_MARGIN = 1e-5
+
+_K = t.TypeVar("_K")
+
+
+def leaders(sums: Iterable[tuple[str, _K, float]], slack: float) -> list[tuple[str, _K, float]]:
+    """Of a window's ``(part, key, weight)`` sums, those a summary can show:
+    all but the values of a top list (``TOP_FIELDS``) weighing less than
+    its ``TOP``-th by more than ``slack`` (the records the summary adds
+    besides) and :data:`LEADER_MARGIN`. A month holds some 9,000 paths and
+    referrers, of which the summary shows ten each; the rest need not be
+    decoded and counted."""
+    found = list(sums)
+    weights: defaultdict[str, list[float]] = defaultdict(list)
+    for part, _, weight in found:
+        if part in TOP_FIELDS:
+            weights[part].append(weight)
+    floors = {
+        part: heapq.nlargest(TOP, values)[-1] - slack - LEADER_MARGIN
+        for part, values in weights.items()
+        if len(values) > TOP
+    }
+    if not floors:
+        return found
+    return [row for row in found if (floor := floors.get(row[0])) is None or row[2] >= floor]
 
 
 def feed(

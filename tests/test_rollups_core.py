@@ -30,6 +30,7 @@ from flask_traffic.rollups import (
     Unit,
     count_visitors,
     feed,
+    leaders,
     pieces,
     plan_window,
     visitor_hash,
@@ -276,6 +277,41 @@ def test_a_window_counted_per_hour_takes_its_figures_from_the_fewest_buckets(
     assert plan is not None
     assert plan.expired
     assert plan.whole == plan.kept
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_top_lists_leaders_give_the_summary_of_every_value(seed: int) -> None:
+    """Values a summary's top lists leave out, given the records it adds
+    besides: the top lists are those of every value, ties and sampled
+    weights (thirds) included."""
+    rng = random.Random(seed)
+    step = rng.choice([1.0, 1 / 3, 0.5])
+    sums = [
+        (part, f"/v{n}", step * rng.randint(1, 12))
+        for part in ("top_paths", "top_referrers")
+        for n in range(rng.randint(5, 60))
+    ]
+    sums += [("route", '"/r"', 7.0), ("status", "200", 9.0)]
+    rows: list[Row] = [
+        {"request_path": f"/v{rng.randrange(70)}", "request_sample_rate": rng.choice([1.0, 0.5])}
+        for _ in range(rng.randint(0, 15))
+    ]
+    slack = sum(1 / row["request_sample_rate"] for row in rows)
+    kept = leaders(sums, slack)
+    assert ("route", '"/r"', 7.0) in kept
+    found = []
+    for chosen in (sums, kept):
+        builder = SummaryBuilder(None, None, ROLLUP_FIELDS)
+        feed(builder, chosen, [], (None, None), None)
+        builder.add_rows(rows)
+        result = builder.result()
+        found.append((result["top_paths"], result["top_referrers"]))
+    assert found[0] == found[1]
+    # And what it is for: of 100 values of distinct weights, the ten.
+    distinct = [("top_paths", f"/d{n}", float(n)) for n in range(100)]
+    assert sorted(weight for _, _, weight in leaders(distinct, 0.0)) == [
+        float(n) for n in range(90, 100)
+    ]
 
 
 # -- HyperLogLog -------------------------------------------------------------

@@ -18,9 +18,10 @@ from ..rollups import (
     Unit,
     WindowPlan,
     feed,
+    leaders,
     plan_folded,
 )
-from ..summary import SummaryBuilder
+from ..summary import SummaryBuilder, sample_weight
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
 from ._rolluphistograms import feed_histograms
@@ -137,19 +138,28 @@ def _summarize(
     builder.since, builder.until = since or builder.since, until or builder.until
     sketches: list[tuple[Unit, datetime, bytes]] = []
     approximate: set[str] = set()
+    feed_sums: t.Callable[[float], None] | None = None
     if kept:
-        sketches, approximate = _feed_rollups(connection, builder, plan)
-    return lambda rows: add_records(
-        builder,
-        rows,
-        found,
-        sketches,
-        approximate,
-        rollups.secret,
-        since,
-        until,
-        packed=False,
-    )
+        sketches, approximate, feed_sums = _feed_rollups(connection, builder, plan)
+
+    def feed_records(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+        if feed_sums is not None:
+            # A value the sums rank below the top lists can rise into them
+            # by no more than the records read besides weigh.
+            feed_sums(math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows))
+        return add_records(
+            builder,
+            rows,
+            found,
+            sketches,
+            approximate,
+            rollups.secret,
+            since,
+            until,
+            packed=False,
+        )
+
+    return feed_records
 
 
 def _raw_rows(
@@ -217,11 +227,12 @@ def _rows(
 
 def _feed_rollups(
     connection: sqlite3.Connection, builder: SummaryBuilder, plan: WindowPlan
-) -> tuple[list[tuple[Unit, datetime, bytes]], set[str]]:
-    """Feed ``builder`` the sums of the :attr:`~WindowPlan.summed` buckets
-    of ``plan``, and the histograms and first and last requests of the same
-    records from its ``whole`` ones; return the visitor sketches of those,
-    and the top lists some bucket kept only the leaders of."""
+) -> tuple[list[tuple[Unit, datetime, bytes]], set[str], t.Callable[[float], None]]:
+    """Feed ``builder`` the histograms of the ``whole`` buckets of
+    ``plan``; return their visitor sketches, the top lists some bucket kept
+    only the leaders of, and what feeds it the sums of the
+    :attr:`~WindowPlan.summed` buckets and their first and last requests
+    once the weight of the records read besides is known (:func:`leaders`)."""
     test, values = _within(plan.summed)
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
@@ -244,20 +255,24 @@ def _feed_rollups(
         min((int(row[2]) for row in rows), default=None),
         max((int(row[3]) for row in rows), default=None),
     )
-    weights = [(str(part), decode_key(bytes(key)), float(weight)) for part, key, weight in totals]
-    weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
+    sums = [(str(part), bytes(key), float(weight)) for part, key, weight in totals]
     feed_histograms(builder, (row[5] for row in rows))
     # Top lists some bucket of the window kept only the leaders of.
     approximate = {
-        part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
+        part[len(OTHER) :] for part, _, weight in sums if part.startswith(OTHER) and weight
     }
-    feed(builder, weights, per_bucket, span, None)
     sketches = [
         (unit, datetime.fromisoformat(start), bytes(blob))
         for unit, start, _, _, blob, _ in rows
         if blob is not None
     ]
-    return sketches, approximate
+
+    def feed_sums(slack: float) -> None:
+        weights = [(part, decode_key(key), weight) for part, key, weight in leaders(sums, slack)]
+        weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
+        feed(builder, weights, per_bucket, span, None)
+
+    return sketches, approximate, feed_sums
 
 
 def _within(found: list[Piece]) -> tuple[str, list[str]]:

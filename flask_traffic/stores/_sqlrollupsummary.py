@@ -13,10 +13,12 @@ import sqlalchemy as sa
 
 from ..query import Query
 from ..rollups import (
+    LEADER_MARGIN,
     Piece,
     Unit,
     WindowPlan,
     feed,
+    leaders,
     plan_folded,
 )
 from ..summary import TOP, TOP_FIELDS, SummaryBuilder, sample_weight
@@ -190,7 +192,12 @@ def _feed_rollups(
         max((int(row[3]) for row in rows), default=None),
     )
     sketches = [(row[0], row[1], row[4]) for row in rows if row[4] is not None]
-    weights = [(str(part), decode_text(key), float(weight)) for part, key, weight in totals]
+    weights = [
+        (part, decode_text(key), weight)
+        for part, key, weight in leaders(
+            ((str(part), key, float(weight)) for part, key, weight in totals), slack
+        )
+    ]
     weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
     feed_histograms(builder, (row[5] for row in rows))
     # Top lists some bucket of the window kept only the leaders of.
@@ -220,7 +227,9 @@ def _totals(
     of the 9,000 reach Python, which turns each into objects. A value left
     out weighs less than the ``TOP``-th by more than ``slack``, so it cannot
     rank even with every record read besides. SQLite ranks by sorting in a
-    temporary B-tree, which took it twice as long as the rows it saves."""
+    temporary B-tree, which took it twice as long as the rows it saves:
+    there :func:`~flask_traffic.rollups.leaders` leaves them out in Python,
+    before their keys are decoded."""
     summed = (
         sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight).label("weight"))
         .where(_within(sums, found), sums.c.part != "total")
@@ -247,8 +256,7 @@ def _totals(
         sa.or_(
             placed.c.part.not_in(list(TOP_FIELDS)),
             placed.c.floor.is_(None),
-            # The summary ranks weights rounded to 6 places.
-            placed.c.weight >= placed.c.floor - (slack + 1e-6),
+            placed.c.weight >= placed.c.floor - (slack + LEADER_MARGIN),
         )
     )
 
