@@ -405,3 +405,34 @@ def test_file_rollups_need_no_sqlalchemy() -> None:
         "from flask_traffic.stores import _filerollups, _filerollupsummary\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_path_ranked_below_the_top_ten_rises_with_the_records_not_yet_folded(
+    pair: tuple[FileStore, FileStore],
+) -> None:
+    """Only the top-list values that can rank are decoded and counted;
+    those the records read besides lift into the top ten are among them."""
+    rolled, raw = pair
+    rng = random.Random(3)
+    at = datetime(2026, 11, 27, 5, tzinfo=timezone.utc)
+    # /t0 30 times down to /t11 19 times: /t10 and /t11 rank 11th and 12th.
+    write(
+        rolled,
+        [
+            random_record(rng, at + timedelta(seconds=n + rank / 100), f"/t{rank}")
+            for rank in range(12)
+            for n in range(30 - rank)
+        ],
+    )
+    assert rolled.fold() == sum(30 - rank for rank in range(12))
+    write(
+        rolled,
+        [random_record(rng, at + timedelta(minutes=40, seconds=n), "/t11") for n in range(6)],
+    )
+    since, until = at - timedelta(hours=5), at + timedelta(hours=19)
+    got = rolled.summary(since, until)
+    assert got["source"]["raw_records"] == 6
+    assert {"value": "/t11", "count": 25} in got["top_paths"]
+    want = raw.summary(since, until)
+    assert got["top_paths"] == want["top_paths"]
+    assert counts(got) == counts(want)

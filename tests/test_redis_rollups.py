@@ -581,3 +581,32 @@ def test_a_fold_whose_position_moved_meanwhile_folds_its_chunk_again_once(
         assert calls == 2
         assert store.fold() == 0
         assert_same(store.summary(BASE, BASE + DAY), raw)
+
+
+def test_a_path_ranked_below_the_top_ten_rises_with_the_entries_not_yet_folded(
+    redis_url: str, key: str
+) -> None:
+    """Only the top-list values that can rank are decoded; those the
+    entries read besides lift into the top ten are among them."""
+    store = RedisStore(rollups=True, url=redis_url, event_name=key)
+    raw = RedisStore(url=redis_url, event_name=key, rollups=False)
+    rng = random.Random(3)
+    at = BASE + 5 * HOUR
+    # /t0 30 times down to /t11 19 times: /t10 and /t11 rank 11th and 12th.
+    store.export(
+        [
+            make_record(rng, at + timedelta(seconds=n + rank / 100), f"/t{rank}")
+            for rank in range(12)
+            for n in range(30 - rank)
+        ]
+    )
+    assert store.fold() == sum(30 - rank for rank in range(12))
+    store.export(
+        [make_record(rng, at + timedelta(minutes=40, seconds=n), "/t11") for n in range(6)]
+    )
+    since, until = BASE, BASE + DAY
+    got = store.summary(since, until)
+    assert got["source"]["raw_records"] == 6
+    assert {"value": "/t11", "count": 25} in got["top_paths"]
+    assert got["top_paths"] == raw.summary(since, until)["top_paths"]
+    assert_same(got, raw)

@@ -7,6 +7,7 @@ hour and day buckets hold."""
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import typing as t
 import uuid
@@ -22,10 +23,11 @@ from ..rollups import (
     WindowPlan,
     bucket_start,
     feed,
+    leaders,
     plan_window,
     visitor_hash,
 )
-from ..summary import SummaryBuilder
+from ..summary import SummaryBuilder, sample_weight
 from ._redisentries import lowest_id
 from ._redisrollups import SEPARATOR, seconds_of, text_of
 from ._rolluphistograms import feed_histograms
@@ -77,12 +79,15 @@ def summarize(
     position, plan, buckets, replies, day_keys = read
     since, until, found, expired = plan.since, plan.until, plan.found, plan.expired
     builder.since, builder.until = since or builder.since, until or builder.until
-    approximate = _feed(builder, buckets, replies)
+    rows = _entries(rollups, position, expired, since, until)
+    # A value the buckets rank below the top lists can rise into them by no
+    # more than the entries read besides weigh.
+    slack = math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
+    approximate = _feed(builder, buckets, replies, slack)
     day_counts = {
         day: int(count)
         for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)
     }
-    rows = _entries(rollups, position, expired, since, until)
     builder.add_rows(rows)
     if not buckets:
         # Nothing folded in the window: the entries' visitors, exactly.
@@ -227,10 +232,11 @@ def _queue_reads(
 
 
 def _feed(
-    builder: SummaryBuilder, found: list[tuple[Unit, datetime]], replies: list[t.Any]
+    builder: SummaryBuilder, found: list[tuple[Unit, datetime]], replies: list[t.Any], slack: float
 ) -> set[str]:
-    """Feed ``builder`` the buckets' fields; return the top lists some
-    bucket kept only the leaders of."""
+    """Feed ``builder`` the buckets' fields (of the top lists, the values
+    that can rank when entries weighing up to ``slack`` are added); return
+    the top lists some bucket kept only the leaders of."""
     # Summed by the field's name as Redis gave it: a month is some 30,000
     # fields of 6,000 names, each name decoded once, after.
     sums: dict[bytes | str, float] = {}
@@ -256,7 +262,10 @@ def _feed(
         per_bucket.append((start, 0.0 if total is None else float(total)))
     weights: list[tuple[str, str, float]] = []
     approximate: set[str] = set()
-    for name, weight in sums.items():
+    # Each name's part read from its ASCII head; only the names that can
+    # rank are decoded whole.
+    named = [(_part_of(name), name, weight) for name, weight in sums.items()]
+    for _, name, weight in leaders(named, slack):
         part, _, key = text_of(name).partition(SEPARATOR)
         if not part.startswith(OTHER):
             weights.append((part, key, weight))
@@ -265,6 +274,15 @@ def _feed(
     feed_histograms(builder, histograms)
     feed(builder, weights, per_bucket, (first, last), None)
     return approximate
+
+
+_SEPARATOR_BYTES = SEPARATOR.encode("ascii")
+
+
+def _part_of(name: bytes | str) -> str:
+    if isinstance(name, bytes):
+        return name.partition(_SEPARATOR_BYTES)[0].decode("ascii", "replace")
+    return name.partition(SEPARATOR)[0]
 
 
 #: A bucket's fields that are not sums: ``first``, ``last``, ``h`` and ``c``.
