@@ -16,12 +16,12 @@ figures from the rollups, its errors from the failed records), and with
 ``--raw`` against the breakdown of every record (its figures compared with
 the records' of the window the rollups counted). The servers are the test
 suite's local ones; tables are dropped at the end. With ``--keep FOLDER``
-every store but Redis is kept: the SQLite and JSON Lines files in the
-folder, PostgreSQL's and MariaDB's tables in their databases (the folder
-names them), and a later run with the same ``--keep`` and ``--records``
-times them again without filling them (10 million records take a while to
-write), or builds their rollups when the run that wrote them stopped
-before. A benchmark, not a test: nothing
+every store is kept: the SQLite and JSON Lines files in the folder,
+PostgreSQL's and MariaDB's tables in their databases and Redis's stream
+and rollup keys in it (the folder names them), and a later run with the
+same ``--keep`` and ``--records`` times them again without filling them
+(10 million records take a while to write), or builds their rollups when
+the run that wrote them stopped before. A benchmark, not a test: nothing
 asserts; the exit status says whether the two summaries (and breakdowns)
 agreed.
 """
@@ -142,13 +142,13 @@ def sql_pair(kind: str, folder: Path, table: str, keep: bool) -> Iterator[tuple[
 
 
 @contextlib.contextmanager
-def redis_pair(folder: Path) -> Iterator[tuple[Store, Store]]:
-    """A stream of its own, read with rollups and without."""
+def redis_pair(folder: Path, key: str, keep: bool) -> Iterator[tuple[Store, Store]]:
+    """The stream ``key``, read with rollups and without; deleted at the
+    end unless ``keep``."""
     import redis
 
     from flask_traffic.stores import RedisStore
 
-    key = f"bench_{uuid.uuid4().hex[:10]}"
     rolled = RedisStore(event_name=key, url=REDIS_URL, rollups=True, sync=True, name="rolled")
     raw = RedisStore(event_name=key, url=REDIS_URL, sync=True, name="raw", rollups=False)
     for store in (rolled, raw):
@@ -157,7 +157,7 @@ def redis_pair(folder: Path) -> Iterator[tuple[Store, Store]]:
         yield rolled, raw
     finally:
         client = redis.Redis.from_url(REDIS_URL)
-        for name in client.scan_iter(f"{key}*", count=1000):
+        for name in () if keep else client.scan_iter(f"{key}*", count=1000):
             client.delete(name)
         for store in (rolled, raw):
             store.shutdown()
@@ -183,7 +183,7 @@ def store_pair(
     kind: str, folder: Path, table: str, keep: bool
 ) -> contextlib.AbstractContextManager[tuple[Store, Store]]:
     if kind == "redis":
-        return redis_pair(folder)
+        return redis_pair(folder, table, keep)
     if kind == "jsonl":
         return jsonl_pair(folder)
     return sql_pair(kind, folder, table, keep)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="time the raw summaries too")
     parser.add_argument(
-        "--keep", type=Path, help="keep every store but Redis (its state, for a database table)"
+        "--keep", type=Path, help="keep the stores (the state of a database's or Redis's here)"
     )
     parser.add_argument(
         "--breakdown", action="store_true", help="time the dashboard's api/breakdown too"
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.stores.split(","):
         site = Traffic90()
         with contextlib.ExitStack() as stack:
-            if args.keep is not None and kind != "redis":
+            if args.keep is not None:
                 folder = args.keep / f"{kind}-{args.records}"
                 folder.mkdir(parents=True, exist_ok=True)
             else:
@@ -257,20 +257,20 @@ def main(argv: list[str] | None = None) -> int:
             kept = folder / "kept.json"
             state = json.loads(kept.read_text()) if kept.exists() else {}
             table = state.get("table", f"bench_{uuid.uuid4().hex[:10]}")
-            keep = args.keep is not None and kind != "redis"
+            keep = args.keep is not None
             rolled, raw = stack.enter_context(store_pair(kind, folder, table, keep))
             if state:
                 site.end = datetime.fromisoformat(state["end"])
                 print(f"{kind}: {args.records:,} records kept in {folder}", flush=True)
             else:
                 write(kind, site, rolled, args.records)
-            if args.keep is not None and kind != "redis":
+            if args.keep is not None:
                 # Written: a run stopped while folding goes on from here.
                 state.update(table=table, end=site.end.isoformat())
                 kept.write_text(json.dumps(state))
             if not state.get("folded"):
                 build(kind, rolled)
-                if args.keep is not None and kind != "redis":
+                if args.keep is not None:
                     kept.write_text(json.dumps({**state, "folded": True}))
             agreed = time_windows(site, rolled, raw, args) and agreed
     return 0 if agreed else 1
