@@ -218,24 +218,28 @@ def _totals(
     connection: sa.Connection, sums: sa.Table, found: list[Piece], slack: float
 ) -> sa.Select[t.Any]:
     """The weight of each ``(part, stored key)`` but the totals, summed over
-    the buckets of ``found``; on PostgreSQL and MariaDB, of the top lists'
-    parts only the values within ``slack`` of the
+    the buckets of ``found``; on PostgreSQL, of the top lists' parts only
+    the values within ``slack`` of the
     :data:`~flask_traffic.summary.TOP`-th largest.
 
     A month of buckets holds some 9,000 paths and referrers, where a
-    summary shows ten of each: the database ranks them, and some 300 rows
-    of the 9,000 reach Python, which turns each into objects. A value left
+    summary shows ten of each: PostgreSQL ranks them, and some 300 rows of
+    the 9,000 reach Python, which turns each into objects. A value left
     out weighs less than the ``TOP``-th by more than ``slack``, so it cannot
     rank even with every record read besides. SQLite ranks by sorting in a
-    temporary B-tree, which took it twice as long as the rows it saves:
-    there :func:`~flask_traffic.rollups.leaders` leaves them out in Python,
-    before their keys are decoded."""
+    temporary B-tree, which took it twice as long as the rows it saves, and
+    MariaDB's window functions over the grouped rows (a temporary table of
+    text keys, on disk) took 8 s for a day: there
+    :func:`~flask_traffic.rollups.leaders` leaves them out in Python, before
+    their keys are decoded. (Adding up by the key's hash alone, then
+    looking up the keys left, was tried too: SQLite and MariaDB looked each
+    up slower than they group the keys.)"""
     summed = (
         sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight).label("weight"))
         .where(_within(sums, found), sums.c.part != "total")
         .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
     )
-    if connection.dialect.name == "sqlite":
+    if connection.dialect.name != "postgresql":
         return summed
     grouped = summed.subquery("grouped")
     ranked = sa.select(
