@@ -476,6 +476,18 @@ def test_a_worker_folds_a_backlog_between_batches_and_drops_nothing(
     old.shutdown()
 
 
+def postgresql_store(tmp_path: Path, request: pytest.FixtureRequest) -> SQLStore:
+    """A store keeping rollups on a table of its own on the test PostgreSQL."""
+    store = SQLStore(
+        sync=True,
+        rollups=True,
+        database_table_name=unique_name(),
+        database_url=database_url("postgresql", request),
+    )
+    Traffic(make_app(tmp_path), stores=store)
+    return store
+
+
 @pytest.mark.parametrize("how", ["rebuild", "backlog"])
 def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
     how: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -491,13 +503,7 @@ def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
 
     monkeypatch.setattr(_sqlrollups, "_VACUUM_AFTER", 2000)
 
-    store = SQLStore(
-        sync=True,
-        rollups=True,
-        database_table_name=unique_name(),
-        database_url=database_url("postgresql", request),
-    )
-    Traffic(make_app(tmp_path), stores=store)
+    store = postgresql_store(tmp_path, request)
     try:
         store.export(records(2000))
         tables = store._rollup_tables()
@@ -594,13 +600,7 @@ def test_postgresqls_upsert_of_many_rows_adds_up_rows_of_one_key(
 
     from flask_traffic.stores._sqlinsert import make_upsert
 
-    store = SQLStore(
-        sync=True,
-        rollups=True,
-        database_table_name=unique_name(),
-        database_url=database_url("postgresql", request),
-    )
-    Traffic(make_app(tmp_path), stores=store)
+    store = postgresql_store(tmp_path, request)
     try:
         tables = store._rollup_tables()
         assert tables is not None

@@ -21,11 +21,11 @@ from ..rollups import (
     leaders,
     plan_folded,
 )
-from ..summary import SummaryBuilder, sample_weight
+from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records, breakdown_records
+from ._rollupparts import OTHER, add_records, breakdown_records, records_weight
 
 if t.TYPE_CHECKING:
     from .._breakdown import BreakdownBuilder
@@ -144,9 +144,7 @@ def _summarize(
 
     def feed_records(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
         if feed_sums is not None:
-            # A value the sums rank below the top lists can rise into them
-            # by no more than the records read besides weigh.
-            feed_sums(math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows))
+            feed_sums(records_weight(rows))
         return add_records(
             builder,
             rows,

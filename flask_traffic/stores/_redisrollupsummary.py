@@ -7,7 +7,6 @@ hour and day buckets hold."""
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import typing as t
 import uuid
@@ -27,11 +26,11 @@ from ..rollups import (
     plan_window,
     visitor_hash,
 )
-from ..summary import SummaryBuilder, sample_weight
+from ..summary import SummaryBuilder
 from ._redisentries import lowest_id
 from ._redisrollups import SEPARATOR, seconds_of, text_of
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import KEPT_UNITS, OTHER, breakdown_records
+from ._rollupparts import KEPT_UNITS, OTHER, breakdown_records, records_weight
 from ._rollupparts import rollup_source as _source
 
 if t.TYPE_CHECKING:
@@ -80,10 +79,7 @@ def summarize(
     since, until, found, expired = plan.since, plan.until, plan.found, plan.expired
     builder.since, builder.until = since or builder.since, until or builder.until
     rows = _entries(rollups, position, expired, since, until)
-    # A value the buckets rank below the top lists can rise into them by no
-    # more than the entries read besides weigh.
-    slack = math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
-    approximate = _feed(builder, buckets, replies, slack)
+    approximate = _feed(builder, buckets, replies, records_weight(rows))
     day_counts = {
         day: int(count)
         for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)

@@ -6,14 +6,15 @@ over (see :mod:`._sqlrollupparts` for why). No backend is imported here."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import typing as t
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from ..query import iso_text
 from ..rollups import UNITS, Piece, Unit, WindowPlan, count_visitors, visitor_hash
-from ..summary import SummaryBuilder
+from ..summary import SummaryBuilder, sample_weight
 
 if t.TYPE_CHECKING:
     from .._breakdown import BreakdownBuilder
@@ -30,6 +31,7 @@ __all__ = [
     "add_records",
     "breakdown_records",
     "is_over",
+    "records_weight",
     "rollup_source",
     "split_times",
 ]
@@ -123,6 +125,13 @@ def rollup_source(
         "until": None if until is None else iso_text(until),
         "approximate": sorted(approximate),
     }
+
+
+def records_weight(rows: Iterable[Mapping[str, t.Any]]) -> float:
+    """What the records a rollup summary reads besides its buckets weigh:
+    a value the buckets rank below a top list can rise into it by no more
+    (:func:`~flask_traffic.rollups.leaders`' slack)."""
+    return math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
 
 
 def add_records(

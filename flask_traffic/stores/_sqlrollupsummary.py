@@ -21,9 +21,9 @@ from ..rollups import (
     leaders,
     plan_folded,
 )
-from ..summary import TOP, TOP_FIELDS, SummaryBuilder, sample_weight
+from ..summary import TOP, TOP_FIELDS, SummaryBuilder
 from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records, breakdown_records
+from ._rollupparts import OTHER, add_records, breakdown_records, records_weight
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -58,9 +58,7 @@ def summarize(
         approximate: set[str] = set()
         rows = io_rows(connection, rollups.io, raw)
         if kept:
-            # A value the rollups rank below the top lists can rise into
-            # them by no more than the records read besides weigh.
-            slack = math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
+            slack = records_weight(rows)
             sketches, approximate = _feed_rollups(rollups, connection, builder, plan, slack)
     return add_records(
         builder,
