@@ -7,7 +7,6 @@ past their retention and those after the fold positions."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import sqlite3
 import typing as t
 from datetime import datetime, timezone
@@ -17,15 +16,12 @@ from ..rollups import (
     Piece,
     Unit,
     WindowPlan,
-    feed,
-    leaders,
     plan_folded,
 )
 from ..summary import SummaryBuilder
 from ._filerollups import FileRollups, decode_key, head_of, matching, open_files
 from ._framing import Snapshot, blocks_forward
-from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records, breakdown_records, records_weight
+from ._rollupparts import add_records, breakdown_records, feed_buckets, records_weight
 
 if t.TYPE_CHECKING:
     from .._breakdown import BreakdownBuilder
@@ -132,19 +128,20 @@ def _summarize(
     plan: WindowPlan,
     builder: SummaryBuilder,
 ) -> _Feeder:
-    """Feed ``builder`` the kept buckets of ``plan``; what then feeds it
-    the records read besides."""
+    """Read the kept buckets of ``plan``; return what feeds ``builder``
+    them and the records read besides."""
     since, until, found, kept = plan.since, plan.until, plan.found, plan.kept
     builder.since, builder.until = since or builder.since, until or builder.until
-    sketches: list[tuple[Unit, datetime, bytes]] = []
-    approximate: set[str] = set()
-    feed_sums: t.Callable[[float], None] | None = None
-    if kept:
-        sketches, approximate, feed_sums = _feed_rollups(connection, builder, plan)
+    read = _read_rollups(connection, plan) if kept else None
 
     def feed_records(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
-        if feed_sums is not None:
-            feed_sums(records_weight(rows))
+        sketches: list[tuple[Unit, datetime, bytes]] = []
+        approximate: set[str] = set()
+        if read is not None:
+            sketches = read.sketches
+            approximate = feed_buckets(
+                builder, read.sums, decode_key, read.per_bucket, read.buckets, records_weight(rows)
+            )
         return add_records(
             builder,
             rows,
@@ -223,14 +220,20 @@ def _rows(
     return found
 
 
-def _feed_rollups(
-    connection: sqlite3.Connection, builder: SummaryBuilder, plan: WindowPlan
-) -> tuple[list[tuple[Unit, datetime, bytes]], set[str], t.Callable[[float], None]]:
-    """Feed ``builder`` the histograms of the ``whole`` buckets of
-    ``plan``; return their visitor sketches, the top lists some bucket kept
-    only the leaders of, and what feeds it the sums of the
-    :attr:`~WindowPlan.summed` buckets and their first and last requests
-    once the weight of the records read besides is known (:func:`leaders`)."""
+class _Rollups(t.NamedTuple):
+    """What a summary reads of a window's buckets (:func:`feed_buckets`'s)."""
+
+    sums: list[tuple[str, bytes, float]]
+    per_bucket: list[tuple[datetime, float]]
+    buckets: list[tuple[int, int, str | None]]
+    sketches: list[tuple[Unit, datetime, bytes]]
+
+
+def _read_rollups(connection: sqlite3.Connection, plan: WindowPlan) -> _Rollups:
+    """The sums of the :attr:`~WindowPlan.summed` buckets of ``plan``, and
+    the span, histograms and visitor sketches of its ``whole`` ones: fed
+    once the weight of the records read besides is known, the top lists'
+    slack."""
     test, values = _within(plan.summed)
     totals = connection.execute(
         f"SELECT part, key, sum(weight) FROM sums WHERE {test} AND part != 'total' "
@@ -249,28 +252,16 @@ def _feed_rollups(
         f"SELECT unit, start, first_us, last_us, visitors, histograms FROM buckets WHERE {test}",
         values,
     ).fetchall()
-    span = (
-        min((int(row[2]) for row in rows), default=None),
-        max((int(row[3]) for row in rows), default=None),
+    return _Rollups(
+        [(str(part), bytes(key), float(weight)) for part, key, weight in totals],
+        per_bucket,
+        [(first, last, histograms) for _, _, first, last, _, histograms in rows],
+        [
+            (unit, datetime.fromisoformat(start), bytes(blob))
+            for unit, start, _, _, blob, _ in rows
+            if blob is not None
+        ],
     )
-    sums = [(str(part), bytes(key), float(weight)) for part, key, weight in totals]
-    feed_histograms(builder, (row[5] for row in rows))
-    # Top lists some bucket of the window kept only the leaders of.
-    approximate = {
-        part[len(OTHER) :] for part, _, weight in sums if part.startswith(OTHER) and weight
-    }
-    sketches = [
-        (unit, datetime.fromisoformat(start), bytes(blob))
-        for unit, start, _, _, blob, _ in rows
-        if blob is not None
-    ]
-
-    def feed_sums(slack: float) -> None:
-        weights = [(part, decode_key(key), weight) for part, key, weight in leaders(sums, slack)]
-        weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
-        feed(builder, weights, per_bucket, span, None)
-
-    return sketches, approximate, feed_sums
 
 
 def _within(found: list[Piece]) -> tuple[str, list[str]]:

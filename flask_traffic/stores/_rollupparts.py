@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from ..query import iso_text
-from ..rollups import UNITS, Piece, Unit, WindowPlan, count_visitors, visitor_hash
+from ..rollups import UNITS, Piece, Unit, WindowPlan, count_visitors, feed, leaders, visitor_hash
 from ..summary import SummaryBuilder, sample_weight
+from ._rolluphistograms import feed_histograms
 
 if t.TYPE_CHECKING:
     from .._breakdown import BreakdownBuilder
@@ -30,6 +31,7 @@ __all__ = [
     "Times",
     "add_records",
     "breakdown_records",
+    "feed_buckets",
     "is_over",
     "records_weight",
     "rollup_source",
@@ -132,6 +134,39 @@ def records_weight(rows: Iterable[Mapping[str, t.Any]]) -> float:
     a value the buckets rank below a top list can rise into it by no more
     (:func:`~flask_traffic.rollups.leaders`' slack)."""
     return math.fsum(sample_weight(row.get("request_sample_rate")) for row in rows)
+
+
+_Key = t.TypeVar("_Key")
+
+
+def feed_buckets(
+    builder: SummaryBuilder,
+    sums: list[tuple[str, _Key, float]],
+    decode: t.Callable[[_Key], str],
+    per_bucket: list[tuple[datetime, float]],
+    buckets: list[tuple[int, int, str | None]],
+    slack: float,
+) -> set[str]:
+    """Feed ``builder`` a window's rollups as a SQL or file store read them;
+    return the top lists some bucket kept only the leaders of.
+
+    :param sums: ``(part, stored key, weight)`` of every part but the total,
+        summed over the window's buckets; of the top lists only the values
+        that can rank when records weighing up to ``slack`` are added are
+        decoded (:func:`~flask_traffic.rollups.leaders`).
+    :param per_bucket: ``(bucket start, total weight)`` of each bucket.
+    :param buckets: ``(first_us, last_us, histograms)`` of the buckets the
+        histograms and span are read from.
+    """
+    span = (
+        min((int(first) for first, _, _ in buckets), default=None),
+        max((int(last) for _, last, _ in buckets), default=None),
+    )
+    feed_histograms(builder, (histograms for _, _, histograms in buckets))
+    weights = [(part, decode(key), weight) for part, key, weight in leaders(sums, slack)]
+    weights.append(("total", "", math.fsum(weight for _, weight in per_bucket)))
+    feed(builder, weights, per_bucket, span, None)
+    return {part[len(OTHER) :] for part, _, weight in sums if part.startswith(OTHER) and weight}
 
 
 def add_records(

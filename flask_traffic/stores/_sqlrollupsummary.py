@@ -4,7 +4,6 @@ the rollup tables, the rest from the raw rows."""
 
 from __future__ import annotations
 
-import math
 import typing as t
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -17,13 +16,10 @@ from ..rollups import (
     Piece,
     Unit,
     WindowPlan,
-    feed,
-    leaders,
     plan_folded,
 )
 from ..summary import TOP, TOP_FIELDS, SummaryBuilder
-from ._rolluphistograms import feed_histograms
-from ._rollupparts import OTHER, add_records, breakdown_records, records_weight
+from ._rollupparts import add_records, breakdown_records, feed_buckets, records_weight
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -185,29 +181,14 @@ def _feed_rollups(
             buckets.c.histograms,
         ).where(_within(buckets, plan.whole))
     ).all()
-    span = (
-        min((int(row[2]) for row in rows), default=None),
-        max((int(row[3]) for row in rows), default=None),
-    )
     sketches = [(row[0], row[1], row[4]) for row in rows if row[4] is not None]
-    weights = [
-        (part, decode_text(key), weight)
-        for part, key, weight in leaders(
-            ((str(part), key, float(weight)) for part, key, weight in totals), slack
-        )
-    ]
-    weights.append(("total", "", math.fsum(float(row[1]) for row in per_bucket)))
-    feed_histograms(builder, (row[5] for row in rows))
-    # Top lists some bucket of the window kept only the leaders of.
-    approximate = {
-        part[len(OTHER) :] for part, _, weight in weights if part.startswith(OTHER) and weight
-    }
-    feed(
+    approximate = feed_buckets(
         builder,
-        weights,
-        [(row[0], float(row[1])) for row in per_bucket],
-        span,
-        None,
+        [(str(part), key, float(weight)) for part, key, weight in totals],
+        decode_text,
+        [(start, float(weight)) for start, weight in per_bucket],
+        [(row[2], row[3], row[5]) for row in rows],
+        slack,
     )
     return sketches, approximate
 
