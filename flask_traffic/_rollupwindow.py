@@ -103,10 +103,9 @@ class WindowPlan(t.NamedTuple):
     expired: list[Piece]
     #: The fewest kept buckets that hold the same folded records as
     #: ``kept``: days where the window's buckets are hours, and the day of
-    #: an edge past which nothing is folded. The window's figures (statuses,
-    #: routes, top lists, histograms, visitors) are read from these, its
-    #: counts per bucket from ``kept``. ``kept`` itself where a bucket of
-    #: the window is past retention.
+    #: an edge past which nothing is folded. The window's histograms,
+    #: visitors and span are read from these, its sums from :attr:`summed`.
+    #: ``kept`` itself where a bucket of the window is past retention.
     whole: list[Piece]
 
     @property
@@ -151,11 +150,7 @@ def plan_window(
     if start is not None and end is not None and start < end:
         found = pieces(start, end, unit)
     now = now or datetime.now(_UTC)
-    kept = [
-        piece
-        for piece in found
-        if (cutoff := retention.cutoff(piece.unit, now)) is None or piece.start >= cutoff
-    ]
+    kept = [piece for piece in found if _is_kept(piece, retention, now)]
     expired = [piece for piece in found if piece not in kept]
     whole = kept
     if found and not expired and start is not None and end is not None:
@@ -180,11 +175,15 @@ def _whole(
     if last is not None and last < end:
         end = _ceil(end, "day")
     chosen = pieces(start, end, "day")
-    for piece in chosen:
-        cutoff = retention.cutoff(piece.unit, now)
-        if cutoff is not None and piece.start < cutoff:
-            return None
-    return chosen
+    if all(_is_kept(piece, retention, now) for piece in chosen):
+        return chosen
+    return None
+
+
+def _is_kept(piece: Piece, retention: RollupRetention, now: datetime) -> bool:
+    """Whether the buckets of ``piece`` are within their size's retention."""
+    cutoff = retention.cutoff(piece.unit, now)
+    return cutoff is None or piece.start >= cutoff
 
 
 def plan_folded(

@@ -50,9 +50,6 @@ from ._rollupwindow import (
     plan_window,
 )
 from .query import iso_text
-
-if t.TYPE_CHECKING:
-    from flask import Flask
 from .summary import (
     TOP,
     TOP_FIELDS,

@@ -154,22 +154,30 @@ def driver_executemany(
     def upsert(connection: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
         if not rows:
             return
-        ready: dict[str, dict[t.Any, t.Any]] = {name: {} for name in processors}
+        ready = {name: _once_per_value(processor) for name, processor in processors.items()}
         made: list[t.Any] = []
         for row in rows:
             values = dict(row)
-            for name, processor in processors.items():
-                value = values[name]
-                # Few distinct values (bucket starts): each processed once.
-                cache = ready[name]
-                key = (type(value), value)
-                if key not in cache:
-                    cache[key] = processor(value)
-                values[name] = cache[key]
+            for name, process in ready.items():
+                values[name] = process(values[name])
             made.append(tuple(values[name] for name in order) if positional else values)
         connection.exec_driver_sql(sql, made)
 
     return upsert
+
+
+def _once_per_value(processor: Callable[[t.Any], t.Any]) -> Callable[[t.Any], t.Any]:
+    """``processor``, run once per distinct value (and type: ``1`` is not
+    ``True``): a fold's rows repeat a few values (bucket starts, units)."""
+    ready: dict[tuple[type, t.Any], t.Any] = {}
+
+    def process(value: t.Any) -> t.Any:
+        key = (type(value), value)
+        if key not in ready:
+            ready[key] = processor(value)
+        return ready[key]
+
+    return process
 
 
 def make_upsert(
@@ -260,16 +268,9 @@ def _unnest_upsert(
         for name in names:
             column = [row[name] for row in values]
             processor = processors.get(name)
-            if processor is not None:
-                # Few distinct values (bucket starts): each processed once.
-                ready: dict[tuple[type, t.Any], t.Any] = {}
-                column = [
-                    ready[key]
-                    if (key := (type(value), value)) in ready
-                    else ready.setdefault(key, processor(value))
-                    for value in column
-                ]
-            params.append(column)
+            params.append(
+                column if processor is None else list(map(_once_per_value(processor), column))
+            )
         connection.exec_driver_sql(sql, tuple(params))
 
     return upsert
