@@ -8,6 +8,7 @@ pytest ``tests/`` is on ``sys.path``; a benchmark puts it there.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import threading
@@ -215,3 +216,21 @@ def drop_tables(store: t.Any) -> None:
     with engine.begin() as connection:
         for table in (f"{name}_rollup", f"{name}_rollup_bucket", f"{name}_rollup_state", name):
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+@contextlib.contextmanager
+def statements_run(engine: t.Any) -> Iterator[list[tuple[str, t.Any]]]:
+    """The ``(statement, parameters)`` that ``engine``'s connections run
+    while the block runs, as the driver gets them."""
+    import sqlalchemy as sa
+
+    statements: list[tuple[str, t.Any]] = []
+
+    def seen(_conn: t.Any, _cursor: t.Any, statement: str, parameters: t.Any, *_: t.Any) -> None:
+        statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dashboard_apps import basic
 from dashboard_apps import make_app as dashboard_app
-from helpers import database_url, drop_tables, make_app, unique_name
+from helpers import database_url, drop_tables, make_app, statements_run, unique_name
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
 from flask_traffic.dashboard._figures import breakdown
@@ -260,7 +260,6 @@ def test_a_filtered_view_reads_the_records(pair: tuple[Store, Store]) -> None:
 
 
 def test_the_errors_part_selects_only_failed_rows_in_sql(tmp_path: Path) -> None:
-    import sqlalchemy as sa
 
     made = _sql_pair(None, tmp_path)
     rolled, _ = next(made)
@@ -270,16 +269,8 @@ def test_the_errors_part_selects_only_failed_rows_in_sql(tmp_path: Path) -> None
     engine = rolled.database_engine
     assert engine is not None
     table = rolled.database_log_table.name
-    statements: list[tuple[str, t.Any]] = []
-
-    def seen(_conn: t.Any, _cursor: t.Any, statement: str, parameters: t.Any, *_: t.Any) -> None:
-        statements.append((statement, parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_run(engine) as statements:
         got = breakdown_of(rolled, START, START + 3 * DAY)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
     assert got["source"]["source"] == "rollups"
     # The traffic table is read by two statements: the tail's rows (none
     # here) and the failed ones.
@@ -299,7 +290,6 @@ def test_the_failed_rows_of_a_window_are_found_through_the_errors_index(tmp_path
     # rows newest first without a sort, or the window's rows by date: seconds
     # on ten million rows, for the dashboard's errors of the last month. The
     # table's partial index of failed requests holds just those.
-    import sqlalchemy as sa
 
     from flask_traffic.query import Query
 
@@ -308,17 +298,9 @@ def test_the_failed_rows_of_a_window_are_found_through_the_errors_index(tmp_path
     rolled.export(MADE)
     engine = rolled.database_engine
     assert engine is not None
-    statements: list[tuple[str, t.Any]] = []
-
-    def seen(_conn: t.Any, _cursor: t.Any, statement: str, parameters: t.Any, *_: t.Any) -> None:
-        statements.append((statement, parameters))
-
     since = START + 2 * DAY
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_run(engine) as statements:
         rows = list(rolled.scan(Query(since=since, errors_only=True)))
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
     expected = [record for record in MADE if failed(record) and record.request_date >= since]
     assert len(rows) == len(expected) > 0
     assert [row["request_date"] for row in rows] == sorted(

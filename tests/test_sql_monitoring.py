@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from helpers import statements_run
 from sqlalchemy.orm import DeclarativeBase, Session
 
 from flask_traffic import LogPolicy, Traffic, TrafficRecord
@@ -581,22 +582,14 @@ def test_read_puts_window_filter_and_limit_into_the_sql(
     store = fill(database, stores, tmp_path)
     engine = store.database_engine
     assert engine is not None
-    statements: list[str] = []
-
-    def capture(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_run(engine) as statements:
         rows = store.read(3, since=START + timedelta(days=1), where={"response_status_code": 200})
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", capture)
     assert len(rows) == 3
     # The worker may fold rows into the rollups meanwhile: its statements
     # read rows after the fold position or touch the rollup tables.
     (select,) = [
         s
-        for s in statements
+        for s, _ in statements
         if s.lstrip().upper().startswith("SELECT")
         and "_rollup" not in s
         and "traffic_id >" not in s

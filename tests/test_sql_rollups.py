@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import database_url, drop_tables, make_app, random_record, unique_name
+from helpers import (
+    database_url,
+    drop_tables,
+    make_app,
+    random_record,
+    statements_run,
+    unique_name,
+)
 
 from flask_traffic import Traffic, TrafficRecord
 from flask_traffic.stores import SQLStore
@@ -409,23 +416,14 @@ def test_a_folds_statements_bound_their_walk_by_the_chunk(
     # last), SQLite bounds its walk by the first and filters by the other:
     # every chunk then read the table to its end (1.6 s a chunk on 10
     # million rows). Each statement of a fold has one upper bound on it.
-    import sqlalchemy as sa
 
     _, rolled, _ = sqlite_pair
     rolled.export(records(300))
     engine = rolled.database_engine
     assert engine is not None
-    statements: list[str] = []
-
-    def seen(_conn: t.Any, _cursor: t.Any, statement: str, *_: t.Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_run(engine) as statements:
         assert rolled.fold() == 300
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
-    reads = [text for text in statements if "traffic_id >" in text]
+    reads = [text for text, _ in statements if "traffic_id >" in text]
     assert len(reads) >= 5
     for text in reads:
         assert text.count("traffic_id <") == 1, text
