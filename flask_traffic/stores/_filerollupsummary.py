@@ -130,9 +130,9 @@ def _summarize(
 ) -> _Feeder:
     """Read the kept buckets of ``plan``; return what feeds ``builder``
     them and the records read besides."""
-    since, until, found, kept = plan.since, plan.until, plan.found, plan.kept
-    builder.since, builder.until = since or builder.since, until or builder.until
-    read = _read_rollups(connection, plan) if kept else None
+    builder.since = plan.since or builder.since
+    builder.until = plan.until or builder.until
+    read = _read_rollups(connection, plan) if plan.kept else None
 
     def feed_records(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
         sketches: list[tuple[Unit, datetime, bytes]] = []
@@ -142,17 +142,7 @@ def _summarize(
             approximate = feed_buckets(
                 builder, read.sums, decode_key, read.per_bucket, read.buckets, records_weight(rows)
             )
-        return add_records(
-            builder,
-            rows,
-            found,
-            sketches,
-            approximate,
-            rollups.secret,
-            since,
-            until,
-            packed=False,
-        )
+        return add_records(builder, rows, plan, sketches, approximate, rollups.secret, packed=False)
 
     return feed_records
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from ..query import iso_text
-from ..rollups import UNITS, Piece, Unit, WindowPlan, count_visitors, feed, leaders, visitor_hash
+from ..rollups import UNITS, Unit, WindowPlan, count_visitors, feed, leaders, visitor_hash
 from ..summary import SummaryBuilder, sample_weight
 from ._rolluphistograms import feed_histograms
 
@@ -172,17 +172,16 @@ def feed_buckets(
 def add_records(
     builder: SummaryBuilder,
     rows: list[dict[str, t.Any]],
-    found: list[Piece],
+    plan: WindowPlan,
     sketches: list[tuple[Unit, datetime, bytes]],
     approximate: set[str],
     secret: bytes,
-    since: datetime | None,
-    until: datetime | None,
     *,
     packed: bool,
 ) -> dict[str, t.Any]:
-    """Feed ``builder`` the records a rollup summary read besides the sums
-    (``rows``), count the window's visitors, and say where it all came from.
+    """Feed ``builder`` the records a rollup summary of the window ``plan``
+    read besides the sums (``rows``), count the window's visitors, and say
+    where it all came from.
 
     With no sketch in the window, the records' visitors are counted exactly;
     otherwise each record's visitor joins its day's sketch, so a visitor
@@ -190,6 +189,7 @@ def add_records(
 
     :param packed: the sketches are as :meth:`~flask_traffic.rollups.HyperLogLog.packed` gives them.
     """
+    since, until = plan.since, plan.until
     builder.add_rows(rows)
     if not sketches:
         return rollup_source(None, len(rows), since, until, approximate)
@@ -207,7 +207,7 @@ def add_records(
         if row.get("request_date") is not None
     ]
     builder.visitor_count = round(count_visitors(sketches, extra, packed=packed))
-    finest = min((UNITS.index(piece.unit) for piece in found), default=0)
+    finest = min((UNITS.index(piece.unit) for piece in plan.found), default=0)
     return rollup_source(UNITS[finest], len(rows), since, until, approximate)
 
 

@@ -48,25 +48,15 @@ def summarize(
         if window is None:
             return None
         plan, raw = window
-        since, until, found, kept = plan.since, plan.until, plan.found, plan.kept
-        builder.since, builder.until = since or builder.since, until or builder.until
+        builder.since = plan.since or builder.since
+        builder.until = plan.until or builder.until
         sketches: list[tuple[Unit, datetime, bytes]] = []
         approximate: set[str] = set()
         rows = io_rows(connection, rollups.io, raw)
-        if kept:
+        if plan.kept:
             slack = records_weight(rows)
             sketches, approximate = _feed_rollups(rollups, connection, builder, plan, slack)
-    return add_records(
-        builder,
-        rows,
-        found,
-        sketches,
-        approximate,
-        rollups.secret,
-        since,
-        until,
-        packed=True,
-    )
+    return add_records(builder, rows, plan, sketches, approximate, rollups.secret, packed=True)
 
 
 def breakdown(
