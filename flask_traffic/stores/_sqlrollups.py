@@ -273,7 +273,8 @@ class SQLRollups:
         return folded
 
     def _vacuum(self) -> None:
-        """On PostgreSQL, clear what a rebuild left of the rows it replaced:
+        """On PostgreSQL, clear what a rebuild or a backlog's fold left of
+        the rows it replaced:
         its upserts and compactions leave dead rows, which a summary's
         index scans step over until autovacuum comes (a month's summary
         took 4x as long right after a rebuild of 1,000,000 records). And
