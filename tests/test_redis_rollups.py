@@ -365,6 +365,45 @@ def test_a_closed_hour_keeps_its_200_top_paths_and_the_rest_as_other(
     assert rolled == expected
 
 
+class _Wrapped(redis.Redis):
+    """A client subclass: the store leaves its commands to redis-py's own
+    pipelines instead of packing them with hiredis."""
+
+
+def test_redis_pys_own_pipelines_fold_the_same_buckets(
+    redis_url: str, key: str, server: redis.Redis
+) -> None:
+    rng = random.Random(21)
+    records = spread(rng, BASE, 3, 100) + many_paths(rng, BASE + HOUR)
+    other = unique_name()
+    try:
+        with _Wrapped.from_url(redis_url) as client:
+            stores = [
+                RedisStore(rollups=True, url=redis_url, event_name=key),
+                RedisStore(rollups=True, client=client, event_name=other),
+            ]
+            for store in stores:
+                store.export(records)
+                assert store.fold() == len(records)
+            buckets = []
+            for name in (key, other):
+                prefix = f"{name}:flask-traffic-rollup:"
+                found = {}
+                for stored in server.scan_iter(f"{prefix}hour:*", count=1000):
+                    found[stored.decode()[len(prefix) :]] = server.hgetall(stored)
+                buckets.append(found)
+            assert len(buckets[0]) == 3
+            # The second hour's paths were cut to their leaders and an "other".
+            cut = paths_of(
+                server, f"{key}:flask-traffic-rollup:hour:{BASE + HOUR:%Y-%m-%dT%H:%M:%S+00:00}"
+            )
+            assert len(cut) == 201
+            assert buckets[0] == buckets[1]
+            assert stores[0].summary(BASE, BASE + DAY) == stores[1].summary(BASE, BASE + DAY)
+    finally:
+        cleanup(redis_url, other)
+
+
 def test_an_hour_folded_open_is_cut_at_a_fold_after_it_closed(
     redis_url: str, key: str, server: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,6 +83,16 @@ def seconds_of(moment: datetime) -> int:
     return int((moment - _EPOCH).total_seconds())
 
 
+#: ``HINCRBYFLOAT`` of each ``field, amount`` pair of ``ARGV`` on ``KEYS[1]``:
+#: a script runs whole, as the ``MULTI`` around it does.
+_ADD_FIELDS = """
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 0
+"""
+
+
 def _field(part: str, key: str) -> bytes:
     return f"{part}{SEPARATOR}{key}".encode("utf-8", "surrogatepass")
 
@@ -394,8 +404,16 @@ class RedisRollups:
         olds: dict[tuple[Unit, datetime], _Old],
     ) -> None:
         plain, times = split_times(delta.sums, delta.time_keys)
+        increments: dict[tuple[Unit, datetime], list[bytes | float]] = {}
         for (unit, start, part, key), weight in plain.items():
-            writes.command("HINCRBYFLOAT", self.bucket_key(unit, start), _field(part, key), weight)
+            pairs = increments.get((unit, start))
+            if pairs is None:
+                pairs = increments[unit, start] = []
+            pairs += (_field(part, key), weight)
+        for (unit, start), pairs in increments.items():
+            # One command a bucket, not one a field: a chunk of new paths
+            # adds some 10,000 fields, each a command and a reply to read.
+            writes.command("EVAL", _ADD_FIELDS, 1, self.bucket_key(unit, start), *pairs)
         for (unit, start), (first, last) in delta.spans.items():
             old_first, old_last, old_h = olds[unit, start]
             if old_first is not None:
