@@ -220,9 +220,15 @@ class RollupDelta:
         self.time_keys: dict[str, tuple[str | None, int]] = {}
 
     def add_rows(self, rows: Iterable[Mapping[str, t.Any]]) -> None:
-        """Add rows as ``read()`` gives them (``request_date`` as ISO text)."""
-        sums, spans, visitors, hashes = self.sums, self.spans, self.visitors, self.hashes
-        secret, keep_hashes, units = self.secret, self.keep_hashes, self.units
+        """Add rows as ``read()`` gives them (``request_date`` as ISO text).
+
+        Each row is added to its bucket of the finest size only; the
+        coarser buckets then add up those (a bucket nests in the next size's),
+        a key once a bucket rather than once a row.
+        """
+        secret, units = self.secret, self.units
+        if not units:
+            return
         # Per minute of the rows: its bucket of each size, worked out once.
         starts: dict[str, list[tuple[Unit, datetime]]] = {}
         # Keys repeat from row to row: each is made once.
@@ -230,6 +236,14 @@ class RollupDelta:
         time_keys: dict[tuple[str | None, int], str] = {}
         parsed = self.time_keys
         tops = tuple(TOP_FIELDS.items())
+        # The finest size's sums, spans and visitor hashes, by bucket start.
+        fine: defaultdict[tuple[datetime, str, str], float] = defaultdict(float)
+        fine_spans: dict[datetime, list[int]] = {}
+        fine_hashes: dict[datetime, set[int]] = {}
+        # A visitor's requests of a day share its hash: each worked out once.
+        visitor_hashes: dict[tuple[str, str | None, str | None], int] = {}
+        # Each finest bucket's buckets of every size.
+        nests: dict[datetime, list[tuple[Unit, datetime]]] = {}
         for row in rows:
             date_text = row.get("request_date")
             if date_text is None:
@@ -244,51 +258,83 @@ class RollupDelta:
                     (unit, minute if unit == "minute" else bucket_start(minute, unit))
                     for unit in units
                 ]
+                nests.setdefault(buckets[0][1], buckets)
+            start = buckets[0][1]
             moment = (moment_at - _EPOCH) // _MICROSECOND
             status = row.get("response_status_code")
             route = row.get("request_route")
             route_key = route_keys.get(route)
             if route_key is None:
                 route_key = route_keys[route] = rollup_key(route)
+            fine[start, "total", ""] += weight
+            fine[start, "records", ""] += 1.0
+            fine[start, "status", "" if status is None else str(status)] += weight
+            fine[start, "route", route_key] += weight
             ms = row.get("response_time")
-            keys = [
-                ("total", ""),
-                ("status", "" if status is None else str(status)),
-                ("route", route_key),
-            ]
             if ms is not None:
                 index = histogram_index(ms)
                 time_key = time_keys.get((route, index))
                 if time_key is None:
                     time_key = time_keys[route, index] = rollup_key([route, index])
                     parsed[time_key] = (route, index)
-                keys.append(("time", time_key))
+                fine[start, "time", time_key] += weight
             for name, field in tops:
                 value = row.get(field)
                 if value is not None:
-                    keys.append((name, value))
-            hashed = visitor_hash(
-                secret, date_text, row.get("request_remote_address"), row.get("request_user_agent")
+                    fine[start, name, value] += weight
+            span = fine_spans.get(start)
+            if span is None:
+                fine_spans[start] = [moment, moment]
+            elif moment < span[0]:
+                span[0] = moment
+            elif moment > span[1]:
+                span[1] = moment
+            visitor = (
+                date_text[:10],
+                row.get("request_remote_address"),
+                row.get("request_user_agent"),
             )
-            for bucket in buckets:
-                unit, start = bucket
-                for part, key in keys:
-                    sums[unit, start, part, key] += weight
-                sums[unit, start, "records", ""] += 1.0
-                span = spans.get(bucket)
+            hashed = visitor_hashes.get(visitor)
+            if hashed is None:
+                hashed = visitor_hashes[visitor] = visitor_hash(secret, *visitor)
+            seen = fine_hashes.get(start)
+            if seen is None:
+                seen = fine_hashes[start] = set()
+            seen.add(hashed)
+        self._spread(fine, fine_spans, fine_hashes, nests)
+
+    def _spread(
+        self,
+        fine: Mapping[tuple[datetime, str, str], float],
+        spans: Mapping[datetime, list[int]],
+        hashes: Mapping[datetime, set[int]],
+        nests: Mapping[datetime, list[tuple[Unit, datetime]]],
+    ) -> None:
+        """Add the finest buckets' sums, spans and visitor hashes to their
+        buckets of every size."""
+        sums = self.sums
+        for (start, part, key), weight in fine.items():
+            for unit, outer in nests[start]:
+                sums[unit, outer, part, key] += weight
+        for start, (low, high) in spans.items():
+            for bucket in nests[start]:
+                span = self.spans.get(bucket)
                 if span is None:
-                    spans[bucket] = [moment, moment]
+                    self.spans[bucket] = [low, high]
                 else:
-                    if moment < span[0]:
-                        span[0] = moment
-                    if moment > span[1]:
-                        span[1] = moment
-                if unit in _VISITOR_UNITS and keep_hashes:
-                    hashes.setdefault(bucket, set()).add(hashed)
-                elif unit in _VISITOR_UNITS:
-                    sketch = visitors.get(bucket)
-                    if sketch is None:
-                        sketch = visitors[bucket] = HyperLogLog()
+                    span[0] = min(span[0], low)
+                    span[1] = max(span[1], high)
+        for start, seen in hashes.items():
+            for bucket in nests[start]:
+                if bucket[0] not in _VISITOR_UNITS:
+                    continue
+                if self.keep_hashes:
+                    self.hashes.setdefault(bucket, set()).update(seen)
+                    continue
+                sketch = self.visitors.get(bucket)
+                if sketch is None:
+                    sketch = self.visitors[bucket] = HyperLogLog()
+                for hashed in seen:
                     sketch.add(hashed)
 
 
