@@ -85,19 +85,19 @@ def fold_chunk(
     """
     id_column = table.c[ID_COLUMN]
     after, upto = ids
-    found = (
-        connection.execute(
-            sa.select(id_column)
-            .where(id_column > after, id_column <= upto, *conditions)
-            .order_by(id_column)
-            .limit(limit)
-        )
-        .scalars()
-        .all()
+    # The chunk's last id and size, not its ids: reading 5,000 of them into
+    # Python was a tenth of a SQLite fold.
+    ids_in = (
+        sa.select(id_column.label("id"))
+        .where(id_column > after, id_column <= upto, *conditions)
+        .order_by(id_column)
+        .limit(limit)
+        .subquery("ids")
     )
-    if not found:
+    last_id, count = connection.execute(sa.select(sa.func.max(ids_in.c.id), sa.func.count())).one()
+    if not count:
         return None
-    last = int(found[-1])
+    last = int(last_id)
     # The chunk's ids as one range, with one upper bound: given two (``upto``
     # and ``last``), SQLite bounds its walk by the first and filters by the
     # other, to the end of the table: 1.6 s a chunk on 10 million rows.
@@ -111,7 +111,7 @@ def fold_chunk(
         for part, field in TOP_FIELDS.items():
             fold.top(part, field)
     fold.visitors()
-    return fold.delta, fold.times, last, len(found)
+    return fold.delta, fold.times, last, int(count)
 
 
 class _Fold:
