@@ -90,9 +90,10 @@ def split_times(
     plain: dict[tuple[Unit, datetime, str, str], float] = {}
     times: Times = {}
     known = parsed or {}
-    for (unit, start, part, key), weight in sums.items():
+    for bucket_key, weight in sums.items():
+        unit, start, part, key = bucket_key
         if part != "time":
-            plain[unit, start, part, key] = weight
+            plain[bucket_key] = weight
             continue
         found = known.get(key)
         route, index = json.loads(key) if found is None else found

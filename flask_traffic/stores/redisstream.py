@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
@@ -231,7 +232,12 @@ class RedisStore(Store):
         self._unsure: tuple[Sequence[TrafficRecord], int] | None = None
         self._rollups_asked = rollups
         self.rollups = RedisRollups(
-            self._client, event_name, self._decode, self._never_decode, rollup_retention
+            self._client,
+            event_name,
+            # A fold reads the fields rollups keep, not the rest.
+            functools.partial(self._decode, only=ROLLUP_FIELDS),
+            self._never_decode,
+            rollup_retention,
         )
         self.rollups.secret = site_secret(None, location_of(self._client, event_name))
 
@@ -487,8 +493,11 @@ class RedisStore(Store):
             first = following
             size = min(size * 2, _CHUNK)
 
-    def _decode(self, entries: list[t.Any]) -> list[_Row]:
-        codecs = [(name, CODECS[name][0], CODECS[name][2]) for name in self.fields]
+    def _decode(self, entries: list[t.Any], only: frozenset[str] | None = None) -> list[_Row]:
+        """Rows of ``entries``, of every field the store keeps or of those
+        of them in ``only``."""
+        fields = self.fields if only is None else [name for name in self.fields if name in only]
+        codecs = [(name, CODECS[name][0], CODECS[name][2]) for name in fields]
         rows = []
         for _, stored in entries:
             if stored is None:
