@@ -1,11 +1,11 @@
-"""How RedisStore lays a record out in a stream entry, and steps between
-stream ids."""
+"""How RedisStore lays a record out in a stream entry and reads it back,
+and steps between stream ids."""
 
 from __future__ import annotations
 
 import time
 import typing as t
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 
 from .._textcache import text_cache
@@ -24,9 +24,11 @@ __all__ = [
     "CODECS",
     "EMPTY_ENTRY",
     "add_entries",
+    "decode_entries",
     "entry_maker",
     "lowest_id",
     "next_id",
+    "read_rows",
     "spooled_entry",
     "spooled_entry_maker",
 ]
@@ -47,6 +49,13 @@ _MS = timedelta(milliseconds=1)
 
 #: The largest sequence number of a stream id (``<ms>-<seq>``).
 _MAX_SEQ = 2**64 - 1
+
+#: Entries per ``XREVRANGE``/``XRANGE`` of :func:`read_rows`: large enough
+#: that round trips do not count, small enough that a reply does not hold
+#: the server or the reader's memory for long.
+_CHUNK = 2000
+
+_Row = dict[str, t.Any]
 
 
 # Text is stored as UTF-8, with surrogatepass: WSGI strings are latin-1
@@ -193,3 +202,69 @@ def lowest_id(client: redis.Redis, moment: datetime) -> bytes:
     offset_ms = (seconds - (before + after) / 2) * 1000 + micros / 1000
     ms = (moment - _EPOCH) // _MS + int(offset_ms) - CLOCK_MARGIN_MS
     return b"-" if ms <= 0 else b"%d" % ms
+
+
+def decode_entries(fields: Iterable[str], entries: list[t.Any]) -> list[_Row]:
+    """The rows of ``XRANGE`` ``entries`` (raw bytes), with ``fields``."""
+    codecs = [(name, CODECS[name][0], CODECS[name][2]) for name in fields]
+    rows = []
+    for _, stored in entries:
+        if stored is None:
+            continue
+        if not isinstance(stored, dict):
+            stored = dict(zip(stored[::2], stored[1::2], strict=True))
+        # The placeholder field "_" of an empty entry is no field: every
+        # field of its row is None.
+        get = stored.get
+        row: _Row = {}
+        for name, key, parse in codecs:
+            value = get(key)
+            if value is not None:
+                try:
+                    value = parse(value)
+                except ValueError:
+                    # Entries of flask-traffic 0.8 hold "None" or text
+                    # where a number belongs.
+                    value = None
+            row[name] = value
+        rows.append(row)
+    return rows
+
+
+def read_rows(
+    client: redis.Redis,
+    key: str,
+    lowest: bytes,
+    limit: int | None,
+    oldest_first: bool,
+    decode: Callable[[list[t.Any]], list[_Row]],
+) -> Iterator[_Row]:
+    """The rows of the stream ``key`` from id ``lowest`` on, newest first
+    (``XREVRANGE``) or oldest first (``XRANGE``), read in chunks as they are
+    consumed, each chunk's entries made rows by ``decode``."""
+    import redis as redis_module
+
+    # XRANGE key low high, XREVRANGE key high low: both go on from the
+    # first bound, moved past the last id read.
+    command, first, second = (
+        ("XRANGE", lowest, b"+") if oldest_first else ("XREVRANGE", b"+", lowest)
+    )
+    # A small limit asks for a small first chunk; later chunks grow.
+    size = _CHUNK if limit is None else max(1, min(limit, _CHUNK))
+    # Raw bytes whatever the client's decode_responses: text is decoded
+    # here, the same way it was encoded.
+    options = {redis_module.client.NEVER_DECODE: True}
+    while True:
+        entries = client.execute_command(  # type: ignore[no-untyped-call]
+            command, key, first, second, "COUNT", size, **options
+        )
+        if not entries:
+            return
+        yield from decode(entries)
+        if len(entries) < size:
+            return
+        following = next_id(entries[-1][0], oldest_first)
+        if following is None:
+            return
+        first = following
+        size = min(size * 2, _CHUNK)

@@ -22,11 +22,11 @@ from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_se
 from ..summary import SummaryBuilder
 from ._redisclient import from_host, from_url, is_int
 from ._redisentries import (
-    CODECS,
     add_entries,
+    decode_entries,
     entry_maker,
     lowest_id,
-    next_id,
+    read_rows,
     spooled_entry,
     spooled_entry_maker,
 )
@@ -48,11 +48,6 @@ logger = logging.getLogger("flask_traffic")
 #: Seconds a writer's fence key outlives its last batch: a batch retried
 #: after an outage longer than this may be written twice.
 _FENCE_TTL = 24 * 3600
-
-#: Entries per ``XREVRANGE``/``XRANGE`` of :meth:`RedisStore.scan`: large
-#: enough that round trips do not count, small enough that a reply does not
-#: hold the server or the reader's memory for long.
-_CHUNK = 2000
 
 #: The most ``XTRIM`` commands one retention run sends: each removes at most
 #: 100 stream nodes' worth of entries (``~`` trimming's default ``LIMIT``,
@@ -457,69 +452,17 @@ class RedisStore(Store):
             if since is None or age_cutoff > since:
                 since = age_cutoff
         test = None if query.is_everything else query.matches
-        return self._scan(since, test, query.limit, oldest_first)
-
-    def _scan(
-        self,
-        since: datetime | None,
-        test: Callable[[_Row], bool] | None,
-        limit: int | None,
-        oldest_first: bool,
-    ) -> Iterator[_Row]:
         lowest = b"-" if since is None else lowest_id(self._client, since)
-        # XRANGE key low high, XREVRANGE key high low: both go on from the
-        # first bound, moved past the last id read.
-        command, first, second = (
-            ("XRANGE", lowest, b"+") if oldest_first else ("XREVRANGE", b"+", lowest)
+        rows = read_rows(
+            self._client, self.event_name, lowest, query.limit, oldest_first, self._decode
         )
-        # A small limit asks for a small first chunk; later chunks grow.
-        size = _CHUNK if limit is None else max(1, min(limit, _CHUNK))
-        options = {self._never_decode: True}
-        while True:
-            # Raw bytes whatever the client's decode_responses: text is
-            # decoded here, the same way it was encoded.
-            entries = self._client.execute_command(  # type: ignore[no-untyped-call]
-                command, self.event_name, first, second, "COUNT", size, **options
-            )
-            if not entries:
-                return
-            rows = self._decode(entries)
-            yield from (rows if test is None else filter(test, rows))
-            if len(entries) < size:
-                return
-            following = next_id(entries[-1][0], oldest_first)
-            if following is None:
-                return
-            first = following
-            size = min(size * 2, _CHUNK)
+        return rows if test is None else filter(test, rows)
 
     def _decode(self, entries: list[t.Any], only: frozenset[str] | None = None) -> list[_Row]:
         """Rows of ``entries``, of every field the store keeps or of those
         of them in ``only``."""
         fields = self.fields if only is None else [name for name in self.fields if name in only]
-        codecs = [(name, CODECS[name][0], CODECS[name][2]) for name in fields]
-        rows = []
-        for _, stored in entries:
-            if stored is None:
-                continue
-            if not isinstance(stored, dict):
-                stored = dict(zip(stored[::2], stored[1::2], strict=True))
-            # The placeholder field "_" of an empty entry is no field: every
-            # field of its row is None.
-            get = stored.get
-            row: _Row = {}
-            for name, key, parse in codecs:
-                value = get(key)
-                if value is not None:
-                    try:
-                        value = parse(value)
-                    except ValueError:
-                        # Entries of flask-traffic 0.8 hold "None" or text
-                        # where a number belongs.
-                        value = None
-                row[name] = value
-            rows.append(row)
-        return rows
+        return decode_entries(fields, entries)
 
     def retain(self, cutoff: datetime | None, max_records: int | None) -> int:
         """Trim the stream: ``XTRIM MINID ~`` for ``cutoff``, then ``XTRIM
