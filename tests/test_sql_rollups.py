@@ -3,6 +3,7 @@ the raw summary counts, on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from helpers import (
     database_url,
@@ -344,12 +346,23 @@ def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
     import sqlalchemy as sa
 
     with engine.connect() as connection:
-        kept = connection.execute(
-            sa.text(
-                "SELECT unit, count(*) FROM _traffic__rollup WHERE part = 'top_paths' GROUP BY unit"
-            )
+        rows = connection.execute(
+            sa.text("SELECT unit, part, key_hash, key FROM _traffic__rollup ORDER BY key_hash")
         ).all()
-    assert sorted(kept) == [("day", 200), ("hour", 200)]
+    # Each bucket is its loose parts' rows and one document of the rest.
+    assert sorted({(unit, part) for unit, part, _, _ in rows}) == [
+        (unit, part)
+        for unit in ("day", "hour")
+        for part in ("packed", "records", "status", "total")
+    ]
+    for unit in ("day", "hour"):
+        document = json.loads(
+            "".join(key for kind, part, _, key in rows if (kind, part) == (unit, "packed"))
+        )
+        paths = dict(document["top_paths"])
+        assert len(paths) == 200
+        assert all(paths[f"/p/{n}"] == 20 for n in range(10))
+        assert document["o:top_paths"] == [["", 100.0]]
 
 
 def test_rollups_outlive_the_records_max_age_removes(tmp_path: Path) -> None:
@@ -622,3 +635,106 @@ def test_postgresqls_upsert_of_many_rows_adds_up_rows_of_one_key(
     finally:
         drop_tables(store)
         store.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_packed_buckets_and_rows_added_beside_them_count_what_the_records_do(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket over is packed into a document (over several rows when
+    long); records folded into it later are rows beside it until the next
+    compaction packs them in; the day under way is read as its hours."""
+    from flask_traffic.stores import _sqlrollups
+
+    options: dict[str, str] = {"database_table_name": unique_name()}
+    if kind != "sqlite":
+        options["database_url"] = database_url(kind, request)
+    rolled = SQLStore(sync=True, rollups=True, **options)
+    Traffic(make_app(tmp_path), stores=rolled)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
+    Traffic(make_app(tmp_path), stores=raw)
+    tables = rolled._rollup_tables()
+    assert tables is not None
+    tables.settle = 0.0
+    rng = random.Random(5)
+    now = datetime.now(UTC)
+    made = [
+        random_record(rng, now - timedelta(seconds=rng.uniform(0, 3 * 86400))) for _ in range(3000)
+    ]
+    # Today and the hour under way too, wherever the test runs in the day.
+    made += [random_record(rng, now - timedelta(seconds=rng.uniform(0, 600))) for _ in range(50)]
+    # 300 paths of 400 characters in one hour two days ago: its document
+    # takes more than one row.
+    long_hour = (now - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    made += [
+        random_record(rng, long_hour + timedelta(seconds=n), f"/{n:03d}" + "x" * 396)
+        for n in range(300)
+    ]
+    rolled.export(made)
+    assert rolled.fold() == len(made)
+    engine = rolled.database_engine
+    assert engine is not None
+    with engine.connect() as connection:
+        chunks = (
+            connection.execute(
+                sa.select(tables.sums.c.key_hash).where(
+                    tables.sums.c.unit == "hour",
+                    tables.sums.c.start == long_hour,
+                    tables.sums.c.part == "packed",
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(chunks) == [0, 1]
+
+    windows = [
+        (now - timedelta(days=7), None),  # counted per day, today as its hours
+        (now - timedelta(hours=24), None),
+        (long_hour - timedelta(hours=3), long_hour + timedelta(hours=2)),
+    ]
+
+    def assert_same() -> None:
+        for since, until in windows:
+            got = rolled.summary(since, until)
+            assert got["source"]["source"] == "rollups"
+            counted = (datetime.fromisoformat(got["source"]["since"]), until)
+            if until is not None:
+                counted = (counted[0], datetime.fromisoformat(got["source"]["until"]))
+            want = raw.summary(*counted)
+            # The long hour kept its 200 leading paths: that list is
+            # approximate in a window with it, its other counts exact.
+            for name in got["source"]["approximate"]:
+                del got[name], want[name]
+            assert counts(got) == counts(want), (since, until)
+
+    assert_same()
+    # Late records of the long hour, folded while compactions do nothing:
+    # rows beside its document.
+    monkeypatch.setattr(_sqlrollups, "compact", lambda *args: None)
+    late = [
+        random_record(rng, long_hour + timedelta(minutes=30, seconds=n), "/late") for n in range(40)
+    ]
+    rolled.export(late[:20])
+    assert rolled.fold() == 20
+    assert_same()
+    monkeypatch.undo()
+    rolled.export(late[20:])
+    assert rolled.fold() == 20
+    with engine.connect() as connection:
+        parts = (
+            connection.execute(
+                sa.select(tables.sums.c.part).where(
+                    tables.sums.c.unit == "hour", tables.sums.c.start == long_hour
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(set(parts)) == ["packed", "records", "status", "total"]
+    assert_same()
+    last = rolled.summary(*windows[2])
+    assert last["source"]["approximate"] == ["top_paths"]
+    assert {"value": "/late", "count": 40} in last["top_paths"]
+    if kind != "sqlite":
+        drop_tables(rolled)

@@ -12,14 +12,16 @@ import sqlalchemy as sa
 
 from ..query import Query
 from ..rollups import (
-    LEADER_MARGIN,
     Piece,
+    RollupRetention,
     Unit,
     WindowPlan,
+    bucket_start,
     plan_folded,
 )
-from ..summary import TOP, TOP_FIELDS, SummaryBuilder
+from ..summary import SummaryBuilder
 from ._rollupparts import add_records, breakdown_records, feed_buckets, records_weight
+from ._sqlrollupparts import read_sums
 from ._sqltable import TableIO
 from ._sqltext import decode_text
 from .sqlschema import ID_COLUMN
@@ -155,10 +157,10 @@ def _feed_rollups(
     visitor sketches of those, and the top lists some bucket kept only the
     leaders of."""
     sums, buckets = rollups.sums, rollups.buckets
-    summed = plan.summed
-    totals = connection.execute(_totals(connection, sums, summed, slack)).all()
+    summed = _within(sums, _packed_pieces(plan.summed, rollups.retention))
+    totals = read_sums(connection, sums, summed)
     per_bucket = connection.execute(
-        sa.select(sums.c.start, sums.c.weight).where(_within(sums, summed), sums.c.part == "total")
+        sa.select(sums.c.start, sums.c.weight).where(summed, sums.c.part == "total")
     ).all()
     # Each bucket's row once: its span, visitors and histograms.
     rows = connection.execute(
@@ -174,7 +176,7 @@ def _feed_rollups(
     sketches = [(row[0], row[1], row[4]) for row in rows if row[4] is not None]
     approximate = feed_buckets(
         builder,
-        [(str(part), key, float(weight)) for part, key, weight in totals],
+        totals,
         decode_text,
         [(start, float(weight)) for start, weight in per_bucket],
         [(row[2], row[3], row[5]) for row in rows],
@@ -183,55 +185,25 @@ def _feed_rollups(
     return sketches, approximate
 
 
-def _totals(
-    connection: sa.Connection, sums: sa.Table, found: list[Piece], slack: float
-) -> sa.Select[t.Any]:
-    """The weight of each ``(part, stored key)`` but the totals, summed over
-    the buckets of ``found``; on PostgreSQL, of the top lists' parts only
-    the values within ``slack`` of the
-    :data:`~flask_traffic.summary.TOP`-th largest.
-
-    A month of buckets holds some 9,000 paths and referrers, where a
-    summary shows ten of each: PostgreSQL ranks them, and some 300 rows of
-    the 9,000 reach Python, which turns each into objects. A value left
-    out weighs less than the ``TOP``-th by more than ``slack``, so it cannot
-    rank even with every record read besides. SQLite ranks by sorting in a
-    temporary B-tree, which took it twice as long as the rows it saves, and
-    MariaDB's window functions over the grouped rows (a temporary table of
-    text keys, on disk) took 8 s for a day: there
-    :func:`~flask_traffic.rollups.leaders` leaves them out in Python, before
-    their keys are decoded. (Adding up by the key's hash alone, then
-    looking up the keys left, was tried too: SQLite and MariaDB looked each
-    up slower than they group the keys.)"""
-    summed = (
-        sa.select(sums.c.part, sums.c.key, sa.func.sum(sums.c.weight).label("weight"))
-        .where(_within(sums, found), sums.c.part != "total")
-        .group_by(sums.c.part, sums.c.key_hash, sums.c.key)
-    )
-    if connection.dialect.name != "postgresql":
-        return summed
-    grouped = summed.subquery("grouped")
-    ranked = sa.select(
-        grouped,
-        sa.func.row_number()
-        .over(partition_by=grouped.c.part, order_by=grouped.c.weight.desc())
-        .label("rank"),
-    ).subquery("ranked")
-    placed = sa.select(
-        ranked.c.part,
-        ranked.c.key,
-        ranked.c.weight,
-        sa.func.max(sa.case((ranked.c.rank == TOP, ranked.c.weight)))
-        .over(partition_by=ranked.c.part)
-        .label("floor"),
-    ).subquery("placed")
-    return sa.select(placed.c.part, placed.c.key, placed.c.weight).where(
-        sa.or_(
-            placed.c.part.not_in(list(TOP_FIELDS)),
-            placed.c.floor.is_(None),
-            placed.c.weight >= placed.c.floor - (slack + LEADER_MARGIN),
-        )
-    )
+def _packed_pieces(chosen: list[Piece], retention: RollupRetention) -> list[Piece]:
+    """``chosen``, with the UTC day under way as its hours, where those are
+    kept: that day is a row a value (every path and referrer of the day so
+    far, some 11,000 at 10 million records in 90 days), its hours that are
+    over a packed row each (:mod:`._sqlrollupparts`)."""
+    now = datetime.now(_UTC)
+    today = bucket_start(now, "day")
+    cutoff = retention.cutoff("hour", now)
+    if cutoff is not None and cutoff > today:
+        return chosen
+    found = []
+    for piece in chosen:
+        if piece.unit != "day" or piece.end <= today:
+            found.append(piece)
+            continue
+        if piece.start < today:
+            found.append(Piece("day", piece.start, today))
+        found.append(Piece("hour", max(piece.start, today), piece.end))
+    return found
 
 
 def io_rows(
