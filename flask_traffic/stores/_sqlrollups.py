@@ -4,7 +4,9 @@ tables beside it, on every database SQLAlchemy speaks:
 ``<table>_rollup(unit, start, part, key_hash, key, weight)``
     summed weights per bucket and ``(part, key)``; ``key_hash`` (64 bits of
     BLAKE2b) makes the primary key, so keys of any length are indexable
-    (MariaDB indexes no ``TEXT``).
+    (MariaDB indexes no ``TEXT``). A bucket over is packed: its sums but
+    the few loose parts in one document, rows of the part ``packed``
+    (:mod:`._sqlrollupparts`).
 ``<table>_rollup_bucket(unit, start, first_us, last_us, visitors)``
     per bucket, the first and last ``request_date`` and the visitor sketch.
 ``<table>_rollup_state(name, position, candidate, candidate_at)``
