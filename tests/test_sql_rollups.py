@@ -561,6 +561,7 @@ def test_a_rebuild_on_postgresql_vacuums_in_place_a_table_another_session_holds(
         assert store.summary()["total"] == 2000
     finally:
         drop_tables(store)
+        store.shutdown()
 
 
 @pytest.mark.parametrize("how", ["rebuild", "backlog"])
