@@ -8,7 +8,10 @@ figure is records over the time from the first ``emit`` to the end of the
 flush, so it covers value formatting, user agent parsing, encoding and the
 batched writes. PostgreSQL, MariaDB and Redis are the local servers of the
 test suite (see ``tests/conftest.py``); a store whose server does not answer
-is reported and left out. With ``--rollups`` the SQL stores and RedisStore
+is reported and left out. ``--large FOLDER`` writes the SQLite store into
+a copy of the one ``bench_rollups.py --keep FOLDER`` kept (a large table;
+the summary index its store without rollups added is dropped).
+With ``--rollups`` the SQL stores and RedisStore
 keep rollups, and the time runs until the records are folded into them too
 (``fold()`` after the flush; the worker folds between batches). On
 PostgreSQL and MariaDB a fold only takes the rows written 10 s before (ids
@@ -21,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -72,6 +78,8 @@ def make_records(count: int) -> list[TrafficRecord]:
 
 # Each maker yields a store ready to attach and cleans up what it made.
 StoreMaker = Callable[[Path], contextlib.AbstractContextManager[Store]]
+#: A folder ``bench_rollups.py --keep`` kept a SQLite store in (``--large``).
+LARGE: Path | None = None
 #: Whether the SQL stores and RedisStore keep rollups (``--rollups``); the
 #: file stores and SQLORMStore never do here: their figures are raw ingest.
 ROLLUPS = False
@@ -87,6 +95,14 @@ def _sql(url: str | None, folder: Path) -> Iterator[Store]:
     from flask_traffic.stores import SQLStore
 
     table = f"bench_{uuid.uuid4().hex[:8]}"
+    if url is None and LARGE is not None:
+        # A copy of a large SQLite store: writing into a big table.
+        shutil.copy(LARGE / "traffic.sqlite", folder / "traffic.sqlite")
+        table = json.loads((LARGE / "kept.json").read_text())["table"]
+        # bench_rollups.py's store without rollups gave the table its
+        # summary index, which a store keeping rollups has not.
+        with sqlite3.connect(folder / "traffic.sqlite") as connection:
+            connection.execute(f"DROP INDEX IF EXISTS ix_{table}_summary")
     store = SQLStore(location=folder, database_url=url, database_table_name=table, rollups=ROLLUPS)
     try:
         yield store
@@ -176,9 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=50_000, help="records per store")
     parser.add_argument("--stores", default=",".join(MAKERS), help="comma-separated store kinds")
     parser.add_argument("--rollups", action="store_true", help="SQL and Redis keep rollups")
+    parser.add_argument(
+        "--large",
+        type=Path,
+        help="write the SQLite store into a copy of the one bench_rollups.py --keep kept here",
+    )
     args = parser.parse_args(argv)
-    global ROLLUPS
-    ROLLUPS = args.rollups
+    global ROLLUPS, LARGE
+    ROLLUPS, LARGE = args.rollups, args.large
     ok = True
     for kind in args.stores.split(","):
         with tempfile.TemporaryDirectory() as tmp:
