@@ -300,7 +300,8 @@ def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
     from flask_traffic.stores import _sqlrollupparts, _sqlrollups
 
     _, rolled, raw = sqlite_pair
-    hour = START + timedelta(hours=30)
+    # Yesterday's: a fold packs the buckets over of the last days.
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     made = []
     for n in range(300):  # 300 paths, the first ten far ahead of the rest
         for _ in range(20 if n < 10 else 1):
@@ -800,3 +801,45 @@ def test_packed_buckets_and_rows_added_beside_them_count_what_the_records_do(
     assert {"value": "/late", "count": 40} in last["top_paths"]
     if kind != "sqlite":
         drop_tables(rolled)
+
+
+def test_any_process_packs_the_recent_buckets_another_left_as_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that folded an hour and stopped before it was over leaves
+    it as rows; another process's next fold packs it, though it folded
+    nothing of it."""
+    from flask_traffic.stores import _sqlrollups
+
+    first = SQLStore(sync=True, rollups=True)
+    Traffic(make_app(tmp_path), stores=first)
+    rng = random.Random(9)
+    hour = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
+    made = [random_record(rng, hour + timedelta(seconds=n * 7)) for n in range(400)]
+    first.export(made)
+    with monkeypatch.context() as patched:
+        patched.setattr(_sqlrollups, "compact", lambda *args: None)
+        assert first.fold() == len(made)
+    first.shutdown()
+
+    def parts() -> set[str]:
+        tables = second._rollup_tables()
+        assert tables is not None
+        with tables.engine.connect() as connection:
+            return set(
+                connection.execute(
+                    sa.select(tables.sums.c.part).where(
+                        tables.sums.c.unit == "hour", tables.sums.c.start == hour
+                    )
+                ).scalars()
+            )
+
+    second = SQLStore(sync=True, rollups=True, name="second")
+    Traffic(make_app(tmp_path, "second"), stores=second)
+    assert "route" in parts()
+    assert second.fold() == 0
+    assert parts() == {"packed", "records", "status", "total"}
+    raw = SQLStore(sync=True, name="raw", rollups=False)
+    Traffic(make_app(tmp_path, "raw"), stores=raw)
+    window = (hour - timedelta(hours=2), hour + timedelta(hours=2))
+    assert counts(second.summary(*window)) == counts(raw.summary(*window))

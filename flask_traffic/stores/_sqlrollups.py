@@ -71,6 +71,10 @@ _STATE = "fold"
 # POSIX time is ``candidate_at`` on (all days when NULL).
 _REBUILD = "rebuild"
 _MINUTE = timedelta(minutes=1)
+# How far back a fold looks for buckets over and not packed yet: a site's
+# processes stopped for longer leave theirs as rows (exact, slower to read)
+# until a rebuild.
+_LOOKBACK = timedelta(days=3)
 # Rows one fold() folds from which it vacuums after, on PostgreSQL, rather
 # than leave its dead rows to autovacuum (a worker's passes, budgeted, fold
 # fewer).
@@ -155,8 +159,6 @@ class SQLRollups:
             self.buckets,
             {"first_us": "set", "last_us": "set", "visitors": "set", "histograms": "set"},
         )
-        #: Hours and days folded while open, to compact once over.
-        self._open: set[tuple[Unit, datetime]] = set()
         #: Whether the last fold stopped at its budget with more to fold.
         self.unfinished = False
 
@@ -198,17 +200,33 @@ class SQLRollups:
         return folded
 
     def _compact_closed(self) -> None:
-        """Cut the top lists of the buckets this process saw open that are
-        over now. (A process that stops first leaves them whole: slower to
-        sum, as exact.)"""
+        """Cut and pack the hours and days of the last :data:`_LOOKBACK` that
+        are over and still hold rows to pack: those folded while open (by
+        any process of the site), and those a fold added to once packed."""
         now = datetime.now(_UTC)
-        over = [key for key in self._open if is_over(*key, now)]
+        sums = self.sums
+        with self.engine.connect() as connection:
+            over = [
+                (unit, start)
+                for unit in KEPT_UNITS
+                for start in connection.execute(
+                    sa.select(sums.c.start)
+                    .where(
+                        sums.c.unit == unit,
+                        sums.c.start >= bucket_start(now - _LOOKBACK, unit),
+                        sums.c.start < bucket_start(now, unit),
+                        # Every bucket of records has a route row until packed.
+                        sums.c.part == "route",
+                    )
+                    .distinct()
+                ).scalars()
+                if is_over(unit, start, now)
+            ]
         if not over:
             return
         with self.engine.begin() as connection:
             self._lock(connection)
             compact(self, connection, over, now)
-        self._open.difference_update(over)
 
     def _fold_chunk(self) -> int:
         with self.engine.begin() as connection:
@@ -448,10 +466,9 @@ class SQLRollups:
         if rows:
             self._upsert_buckets(connection, rows)
         now = datetime.now(_UTC)
+        # Those still open are cut by a later fold's _compact_closed, though
+        # no record may land in them by then.
         compact(self, connection, touched, now)
-        # Hours and days still open: cut when a later fold finds them over,
-        # though no record may land in them by then.
-        self._open.update(key for key in touched if not is_over(*key, now))
 
     def _read_buckets(
         self, connection: sa.Connection, keys: list[tuple[Unit, datetime]]
