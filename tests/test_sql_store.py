@@ -662,3 +662,32 @@ def test_sql_example(
             store.shutdown()
     used = tmp_path / ("from_env.db" if from_env else "instance/traffic.sqlite")
     assert used.is_file()
+
+
+def test_sqlite_dates_are_stored_as_sqlalchemys_own_text() -> None:
+    """The date of a SQLite row is written by a faster path than
+    SQLAlchemy's, to the very same text, whatever the datetime given."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from flask_traffic.stores.sqlschema import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().bind_processor(dialect)
+    theirs = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None
+    assert theirs is not None
+    offset = timezone(timedelta(hours=-7, minutes=-30))
+    moments = [
+        datetime(2026, 12, 1, 23, 12, 16, 262183, tzinfo=timezone.utc),
+        datetime(2026, 12, 1, 23, 12, 16, tzinfo=timezone.utc),
+        datetime(2026, 3, 29, 1, 59, 59, 999999, tzinfo=offset),
+        datetime(1, 1, 1, 0, 0, 0, 1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999),
+        datetime(999, 7, 4, 12),
+    ]
+    for moment in moments:
+        utc = moment if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        assert ours(moment) == theirs(utc.replace(tzinfo=None)), moment
+    assert ours(None) is None

@@ -83,6 +83,24 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         # MariaDB's DATETIME and SQLite's text have no offset: they hold UTC.
         return value.replace(tzinfo=None)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[t.Any], t.Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # SQLAlchemy's own text of a SQLite DATETIME, written by C
+        # (isoformat) instead of its format string filled from a dict: a
+        # tenth of a SQLite insert's work.
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not None:
+                if value.utcoffset():
+                    value = value.astimezone(_UTC)
+                value = value.replace(tzinfo=None)
+            return value.isoformat(" ", "microseconds")
+
+        return process
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
