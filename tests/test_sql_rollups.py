@@ -55,23 +55,33 @@ WINDOWS = [
 ]
 
 
+def rollup_pair(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[SQLStore, SQLStore]:
+    """A store keeping rollups on a table of its own of ``kind``'s
+    database, folding every row at once, and a store without rollups
+    reading the same table: the raw summary to compare with."""
+    options: dict[str, str] = {"database_table_name": unique_name()}
+    if kind != "sqlite":
+        options["database_url"] = database_url(kind, request)
+    rolled = SQLStore(sync=True, rollups=True, **options)
+    Traffic(make_app(tmp_path), stores=rolled)
+    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
+    Traffic(make_app(tmp_path), stores=raw)
+    tables = rolled._rollup_tables()
+    assert tables is not None
+    # Nothing is folded before its rows settle on PostgreSQL and MariaDB.
+    tables.settle = 0.0
+    return rolled, raw
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
 def test_rollup_summary_counts_what_the_raw_summary_counts(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    options: dict[str, str] = {"database_table_name": unique_name()}
-    if kind != "sqlite":
-        options["database_url"] = database_url(kind, request)
-    app = make_app(tmp_path)
-    rolled = SQLStore(sync=True, rollups=True, **options)
-    Traffic(app, stores=rolled)
-    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
-    Traffic(make_app(tmp_path), stores=raw)
+    rolled, raw = rollup_pair(kind, tmp_path, request)
     made = records(3000)
     rolled.export(made[:2500])
-    # Nothing is folded before its rows settle on PostgreSQL and MariaDB.
-    assert rolled._rollup_tables() is not None
-    rolled._rollup_tables().settle = 0.0  # type: ignore[union-attr]
     assert rolled.fold() == 2500
     rolled.export(made[2500:])  # a tail written after the fold
     for since, until in WINDOWS:
@@ -300,8 +310,9 @@ def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
     from flask_traffic.stores import _sqlrollupparts, _sqlrollups
 
     _, rolled, raw = sqlite_pair
-    # Yesterday's: a fold packs the buckets over of the last days.
-    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    # Of the day before yesterday: a fold packs the buckets over of the last
+    # 3 days (yesterday's day is not over in the first minutes after midnight).
+    hour = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
     made = []
     for n in range(300):  # 300 paths, the first ten far ahead of the rest
         for _ in range(20 if n < 10 else 1):
@@ -493,7 +504,8 @@ def test_a_worker_folds_a_backlog_between_batches_and_drops_nothing(
 
 
 def postgresql_store(tmp_path: Path, request: pytest.FixtureRequest) -> SQLStore:
-    """A store keeping rollups on a table of its own on the test PostgreSQL."""
+    """A store keeping rollups on a table of its own on the test PostgreSQL,
+    folding every row at once."""
     store = SQLStore(
         sync=True,
         rollups=True,
@@ -501,6 +513,9 @@ def postgresql_store(tmp_path: Path, request: pytest.FixtureRequest) -> SQLStore
         database_url=database_url("postgresql", request),
     )
     Traffic(make_app(tmp_path), stores=store)
+    tables = store._rollup_tables()
+    assert tables is not None
+    tables.settle = 0.0
     return store
 
 
@@ -536,7 +551,6 @@ def test_a_rebuild_on_postgresql_vacuums_in_place_a_table_another_session_holds(
         store.export(records(2000))
         tables = store._rollup_tables()
         assert tables is not None
-        tables.settle = 0.0
         assert store.fold() == 2000
         engine = store.database_engine
         assert engine is not None
@@ -585,7 +599,6 @@ def test_a_rebuild_on_postgresql_leaves_no_dead_rows_behind(
         store.export(records(2000))
         tables = store._rollup_tables()
         assert tables is not None
-        tables.settle = 0.0
         if how == "rebuild":
             assert store.rebuild_rollups() == 2000
         else:
@@ -632,13 +645,7 @@ def test_a_path_the_rollups_rank_below_the_top_ten_rises_with_the_records_not_ye
 ) -> None:
     """The database hands over only the values of a top list that can
     rank; those the records read besides lift into it are among them."""
-    options: dict[str, str] = {"database_table_name": unique_name()}
-    if kind != "sqlite":
-        options["database_url"] = database_url(kind, request)
-    rolled = SQLStore(sync=True, rollups=True, **options)
-    Traffic(make_app(tmp_path), stores=rolled)
-    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
-    Traffic(make_app(tmp_path), stores=raw)
+    rolled, raw = rollup_pair(kind, tmp_path, request)
     rng = random.Random(3)
     at = START + timedelta(hours=5)
     # /t0 30 times down to /t11 19 times: /t10 and /t11 rank 11th and 12th.
@@ -648,8 +655,6 @@ def test_a_path_the_rollups_rank_below_the_top_ten_rises_with_the_records_not_ye
         for n in range(30 - rank)
     ]
     rolled.export(folded)
-    assert rolled._rollup_tables() is not None
-    rolled._rollup_tables().settle = 0.0  # type: ignore[union-attr]
     assert rolled.fold() == len(folded)
     # Six more of /t11, written after the fold: 25 in all, fifth.
     rolled.export(
@@ -709,16 +714,9 @@ def test_packed_buckets_and_rows_added_beside_them_count_what_the_records_do(
     compaction packs them in; the day under way is read as its hours."""
     from flask_traffic.stores import _sqlrollups
 
-    options: dict[str, str] = {"database_table_name": unique_name()}
-    if kind != "sqlite":
-        options["database_url"] = database_url(kind, request)
-    rolled = SQLStore(sync=True, rollups=True, **options)
-    Traffic(make_app(tmp_path), stores=rolled)
-    raw = SQLStore(sync=True, name="raw", rollups=False, **options)
-    Traffic(make_app(tmp_path), stores=raw)
+    rolled, raw = rollup_pair(kind, tmp_path, request)
     tables = rolled._rollup_tables()
     assert tables is not None
-    tables.settle = 0.0
     rng = random.Random(5)
     now = datetime.now(UTC)
     made = [
