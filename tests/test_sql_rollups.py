@@ -543,9 +543,9 @@ def test_a_rebuild_on_postgresql_vacuums_in_place_a_table_another_session_holds(
     # Rewriting a table waits for every other session's lock on it; a
     # session reading it for long makes the rebuild vacuum it in place
     # instead, rather than queue the site's folds and summaries behind.
-    from flask_traffic.stores import _sqlrollups
+    from flask_traffic.stores import _sqlrollupparts
 
-    monkeypatch.setattr(_sqlrollups, "_REWRITE_WAIT", "200ms")
+    monkeypatch.setattr(_sqlrollupparts, "_REWRITE_WAIT", "200ms")
     store = postgresql_store(tmp_path, request)
     try:
         store.export(records(2000))

@@ -52,7 +52,7 @@ from ._rollupparts import KEPT_UNITS, Deadline, Times, is_over
 from ._rollupstore import FoldState
 from ._sqlfold import fold_chunk, key_hash
 from ._sqlinsert import make_upsert
-from ._sqlrollupparts import compact
+from ._sqlrollupparts import compact, rewrite
 from ._sqltable import TableIO
 from ._sqltext import encode_text
 from .sqlschema import ID_COLUMN, UTCDateTime
@@ -79,8 +79,6 @@ _LOOKBACK = timedelta(days=3)
 # than leave its dead rows to autovacuum (a worker's passes, budgeted, fold
 # fewer).
 _VACUUM_AFTER = 100_000
-# How long that vacuum waits for the lock of a rollup table to rewrite it.
-_REWRITE_WAIT = "5s"
 
 
 def _tables(table: sa.Table) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
@@ -295,37 +293,9 @@ class SQLRollups:
         return folded
 
     def _vacuum(self) -> None:
-        """On PostgreSQL, clear what a rebuild or a backlog's fold left of
-        the rows it replaced, and analyze the traffic table.
-
-        Its upserts and compactions (which pack a bucket's hundreds of rows
-        into one) leave the rollup tables some 40 times the size of what
-        they hold (470 MB for 11 MB after 1,000,000 records) and their
-        index as large, which a plain ``VACUUM`` leaves as it is: the
-        planner then read a day's 600 rows by a scan of the whole table
-        (57 ms, against 0.5 ms through the index). So they are rewritten
-        (``VACUUM FULL``, half a second at that size), unless another
-        session holds one of them for over :data:`_REWRITE_WAIT`: that one
-        is then vacuumed in place. And a table filled just before (a bulk
-        load, an import) has no statistics until autovacuum comes, and
-        without them the planner reads a summary's records after the fold
-        position through the date index, a month of rows (110 ms at
-        1,000,000), rather than the few past the position by their id."""
-        if self.engine.dialect.name != "postgresql":
-            return
-        with self.engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            prepare = autocommit.dialect.identifier_preparer
-            # A rewrite locks the table: never queue the site's folds and
-            # summaries behind a long wait for it.
-            autocommit.exec_driver_sql(f"SET lock_timeout = '{_REWRITE_WAIT}'")
-            for table in (self.sums, self.buckets):
-                name = prepare.format_table(table)
-                try:
-                    autocommit.exec_driver_sql(f"VACUUM FULL ANALYZE {name}")
-                except sa.exc.OperationalError:
-                    autocommit.exec_driver_sql(f"VACUUM ANALYZE {name}")
-            autocommit.exec_driver_sql(f"ANALYZE {prepare.format_table(self.io.table)}")
+        """On PostgreSQL, rewrite the rollup tables after a rebuild or a
+        backlog's fold (:func:`._sqlrollupparts.rewrite`)."""
+        rewrite(self)
 
     def rebuilding(self, connection: sa.Connection) -> bool:
         """Whether a rebuild is under way (or was interrupted)."""
