@@ -75,11 +75,11 @@ def summarize(
     read = _read(rollups, query, summary=True)
     if read is None:
         return None
-    position, plan, buckets, replies, day_keys = read
+    position, plan, buckets, replies, day_keys, documents = read
     since, until, found, expired = plan.since, plan.until, plan.found, plan.expired
     builder.since, builder.until = since or builder.since, until or builder.until
     rows = _entries(rollups, position, expired, since, until)
-    approximate = _feed(builder, buckets, replies, records_weight(rows))
+    approximate = _feed(builder, buckets, replies, records_weight(rows), documents)
     day_counts = {
         day: int(count)
         for day, count in zip(sorted(day_keys), replies[len(buckets) :], strict=True)
@@ -103,7 +103,7 @@ def breakdown(
     read = _read(rollups, query, summary=False)
     if read is None:
         return None
-    position, plan, buckets, replies, _ = read
+    position, plan, buckets, replies, _, _ = read
     for (unit, start), fields in zip(buckets, replies, strict=True):
         low, high, document, _ = (_own(fields, name) for name in _OWN_FIELDS)
         builder.add_bucket(
@@ -135,6 +135,9 @@ class _Read(t.NamedTuple):
     buckets: list[tuple[Unit, datetime]]
     replies: list[t.Any]
     day_keys: dict[datetime, set[str]]
+    #: For a summary whose :attr:`~WindowPlan.whole` buckets are fewer than
+    #: those it sums, their histogram documents (``None`` otherwise).
+    documents: list[t.Any] | None
 
 
 def _read(rollups: RedisRollups, query: Query, *, summary: bool) -> _Read | None:
@@ -163,12 +166,24 @@ def _read(rollups: RedisRollups, query: Query, *, summary: bool) -> _Read | None
                     # Counted per minute: the entries are read.
                     return None
                 buckets = _starts(rollups, plan.summed if summary else plan.kept)
+                # A day counted per hour takes its histograms from fewer,
+                # larger buckets (4 hours and the day, not 25 hours), as SQL
+                # does: adding up the documents was half of its sums' time.
+                whole = None
+                if summary and plan.whole != plan.summed:
+                    whole = _starts(rollups, plan.whole)
                 pipe.multi()
                 day_keys = _queue_reads(rollups, pipe, buckets, visitors=summary)
+                for unit, start in whole or ():
+                    pipe.hget(rollups.bucket_key(unit, start), "h")
                 replies = pipe.execute()
             except redis.WatchError:
                 continue
-        return _Read(position, plan, buckets, replies, day_keys)
+        documents = None
+        if whole is not None:
+            cut = len(replies) - len(whole)
+            replies, documents = replies[:cut], replies[cut:]
+        return _Read(position, plan, buckets, replies, day_keys, documents)
 
 
 def _folded_span(rollups: RedisRollups) -> tuple[datetime, datetime] | None:
@@ -228,10 +243,15 @@ def _queue_reads(
 
 
 def _feed(
-    builder: SummaryBuilder, found: list[tuple[Unit, datetime]], replies: list[t.Any], slack: float
+    builder: SummaryBuilder,
+    found: list[tuple[Unit, datetime]],
+    replies: list[t.Any],
+    slack: float,
+    documents: list[t.Any] | None = None,
 ) -> set[str]:
     """Feed ``builder`` the buckets' fields (of the top lists, the values
-    that can rank when entries weighing up to ``slack`` are added); return
+    that can rank when entries weighing up to ``slack`` are added), and the
+    histograms of ``documents`` where given, else of those buckets; return
     the top lists some bucket kept only the leaders of."""
     # Summed by the field's name as Redis gave it: a month is some 30,000
     # fields of 6,000 names, each name decoded once, after.
@@ -267,6 +287,8 @@ def _feed(
             weights.append((part, key, weight))
         elif weight:
             approximate.add(part[len(OTHER) :])
+    if documents is not None:
+        histograms = [text_of(document) for document in documents if document is not None]
     feed_histograms(builder, histograms)
     feed(builder, weights, per_bucket, (first, last), None)
     return approximate
