@@ -1,4 +1,5 @@
-"""How RedisStore makes its client: time-outs, no retries inside redis-py."""
+"""How RedisStore makes its client (time-outs, no retries inside redis-py),
+and names where it writes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import typing as t
 if t.TYPE_CHECKING:
     import redis
 
-__all__ = ["from_host", "from_url", "is_int"]
+__all__ = ["from_host", "from_url", "is_int", "location_of"]
 
 #: Seconds a client this store creates waits to connect and for a reply, so a
 #: dead or unreachable server fails the export (to be retried by the
@@ -59,3 +60,13 @@ def from_host(redis_module: t.Any, host: object, password: object, port: object)
         host=host, port=port, password=password, **_options(redis_module)
     )
     return client
+
+
+def location_of(client: redis.Redis, event_name: str) -> str:
+    """Where a store writes, without a password: the default visitor secret."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        where = f"unix://{kwargs['path']}"
+    else:
+        where = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"{where}/{kwargs.get('db', 0)}#{event_name}"

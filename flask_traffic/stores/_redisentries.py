@@ -26,6 +26,7 @@ __all__ = [
     "add_entries",
     "decode_entries",
     "entry_maker",
+    "id_before",
     "lowest_id",
     "next_id",
     "read_rows",
@@ -268,3 +269,10 @@ def read_rows(
             return
         first = following
         size = min(size * 2, _CHUNK)
+
+
+def id_before(day: datetime) -> bytes:
+    """A stream id below every entry that can hold a request of ``day`` or
+    later: the day's start less the clock margin app hosts may be off by."""
+    milliseconds = (day - _EPOCH) // _MS
+    return b"%d-0" % max(0, milliseconds - CLOCK_MARGIN_MS)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from ..rollups import RollupDelta, RollupRetention, Unit, bucket_start
-from ._redisentries import CLOCK_MARGIN_MS
+from ._redisentries import id_before
 from ._redistransaction import Transaction, transaction, watched
 from ._rolluphistograms import merge_histograms
 from ._rollupparts import (
@@ -59,7 +59,7 @@ if t.TYPE_CHECKING:
     from ..query import Query
     from ..summary import SummaryBuilder
 
-__all__ = ["RedisRollups", "location_of"]
+__all__ = ["RedisRollups"]
 
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
@@ -95,22 +95,6 @@ return 0
 
 def _field(part: str, key: str) -> bytes:
     return f"{part}{SEPARATOR}{key}".encode("utf-8", "surrogatepass")
-
-
-def _id_before(day: datetime) -> bytes:
-    """A stream id below every entry that can hold a request of ``day`` or
-    later: the day's start less the clock margin app hosts may be off by."""
-    return b"%d-0" % max(0, seconds_of(day) * 1000 - CLOCK_MARGIN_MS)
-
-
-def location_of(client: redis.Redis, event_name: str) -> str:
-    """Where a store writes, without a password: the default visitor secret."""
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        where = f"unix://{kwargs['path']}"
-    else:
-        where = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-    return f"{where}/{kwargs.get('db', 0)}#{event_name}"
 
 
 class RedisRollups:
@@ -314,7 +298,7 @@ class RedisRollups:
                             "HSET",
                             self.rebuild_key,
                             "cursor",
-                            b"" if day is None else _id_before(day),
+                            b"" if day is None else id_before(day),
                             "stop",
                             t.cast("bytes", position),
                             "day",

@@ -20,7 +20,7 @@ from ..query import Query
 from ..record import TrafficRecord
 from ..rollups import DEFAULT_RETENTION, ROLLUP_FIELDS, RollupRetention, site_secret
 from ..summary import SummaryBuilder
-from ._redisclient import from_host, from_url, is_int
+from ._redisclient import from_host, from_url, is_int, location_of
 from ._redisentries import (
     add_entries,
     decode_entries,
@@ -30,7 +30,7 @@ from ._redisentries import (
     spooled_entry,
     spooled_entry_maker,
 )
-from ._redisrollups import RedisRollups, location_of
+from ._redisrollups import RedisRollups
 from ._redistransaction import transaction
 from .base import Store
 
