@@ -311,7 +311,7 @@ def test_an_hour_over_keeps_its_200_leading_paths_and_the_rest_as_other(
 
     _, rolled, raw = sqlite_pair
     # Of the day before yesterday: a fold packs the buckets over of the last
-    # 3 days (yesterday's day is not over in the first minutes after midnight).
+    # 14 days (yesterday's day is not over in the first minutes after midnight).
     hour = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
     made = []
     for n in range(300):  # 300 paths, the first ten far ahead of the rest

@@ -74,7 +74,7 @@ _MINUTE = timedelta(minutes=1)
 # How far back a fold looks for buckets over and not packed yet: a site's
 # processes stopped for longer leave theirs as rows (exact, slower to read)
 # until a rebuild.
-_LOOKBACK = timedelta(days=3)
+_LOOKBACK = timedelta(days=14)
 # Rows one fold() folds from which it vacuums after, on PostgreSQL, rather
 # than leave its dead rows to autovacuum (a worker's passes, budgeted, fold
 # fewer).
