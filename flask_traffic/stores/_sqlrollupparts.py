@@ -153,18 +153,25 @@ def read_sums(
     import sqlalchemy as sa
 
     added: _Sums = defaultdict(dict)
-    packed: defaultdict[tuple[str, datetime], list[tuple[int, str]]] = defaultdict(list)
+    # The rows of values first, with only the columns they need: a driver
+    # parsing in Python (PyMySQL) took twice as long over a bucket's start
+    # and hash too, on the 3,000 rows of an hour under way.
     rows = connection.execute(
-        sa.select(
-            sums.c.unit, sums.c.start, sums.c.part, sums.c.key_hash, sums.c.key, sums.c.weight
-        ).where(where, sums.c.part != "total")
+        sa.select(sums.c.part, sums.c.key, sums.c.weight).where(
+            where, sums.c.part.not_in(("total", PACKED))
+        )
     )
-    for unit, start, part, number, key, weight in rows:
-        if part == PACKED:
-            packed[unit, start].append((int(number), key))
-            continue
+    for part, key, weight in rows:
         values = added[part]
         values[key] = values.get(key, 0.0) + float(weight)
+    packed: defaultdict[tuple[str, datetime], list[tuple[int, str]]] = defaultdict(list)
+    documents = connection.execute(
+        sa.select(sums.c.unit, sums.c.start, sums.c.key_hash, sums.c.key).where(
+            where, sums.c.part == PACKED
+        )
+    )
+    for unit, start, number, key in documents:
+        packed[unit, start].append((int(number), key))
     for chunks in packed.values():
         _add_packed(added, chunks)
     return [(part, key, weight) for part, values in added.items() for key, weight in values.items()]
