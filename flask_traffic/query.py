@@ -55,7 +55,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_moment(text: str | None, name: str) -> datetime | None:
+def parse_moment(text: str | None, name: str, *, now: datetime | None = None) -> datetime | None:
     """What the ``flask traffic`` commands and the dashboard take for
     ``since``/``until``: a duration back from now (``30m``, ``24h``, ``7d``,
     ``2w``), a date, ISO 8601 text (naive is UTC), or ``all`` (and ``None``)
@@ -65,6 +65,9 @@ def parse_moment(text: str | None, name: str) -> datetime | None:
         for the messages of a parser that wraps this one; the
         :class:`ValueError` says what is wrong with ``text`` only, so a
         caller can put the name where its own errors put it.
+    :param now: the moment durations go back from (the current time without
+        it): one for both ends of a window, so ``3h`` to ``1h`` is two hours,
+        not a few microseconds more.
     :raises ValueError: for text of none of these forms.
     """
     if text is None or text.strip().lower() in ("", "all"):
@@ -74,7 +77,8 @@ def parse_moment(text: str | None, name: str) -> datetime | None:
     if match is not None:
         amount, unit = match.groups()
         try:
-            return datetime.now(_UTC) - timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
+            start = datetime.now(_UTC) if now is None else now
+            return start - timedelta(seconds=float(amount) * _UNIT_SECONDS[unit])
         except OverflowError:
             raise ValueError(f"{text!r} reaches back before the year 1.") from None
     try:

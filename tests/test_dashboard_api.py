@@ -277,6 +277,12 @@ def test_durations_are_read_as_the_cli_reads_them(client: FlaskClient) -> None:
     assert later["total"] == 0
     since = datetime.fromisoformat(later["since"])
     assert abs(since - (datetime.now(timezone.utc) - timedelta(hours=1))) < timedelta(minutes=1)
+    # Both ends go back from one moment: 3h to 1h is two hours exactly,
+    # counted per minute (a few microseconds more is counted per hour).
+    window = get_json(client, API + "summary?since=3h&until=1h")
+    until = datetime.fromisoformat(window["until"])
+    assert until - datetime.fromisoformat(window["since"]) == timedelta(hours=2)
+    assert window["bucket"] == "minute"
 
 
 def test_records_is_store_read(client: FlaskClient, store: MemoryStore) -> None:

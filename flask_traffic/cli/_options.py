@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typing as t
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 
 import click
 from flask import current_app
@@ -38,8 +38,14 @@ READ_DEFAULT = "the first store that can be read"
 
 
 def _moment(text: str | None, param: str) -> datetime | None:
+    # Every duration of one command goes back from the same moment, so
+    # "--since 3h --until 1h" is two hours, not a few microseconds more
+    # (which a summary then counts per hour, its edges rounded out).
+    context = click.get_current_context(silent=True)
+    meta: dict[str, t.Any] = {} if context is None else context.meta
+    now = meta.setdefault("flask_traffic.now", datetime.now(timezone.utc))
     try:
-        return parse_moment(text, param)
+        return parse_moment(text, param, now=now)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=param) from None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import typing as t
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from werkzeug.datastructures import MultiDict
 
@@ -123,12 +123,14 @@ def parse_view(
     :raises BadParameter: for the first parameter it cannot use.
     """
     moments: dict[str, datetime | None] = {}
+    # Both ends measured from one moment: 3h to 1h is two hours.
+    now = datetime.now(timezone.utc)
     for name in _WINDOW:
         values = args.getlist(name)
         if len(values) > 1:
             raise BadParameter(name, f"{name} is given {len(values)} times.")
         try:
-            moments[name] = parse_moment(values[0] if values else None, name)
+            moments[name] = parse_moment(values[0] if values else None, name, now=now)
         except ValueError as exc:
             raise BadParameter(name, str(exc)) from None
     since, until = moments["since"], moments["until"]
