@@ -91,13 +91,8 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         # (isoformat) instead of its format string filled from a dict: a
         # tenth of a SQLite insert's work.
         def process(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is not None:
-                if value.utcoffset():
-                    value = value.astimezone(_UTC)
-                value = value.replace(tzinfo=None)
-            return value.isoformat(" ", "microseconds")
+            utc = self.process_bind_param(value, dialect)
+            return None if utc is None else utc.isoformat(" ", "microseconds")
 
         return process
 
