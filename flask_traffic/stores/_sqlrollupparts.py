@@ -22,9 +22,6 @@ each, so that a bucket holds a bounded number of rows whatever the traffic:
   read and add up their documents). A fold that adds to a bucket already
   packed (a late record, a rebuild) adds rows beside its document, which
   the next compaction packs in; a summary adds both up meanwhile.
-
-Importing this module needs no SQLAlchemy: the file stores' rollups
-(:mod:`._filerollups`) use its plain functions too.
 """
 
 from __future__ import annotations
@@ -35,6 +32,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
+import sqlalchemy as sa
+
 from ..rollups import Unit
 from ._rollupparts import (
     COMPACTED,
@@ -44,8 +43,6 @@ from ._rollupparts import (
 )
 
 if t.TYPE_CHECKING:
-    import sqlalchemy as sa
-
     from ._sqlrollups import SQLRollups
 
 __all__ = ["LOOSE", "PACKED", "compact", "read_sums", "rewrite"]
@@ -74,29 +71,17 @@ def compact(
     the :data:`TOP_KEPT` most frequent values of each top list and add up
     the others under ``"o:<part>"`` (key ``""``), then store the sums of
     every part but the :data:`LOOSE` ones as one document."""
-    import sqlalchemy as sa
-
     sums = rollups.sums
     for unit, start in touched:
         if not is_over(unit, start, now):
             # A minute holds few requests; an open bucket still grows.
             continue
         bucket = [sums.c.unit == unit, sums.c.start == start, sums.c.part.not_in(LOOSE)]
-        found = connection.execute(
-            sa.select(sums.c.part, sums.c.key_hash, sums.c.key, sums.c.weight).where(*bucket)
-        ).all()
-        if all(part == PACKED for part, _, _, _ in found):
+        parts: _Sums = defaultdict(dict)
+        if not _add_rows(connection, sums, bucket, parts):
             # Packed already, and nothing added since.
             continue
-        packed: list[tuple[int, str]] = []
-        parts: _Sums = defaultdict(dict)
-        for part, number, key, weight in found:
-            if part == PACKED:
-                packed.append((int(number), key))
-                continue
-            values = parts[part]
-            values[key] = values.get(key, 0.0) + float(weight)
-        _add_packed(parts, packed)
+        _add_documents(connection, sums, bucket, parts)
         for part in COMPACTED:
             _cut(parts, part)
         connection.execute(sums.delete().where(*bucket))
@@ -133,15 +118,50 @@ def _cut(parts: _Sums, part: str) -> None:
     other[""] = other.get("", 0.0) + sum(weight for _, weight in ranked[TOP_KEPT:])
 
 
-def _add_packed(parts: _Sums, packed: list[tuple[int, str]]) -> None:
-    """Add the document of a bucket's packed rows (``(number, text)``) to ``parts``."""
-    if not packed:
-        return
-    packed.sort()
-    for part, values in json.loads("".join(text for _, text in packed)).items():
-        into = parts[part]
-        for key, weight in values:
-            into[key] = into.get(key, 0.0) + weight
+def _add_rows(
+    connection: sa.Connection,
+    sums: sa.Table,
+    where: list[sa.ColumnElement[bool]],
+    parts: _Sums,
+) -> int:
+    """Add the value rows (not packed) of ``sums`` that meet ``where`` to
+    ``parts``; how many there were."""
+    # Only the columns they need: a driver parsing in Python (PyMySQL) took
+    # twice as long over a bucket's start and hash too, on the 3,000 rows of
+    # an hour under way.
+    rows = connection.execute(
+        sa.select(sums.c.part, sums.c.key, sums.c.weight).where(*where, sums.c.part != PACKED)
+    )
+    count = 0
+    for part, key, weight in rows:
+        values = parts[part]
+        values[key] = values.get(key, 0.0) + float(weight)
+        count += 1
+    return count
+
+
+def _add_documents(
+    connection: sa.Connection,
+    sums: sa.Table,
+    where: list[sa.ColumnElement[bool]],
+    parts: _Sums,
+) -> None:
+    """Add the documents of the packed buckets of ``sums`` that meet
+    ``where`` to ``parts``."""
+    packed: defaultdict[tuple[str, datetime], list[tuple[int, str]]] = defaultdict(list)
+    documents = connection.execute(
+        sa.select(sums.c.unit, sums.c.start, sums.c.key_hash, sums.c.key).where(
+            *where, sums.c.part == PACKED
+        )
+    )
+    for unit, start, number, text in documents:
+        packed[unit, start].append((int(number), text))
+    for chunks in packed.values():
+        chunks.sort()
+        for part, values in json.loads("".join(text for _, text in chunks)).items():
+            into = parts[part]
+            for key, weight in values:
+                into[key] = into.get(key, 0.0) + weight
 
 
 def read_sums(
@@ -150,31 +170,11 @@ def read_sums(
     """The weight of each ``(part, stored key)`` but the totals, summed over
     the buckets of the sums table ``sums`` that meet ``where``, packed or
     not."""
-    import sqlalchemy as sa
-
-    added: _Sums = defaultdict(dict)
-    # The rows of values first, with only the columns they need: a driver
-    # parsing in Python (PyMySQL) took twice as long over a bucket's start
-    # and hash too, on the 3,000 rows of an hour under way.
-    rows = connection.execute(
-        sa.select(sums.c.part, sums.c.key, sums.c.weight).where(
-            where, sums.c.part.not_in(("total", PACKED))
-        )
-    )
-    for part, key, weight in rows:
-        values = added[part]
-        values[key] = values.get(key, 0.0) + float(weight)
-    packed: defaultdict[tuple[str, datetime], list[tuple[int, str]]] = defaultdict(list)
-    documents = connection.execute(
-        sa.select(sums.c.unit, sums.c.start, sums.c.key_hash, sums.c.key).where(
-            where, sums.c.part == PACKED
-        )
-    )
-    for unit, start, number, key in documents:
-        packed[unit, start].append((int(number), key))
-    for chunks in packed.values():
-        _add_packed(added, chunks)
-    return [(part, key, weight) for part, values in added.items() for key, weight in values.items()]
+    parts: _Sums = defaultdict(dict)
+    window = [where, sums.c.part != "total"]
+    _add_rows(connection, sums, window, parts)
+    _add_documents(connection, sums, window, parts)
+    return [(part, key, weight) for part, values in parts.items() for key, weight in values.items()]
 
 
 def rewrite(rollups: SQLRollups) -> None:
@@ -194,8 +194,6 @@ def rewrite(rollups: SQLRollups) -> None:
     without them the planner reads a summary's records after the fold
     position through the date index, a month of rows (110 ms at
     1,000,000), rather than the few past the position by their id."""
-    import sqlalchemy as sa
-
     if rollups.engine.dialect.name != "postgresql":
         return
     with rollups.engine.connect() as connection:
