@@ -258,7 +258,8 @@ def _feed(
     sums: dict[bytes | str, float] = {}
     get = sums.get
     per_bucket: list[tuple[datetime, float]] = []
-    histograms: list[str] = []
+    # The histograms of ``documents`` where given, else of these buckets.
+    histograms = [] if documents is None else list(documents)
     first: int | None = None
     last: int | None = None
     for (_, start), fields in zip(found, replies, strict=False):
@@ -267,8 +268,8 @@ def _feed(
             first = int(low) if first is None else min(first, int(low))
         if high is not None:
             last = int(high) if last is None else max(last, int(high))
-        if document is not None:
-            histograms.append(text_of(document))
+        if documents is None:
+            histograms.append(document)
         # sums[name] += value for every field, each step a map() in C.
         names = fields.keys()
         before = map(get, names, itertools.repeat(0.0))
@@ -287,9 +288,7 @@ def _feed(
             weights.append((part, key, weight))
         elif weight:
             approximate.add(part[len(OTHER) :])
-    if documents is not None:
-        histograms = [text_of(document) for document in documents if document is not None]
-    feed_histograms(builder, histograms)
+    feed_histograms(builder, (text_of(document) for document in histograms if document is not None))
     feed(builder, weights, per_bucket, (first, last), None)
     return approximate
 
