@@ -301,7 +301,8 @@ def _insert_tops(
     raw.create_function("traffic_key_hash", 2, _stored_key_hash, deterministic=True)
     hours = _SQLITE_HOURS
     # A temporary table is the connection's own: no other writer sees it.
-    hours.create(connection, checkfirst=True)
+    # IF NOT EXISTS, one statement, where checkfirst asks two PRAGMAs first.
+    connection.execute(sa.schema.CreateTable(hours, if_not_exists=True))
     connection.execute(hours.delete())
     hour = sa.func.substr(table.c["request_date"], 1, 13)
     selects = []
